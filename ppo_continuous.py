@@ -212,10 +212,10 @@ class RunningMeanStd:
         self.count = total
 
     def state_dict(self) -> dict:
-        return {"mean": torch.from_numpy(self.mean), "var": torch.from_numpy(self.var), "count": self.count}
+        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var = state["mean"].numpy().copy(), state["var"].numpy().copy()
+        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
         self.count = state["count"]
 
 
@@ -317,6 +317,21 @@ def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.T
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     """H = sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ]; the same for every state here."""
     return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+def successor_values(
+    values: np.ndarray, last_values: np.ndarray, final_values: np.ndarray, episode_ends: np.ndarray
+) -> np.ndarray:
+    """V(s_{t+1}) for every step of a [num_steps, num_envs] rollout.
+
+    Inside an episode the successor is the next row's state (for the last row, the state the
+    rollout stopped in, valued as last_values). Where an episode ended, the next row already
+    belongs to a new episode after the autoreset, so the successor is the episode's true final
+    observation instead: final_values holds its value for truncated steps. After a termination
+    the entry is irrelevant, compute_gae multiplies it by zero.
+    """
+    next_values = np.concatenate([values[1:], last_values[None]])
+    return np.where(episode_ends > 0, final_values, next_values)
 
 
 def compute_gae(
@@ -438,10 +453,20 @@ class MetricsLog:
     """runs/<run-name>/metrics.csv, one row per update, and wandb when tracking.
 
     Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
-    A resumed run appends to the same file.
+    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
+    then appends.
     """
 
-    def __init__(self, path: Path, wandb_run=None):
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
         new = not path.exists()
         self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
@@ -648,7 +673,10 @@ def train(args: Args) -> dict:
         run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    log = MetricsLog(run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None)
+    log = MetricsLog(
+        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
+        resume_step=global_step if args.resume else None,
+    )
 
     def model_state() -> dict:
         return {
@@ -739,10 +767,7 @@ def train(args: Args) -> dict:
         if reward_scaler is not None:
             # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
             rewards_buf = reward_scaler.scale(rewards_buf)
-        # V(s_{t+1}): the next row's value inside an episode, V(final obs) after a truncation, and
-        # anything after a termination (it is multiplied by zero in compute_gae).
-        next_values = np.concatenate([values[1:], last_values[None]])
-        next_values = np.where(episode_ends_buf > 0, final_values, next_values)
+        next_values = successor_values(values, last_values, final_values, episode_ends_buf)
         advantages, returns = compute_gae(
             rewards_buf, values, next_values, terminations_buf, episode_ends_buf, args.gamma, args.gae_lambda
         )

@@ -1,0 +1,29 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A budget small enough for a few seconds of CPU: 2 envs x 64 steps = 128-step rollouts.
+TINY = ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2",
+        "--total-timesteps", "256", "--eval-episodes", "2", "--no-cuda"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in an empty directory, so runs/ and wandb/ land in the test's own tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_script(script: str, *flags: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    env.pop("WANDB_MODE", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *flags], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )
