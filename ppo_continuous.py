@@ -294,8 +294,13 @@ class Agent(nn.Module):
         mean = self.actor_mean(obs)
         return mean + self.actor_logstd.exp() * torch.randn_like(mean)
 
-    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return gaussian_log_prob(action, self.actor_mean(obs), self.actor_logstd)
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) of the given actions, and the entropy of pi(.|s) (the same for every s here)."""
+        return gaussian_log_prob(action, self.actor_mean(obs), self.actor_logstd), gaussian_entropy(self.actor_logstd)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action mu(s): the deterministic policy used in evaluation."""
+        return self.actor_mean(obs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,8 +581,8 @@ def evaluate(
         done, total = False, 0.0
         while not done:
             with torch.no_grad():
-                mean = agent.actor_mean(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
-            obs, reward, terminated, truncated, _ = env.step(np.clip(mean[0].cpu().numpy(), low, high))
+                action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
+            obs, reward, terminated, truncated, _ = env.step(np.clip(action[0].cpu().numpy(), low, high))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -754,7 +759,7 @@ def train(args: Args) -> dict:
         b_obs = torch.from_numpy(normalize_obs(raw_obs_buf.reshape(batch_size, obs_dim), obs_rms)).to(device)
         b_actions = torch.from_numpy(actions_buf.reshape(batch_size, act_dim)).to(device)
         with torch.inference_mode():
-            b_logprobs = agent.log_prob(b_obs, b_actions)
+            b_logprobs, _ = agent.log_prob_entropy(b_obs, b_actions)
             b_values = agent.value(b_obs)
             last_values = agent.value(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
             final_values = np.zeros(shape, np.float32)
@@ -786,7 +791,7 @@ def train(args: Args) -> dict:
             e_advantages, e_returns, e_values = b_advantages[perm], b_returns[perm], b_values[perm]
             for start in range(0, batch_size, minibatch_size):
                 mb = slice(start, start + minibatch_size)
-                new_logprob = gaussian_log_prob(e_actions[mb], agent.actor_mean(e_obs[mb]), agent.actor_logstd)
+                new_logprob, entropy = agent.log_prob_entropy(e_obs[mb], e_actions[mb])
                 mb_advantages = e_advantages[mb]
                 if args.norm_adv:
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
@@ -798,7 +803,7 @@ def train(args: Args) -> dict:
                 v_loss = value_loss(
                     agent.value(e_obs[mb]), e_values[mb], e_returns[mb], args.clip_coef if args.clip_vloss else None
                 )
-                entropy = gaussian_entropy(agent.actor_logstd)
+                entropy = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
 
                 optimizer.zero_grad(set_to_none=True)

@@ -7,10 +7,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 # A budget small enough for a few seconds of CPU: 2 envs x 64 steps = 128-step rollouts.
-TINY = ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2",
-        "--total-timesteps", "256", "--eval-episodes", "2", "--no-cuda"]
+TINY = ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "256", "--eval-episodes", "2", "--no-cuda"]
+TINY_PPO = ["--num-minibatches", "4", "--update-epochs", "2"]
+
+
+def tiny(script: str) -> list[str]:
+    """The tiny budget's flags for an on-policy script (PPO adds its minibatches and epochs)."""
+    return TINY + (TINY_PPO if script.startswith("ppo") else [])
 
 
 @pytest.fixture
@@ -21,7 +27,8 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def run_script(script: str, *flags: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    # tests/ on the path lets a script make the test envs: --env-id toy_envs:ToyMultiDiscrete-v0
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=str(ROOT / "tests"))
     env.pop("WANDB_MODE", None)
     return subprocess.run(
         [sys.executable, str(ROOT / script), *flags], cwd=cwd, env=env, capture_output=True,

@@ -1,5 +1,9 @@
-"""ppo_continuous.py's pure functions against plain, independently written references."""
+"""The on-policy scripts' shared pure functions against plain, independently written references.
 
+Every script is self-contained, so each keeps its own copy of these functions: each copy is tested.
+"""
+
+import importlib
 import math
 
 import gymnasium as gym
@@ -7,7 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-import ppo_continuous as ppo
+import toy_envs  # noqa: F401  (registers the test environments)
+
+ONPOLICY = {"ppo_continuous": "Pendulum-v1", "ppo_discrete": "CartPole-v1", "a2c": "CartPole-v1"}
+PPO = ["ppo_continuous", "ppo_discrete"]
+
+
+@pytest.fixture(params=list(ONPOLICY))
+def algo(request):
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(params=PPO)
+def ppo(request):
+    return importlib.import_module(request.param)
 
 
 def reference_advantages(rewards, values, bootstrap, terminated, ended, gamma, lam):
@@ -52,9 +69,9 @@ def rollout_arrays():
     return as_col(REWARDS), as_col(VALUES), as_col(TERMINATED), as_col(ended), as_col(final_values)
 
 
-def test_successor_values_use_final_observation_and_never_the_next_episode():
+def test_successor_values_use_final_observation_and_never_the_next_episode(algo):
     _, values, _, ended, final_values = rollout_arrays()
-    next_values = ppo.successor_values(values, np.array([LAST_VALUE], np.float32), final_values, ended)[:, 0]
+    next_values = algo.successor_values(values, np.array([LAST_VALUE], np.float32), final_values, ended)[:, 0]
     assert next_values[0] == VALUES[1] and next_values[1] == VALUES[2]
     assert next_values[2] == FINAL_VALUE_AT_TRUNCATION  # not VALUES[3], the reset state
     assert next_values[5] == VALUES[6]
@@ -62,10 +79,10 @@ def test_successor_values_use_final_observation_and_never_the_next_episode():
 
 
 @pytest.mark.parametrize("gamma, lam", [(0.99, 0.95), (0.9, 1.0), (0.5, 0.0)])
-def test_gae_matches_reference_with_termination_truncation_and_autoreset(gamma, lam):
+def test_gae_matches_reference_with_termination_truncation_and_autoreset(algo, gamma, lam):
     rewards, values, terminated, ended, final_values = rollout_arrays()
-    next_values = ppo.successor_values(values, np.array([LAST_VALUE], np.float32), final_values, ended)
-    adv, returns = ppo.compute_gae(rewards, values, next_values, terminated, ended, gamma, lam)
+    next_values = algo.successor_values(values, np.array([LAST_VALUE], np.float32), final_values, ended)
+    adv, returns = algo.compute_gae(rewards, values, next_values, terminated, ended, gamma, lam)
 
     bootstrap = [VALUES[t + 1] if t < 6 else LAST_VALUE for t in range(7)]
     bootstrap[2] = FINAL_VALUE_AT_TRUNCATION
@@ -74,31 +91,31 @@ def test_gae_matches_reference_with_termination_truncation_and_autoreset(gamma, 
     np.testing.assert_allclose(returns[:, 0], np.array(expected) + np.array(VALUES), rtol=1e-5, atol=1e-6)
 
 
-def test_gae_hand_computed_truncation_and_termination_steps():
+def test_gae_hand_computed_truncation_and_termination_steps(algo):
     rewards, values, terminated, ended, final_values = rollout_arrays()
-    next_values = ppo.successor_values(values, np.array([LAST_VALUE], np.float32), final_values, ended)
-    adv, _ = ppo.compute_gae(rewards, values, next_values, terminated, ended, 0.9, 0.8)
+    next_values = algo.successor_values(values, np.array([LAST_VALUE], np.float32), final_values, ended)
+    adv, _ = algo.compute_gae(rewards, values, next_values, terminated, ended, 0.9, 0.8)
     # Truncated step: bootstraps from the final observation, and nothing from the next episode.
     assert adv[2, 0] == pytest.approx(-1.0 + 0.9 * 5.0 - 0.8)
     # Terminated step: no bootstrap at all.
     assert adv[4, 0] == pytest.approx(0.25 - (-0.7))
 
 
-def test_gae_does_not_leak_across_an_autoreset():
+def test_gae_does_not_leak_across_an_autoreset(algo):
     rewards, values, terminated, ended, final_values = rollout_arrays()
     last = np.array([LAST_VALUE], np.float32)
-    base, _ = ppo.compute_gae(rewards, values, ppo.successor_values(values, last, final_values, ended),
+    base, _ = algo.compute_gae(rewards, values, algo.successor_values(values, last, final_values, ended),
                               terminated, ended, 0.99, 0.95)
     # Change everything about the episode that starts after the truncation (rows 3 and 4).
     rewards2, values2 = rewards.copy(), values.copy()
     rewards2[3:5] += 100.0
     values2[3:5] -= 50.0
-    changed, _ = ppo.compute_gae(rewards2, values2, ppo.successor_values(values2, last, final_values, ended),
+    changed, _ = algo.compute_gae(rewards2, values2, algo.successor_values(values2, last, final_values, ended),
                                  terminated, ended, 0.99, 0.95)
     np.testing.assert_array_equal(changed[:3], base[:3])
 
 
-def test_gae_handles_several_envs_independently():
+def test_gae_handles_several_envs_independently(algo):
     rng = np.random.default_rng(0)
     T, N = 9, 3
     rewards = rng.normal(size=(T, N)).astype(np.float32)
@@ -108,8 +125,8 @@ def test_gae_handles_several_envs_independently():
     ended = np.maximum(terminated, truncated)
     final_values = np.where(truncated > 0, rng.normal(size=(T, N)), 0.0).astype(np.float32)
     last = rng.normal(size=N).astype(np.float32)
-    next_values = ppo.successor_values(values, last, final_values, ended)
-    adv, _ = ppo.compute_gae(rewards, values, next_values, terminated, ended, 0.97, 0.9)
+    next_values = algo.successor_values(values, last, final_values, ended)
+    adv, _ = algo.compute_gae(rewards, values, next_values, terminated, ended, 0.97, 0.9)
     for n in range(N):
         bootstrap = [final_values[t, n] if ended[t, n] else (values[t + 1, n] if t < T - 1 else last[n])
                      for t in range(T)]
@@ -118,7 +135,7 @@ def test_gae_handles_several_envs_independently():
         np.testing.assert_allclose(adv[:, n], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_clipped_policy_loss_hand_computed():
+def test_clipped_policy_loss_hand_computed(ppo):
     # ratios 1.5, 0.5, 0.5, 1.5 with advantages +1, +1, -1, -1 and eps = 0.2:
     #   A>0, rho=1.5: min(1.5, 1.2) = 1.2      A>0, rho=0.5: min(0.5, 0.8) = 0.5
     #   A<0, rho=0.5: min(-0.5, -0.8) = -0.8   A<0, rho=1.5: min(-1.5, -1.2) = -1.5
@@ -133,7 +150,7 @@ def test_clipped_policy_loss_hand_computed():
     np.testing.assert_allclose(new.grad.numpy(), [0.0, -0.5 / 4, 0.0, 1.5 / 4], atol=1e-6)
 
 
-def test_kl_penalty_policy_loss_hand_computed():
+def test_kl_penalty_policy_loss_hand_computed(ppo):
     new, old = torch.log(torch.tensor([2.0, 0.5])), torch.zeros(2)
     adv = torch.tensor([1.0, -2.0])
     surrogate = (2.0 * 1.0 + 0.5 * -2.0) / 2
@@ -142,7 +159,7 @@ def test_kl_penalty_policy_loss_hand_computed():
     assert loss.item() == pytest.approx(-surrogate + 3.0 * kl, rel=1e-6)
 
 
-def test_value_loss_hand_computed():
+def test_value_loss_hand_computed(ppo):
     old = torch.tensor([1.0, 1.0])
     new = torch.tensor([1.5, 0.7])
     target = torch.tensor([2.0, 2.0])
@@ -152,30 +169,7 @@ def test_value_loss_hand_computed():
     assert ppo.value_loss(new, old, target, 0.2).item() == pytest.approx(0.5 * (0.64 + 1.69) / 2)
 
 
-def test_gaussian_log_prob_and_entropy_match_torch_distributions():
-    torch.manual_seed(0)
-    mean, log_std = torch.randn(5, 3), torch.randn(3) * 0.5
-    action = torch.randn(5, 3) * 2
-    reference = torch.distributions.Normal(mean, log_std.exp())
-    torch.testing.assert_close(ppo.gaussian_log_prob(action, mean, log_std), reference.log_prob(action).sum(-1))
-    torch.testing.assert_close(ppo.gaussian_entropy(log_std), reference.entropy()[0].sum())
-
-
-def test_act_samples_from_the_policy_and_log_prob_scores_it():
-    torch.manual_seed(0)
-    agent = ppo.Agent(obs_dim=2, act_dim=2)
-    with torch.no_grad():
-        agent.actor_logstd.fill_(math.log(0.5))
-        obs = torch.zeros(20000, 2)
-        actions = agent.act(obs)
-        mean = agent.actor_mean(obs[:1])
-    torch.testing.assert_close(actions.mean(0), mean[0], atol=0.02, rtol=0)
-    torch.testing.assert_close(actions.std(0), torch.full((2,), 0.5), atol=0.02, rtol=0)
-    reference = torch.distributions.Normal(mean, 0.5).log_prob(actions[:3]).sum(-1)
-    torch.testing.assert_close(agent.log_prob(obs[:3], actions[:3]).detach(), reference)
-
-
-def test_approx_kl_and_beta_adaptation():
+def test_approx_kl_and_beta_adaptation(ppo):
     assert ppo.approx_kl(torch.zeros(3)).item() == 0.0
     assert ppo.approx_kl(torch.tensor([math.log(2.0)])).item() == pytest.approx(1.0 - math.log(2.0))
     assert ppo.approx_kl(torch.randn(100)).item() > 0
@@ -184,29 +178,29 @@ def test_approx_kl_and_beta_adaptation():
     assert ppo.adapt_kl_beta(1.0, kl=0.01, kl_target=0.01) == 1.0
 
 
-def test_explained_variance():
+def test_explained_variance(algo):
     target = np.array([1.0, 2.0, 3.0, 4.0])
-    assert ppo.explained_variance(target, target) == 1.0
-    assert ppo.explained_variance(np.full(4, 2.5), target) == pytest.approx(0.0)
+    assert algo.explained_variance(target, target) == 1.0
+    assert algo.explained_variance(np.full(4, 2.5), target) == pytest.approx(0.0)
 
 
-def test_running_mean_std_matches_numpy_over_batches():
+def test_running_mean_std_matches_numpy_over_batches(algo):
     rng = np.random.default_rng(1)
     data = rng.normal(3.0, 2.0, size=(1000, 4))
-    rms = ppo.RunningMeanStd((4,))
+    rms = algo.RunningMeanStd((4,))
     for chunk in np.array_split(data, 7):
         rms.update(chunk)
     np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-5)
     np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
-    restored = ppo.RunningMeanStd((4,))
+    restored = algo.RunningMeanStd((4,))
     restored.load_state_dict(rms.state_dict())
     np.testing.assert_array_equal(restored.mean, rms.mean)
     np.testing.assert_array_equal(restored.var, rms.var)
     assert restored.count == rms.count
 
 
-def test_reward_scaler_divides_by_std_of_discounted_return():
-    scaler = ppo.RewardScaler(num_envs=1, num_steps=4, gamma=0.5)
+def test_reward_scaler_divides_by_std_of_discounted_return(algo):
+    scaler = algo.RewardScaler(num_envs=1, num_steps=4, gamma=0.5)
     rewards = np.array([[2.0], [2.0], [2.0], [2.0]])
     for t in range(4):
         scaler.observe(t, rewards[t], np.array([t == 1]))  # the episode ends after step 1
@@ -217,22 +211,25 @@ def test_reward_scaler_divides_by_std_of_discounted_return():
     assert scaler.rms.var == pytest.approx(0.25, rel=1e-3)  # var of (2, 3, 2, 3)
 
 
-def test_vector_env_gives_true_final_observation_on_truncation():
+@pytest.mark.parametrize("name, env_id", [
+    ("ppo_continuous", "ToyCounterBox-v0"), ("ppo_discrete", "ToyCounterDiscrete-v0"),
+    ("a2c", "ToyCounterBox-v0"), ("a2c", "ToyCounterDiscrete-v0"),
+])
+def test_vector_env_gives_true_final_observation_on_truncation(name, env_id):
     """The rollout relies on SAME_STEP autoreset: the step that truncates returns the next episode's
-    first observation and puts the true last one in info["final_obs"]."""
-    args = ppo.Args(env_id="Pendulum-v1", num_envs=2)
-    envs = ppo.make_vector_env(args)
+    first observation and puts the true last one in info["final_obs"]; no step crosses a reset."""
+    algo = importlib.import_module(name)
+    envs = algo.make_vector_env(algo.Args(env_id=env_id, num_envs=2))
     obs, _ = envs.reset(seed=0)
-    inner = envs.unwrapped.envs[0]
-    for step in range(200):
-        prev_state = inner.unwrapped.state.copy()
-        obs, _, terminated, truncated, infos = envs.step(np.zeros((2, 1), np.float32))
+    seen = [obs[:, 0].tolist()]
+    for _ in range(7):
+        obs, rewards, terminated, truncated, infos = envs.step(envs.action_space.sample())
+        seen.append(obs[:, 0].tolist())
+        if truncated.any():
+            assert not terminated.any()
+            np.testing.assert_array_equal(np.stack(infos["final_obs"][truncated])[:, 0], 5.0)
     envs.close()
-    assert truncated.all() and not terminated.any()
-    final = np.stack(infos["final_obs"])
-    # The final observation is the state after the 200th step: continuous with prev_state (the
-    # pendulum barely moves in 0.05 s), while the returned obs is a fresh random reset.
-    theta = np.arctan2(final[0, 1], final[0, 0])
-    assert abs(np.angle(np.exp(1j * (theta - prev_state[0])))) < 0.5
-    assert not np.allclose(final, obs)
+    # The time limit is 5 steps: counts 0..4, then the 5th step returns the reset observation 0
+    # (the final observation 5 went to info), and the new episode counts on from there.
+    assert [row[0] for row in seen] == [0, 1, 2, 3, 4, 0, 1, 2]
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP

@@ -1,0 +1,870 @@
+"""A2C, synchronous advantage actor-critic: one file, read top to bottom.
+
+The synchronous form of A3C (Mnih et al. 2016, https://arxiv.org/abs/1602.01783): `num_envs`
+environments step in lockstep for a short rollout of `num_steps` steps, and that batch makes one
+gradient step, then is thrown away. One file for both kinds of action: a categorical policy for
+Discrete (and MultiDiscrete) action spaces, a diagonal Gaussian for Box ones, picked from the env.
+
+The policy gradient with the state value as baseline:
+
+    grad J = E[ grad log pi(a_t | s_t) * A_t ],    A_t = Q(s_t, a_t) - V(s_t)
+
+Q is estimated with the n-step return: each step sums the rewards up to the end of the rollout
+(or of its episode) and bootstraps once from the critic there,
+
+    n-step return  R_t = r_t + gamma r_{t+1} + ... + gamma^{k-1} r_{t+k-1} + gamma^k V(s_{t+k})
+    advantage      A_t = R_t - V(s_t)
+
+which is GAE with lambda = 1; `compute_gae` computes both (--gae-lambda < 1 for GAE proper).
+
+    policy loss    L_pi = -E[ log pi(a_t | s_t) * A_t ]   (A_t is a number here: no gradient reaches
+                                                           the critic through it)
+    value loss     L_V  = 0.5 * E[ (V(s_t) - R_t)^2 ]
+    loss           L    = L_pi + vf_coef * L_V - ent_coef * entropy
+
+PPO (ppo_discrete.py, ppo_continuous.py) is this same loop plus three things: it reuses each batch
+for several epochs, in minibatches, and clips the ratio pi_new / pi_old so that this reuse cannot
+carry the policy far from the one that collected the data. A2C uses each batch once, while it is
+still exactly on-policy, so it needs no ratio at all. `diff ppo_discrete.py a2c.py` shows the rest.
+
+Time limits are the classic trap. When an episode is *truncated* (CartPole-v1 stops a balancing
+pole after 500 steps) the state it stopped in still has a future, so the target bootstraps from
+V(true final observation). Only *termination* (the pole fell) means the future is worth zero.
+Treating truncation as termination teaches the critic that balancing well leads to a value of
+zero at step 500, which it cannot predict from the observation. This file keeps the two apart
+everywhere (see `compute_gae` and the rollout in `train`).
+
+Run it:       python a2c.py --env-id CartPole-v1      (or LunarLander-v3, Pendulum-v1, ...)
+Evaluate:     python a2c.py --evaluate runs/<run-name>/model.pt --capture-video
+All flags:    python a2c.py --help
+"""
+
+import csv
+import dataclasses
+import difflib
+import json
+import math
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    # --- Experiment ---
+    env_id: str = "CartPole-v1"
+    """gymnasium id of an environment with a Discrete, MultiDiscrete or Box action space
+    (CartPole-v1, LunarLander-v3, Pendulum-v1, ...)"""
+    seed: int = 1
+    """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
+    total_timesteps: int = 1_000_000
+    """environment steps to train for, summed over all envs. 1M takes about 4 minutes on Pendulum-v1
+    on a 2-core CPU and is also the usual MuJoCo budget"""
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__a2c__<seed>__<unix-time>)"""
+    cuda: bool = True
+    """use CUDA when it is available (CPU otherwise)"""
+    torch_threads: int = 1
+    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
+    seeds run side by side without fighting over cores"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation (the mean action) at the end; 0 skips it"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+
+    # --- Environment and rollout ---
+    num_envs: int = 8
+    """parallel environments; the batch of each gradient step is num_envs * num_steps. With rollouts
+    this short, the envs are what decorrelates a batch: 8 envs x 5 steps = 40 transitions from 8
+    different episodes"""
+    async_envs: bool = False
+    """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
+    num_steps: int = 5
+    """steps per env per rollout, the n of the n-step return (5, as in the A3C paper)"""
+    norm_obs: bool = True
+    """normalise observations with running mean and std (saved with the model, reused in evaluation)"""
+    norm_reward: bool = True
+    """divide rewards by the running std of the discounted return, so value targets stay near unit
+    scale whatever the env's reward scale (Pendulum's rewards reach -16 per step)"""
+
+    # --- A2C ---
+    learning_rate: float = 7e-4
+    """learning rate for actor and critic"""
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """RMSprop as in the A3C paper (alpha 0.99, eps 1e-5), or Adam (eps 1e-5)"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over training"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 1.0
+    """1 gives the plain n-step return of A2C; below 1, GAE's exponentially weighted mix of k-step
+    returns, less variance for some bias"""
+    norm_adv: bool = False
+    """normalise advantages to zero mean and unit std within each batch (off: with 40 transitions
+    per batch the statistics are noisy)"""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """clip the global gradient norm of all parameters to this"""
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment construction
+# ---------------------------------------------------------------------------------------------
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box)):
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; a2c.py needs a Discrete, "
+            "MultiDiscrete or Box one"
+        )
+    if isinstance(env.action_space, gym.spaces.Box) and len(env.action_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box action space, got {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    return env
+
+
+def make_vector_env(args: Args) -> gym.vector.VectorEnv:
+    """Vectorised envs in SAME_STEP autoreset mode.
+
+    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
+    *after* an episode ends returns the reset observation and ignores the action, a fake
+    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
+    the episode: every transition returned is real, the returned observation is already the next
+    episode's first one, and the true last observation arrives in info["final_obs"], which is
+    what a truncated episode must bootstrap from.
+    """
+    env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = env_cls(
+        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+class RunningMeanStd:
+    """Running mean and variance over batches (Chan et al.'s parallel update), in float64."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.mean = np.zeros(shape, np.float64)
+        self.var = np.ones(shape, np.float64)
+        self.count = 1e-4
+
+    def update(self, x: np.ndarray) -> None:
+        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict:
+        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
+        self.count = state["count"]
+
+
+def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
+    if rms is None:
+        return obs.astype(np.float32)
+    return np.clip((obs - rms.mean) / np.sqrt(rms.var + 1e-8), -10.0, 10.0).astype(np.float32)
+
+
+class RewardScaler:
+    """Scales rewards by the running std of the discounted return (not of the reward itself).
+
+    The critic regresses onto returns, so it is the return's scale that should be near one. The
+    mean is not subtracted: shifting rewards would change what the optimal policy is (e.g. make
+    ending an episode early attractive). `observe` runs every step; `scale` once per rollout.
+    """
+
+    def __init__(self, num_envs: int, num_steps: int, gamma: float):
+        self.rms = RunningMeanStd()
+        self.gamma = gamma
+        self.returns = np.zeros(num_envs, np.float64)
+        self.history = np.zeros((num_steps, num_envs), np.float64)
+
+    def observe(self, step: int, rewards: np.ndarray, episode_ends: np.ndarray) -> None:
+        self.returns = self.returns * self.gamma + rewards
+        self.history[step] = self.returns
+        self.returns[episode_ends] = 0.0
+
+    def scale(self, rewards: np.ndarray) -> np.ndarray:
+        self.rms.update(self.history.reshape(-1))
+        return (rewards / np.sqrt(self.rms.var + 1e-8)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights keep activations' scale through the layers at the start of training."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim: int, out_dim: int, out_std: float, hidden: int = 64) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+def action_dims(space: gym.Space) -> list[int]:
+    """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
+    if isinstance(space, gym.spaces.Discrete):
+        return [int(space.n)]
+    return [int(n) for n in space.nvec.reshape(-1)]
+
+
+def blockwise_argmax(logits: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """The argmax within each action dimension's block of logits: shape [..., len(dims)]."""
+    return torch.stack([block.argmax(-1) for block in logits.split(dims, dim=-1)], dim=-1)
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs: the value loss cannot disturb the policy's features.
+
+    The actor's head follows the action space (`continuous`):
+    - Box: a diagonal Gaussian N(mu(s), diag(exp(log_std))^2). The actor outputs the mean; log_std
+      is one learned parameter per dimension, independent of the state (see ppo_continuous.py).
+    - Discrete / MultiDiscrete: the actor outputs one block of logits per action dimension, each an
+      independent categorical (see ppo_discrete.py). `dims` holds the number of choices per
+      dimension, or the action size for a Box.
+    """
+
+    def __init__(self, obs_dim: int, dims: list[int], continuous: bool):
+        super().__init__()
+        self.dims, self.continuous = dims, continuous
+        self.critic = mlp(obs_dim, 1, out_std=1.0)
+        # A small last layer starts the policy near uniform (or the mean near zero): every action
+        # gets tried early on.
+        self.actor = mlp(obs_dim, sum(dims), out_std=0.01)
+        if continuous:
+            self.actor_logstd = nn.Parameter(torch.zeros(dims[0]))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Samples an action: all the rollout needs step by step. For categoricals, the Gumbel-max
+        trick (see ppo_discrete.py): argmax_k (logits_k + g_k), g_k ~ Gumbel(0, 1), is a sample of
+        softmax(logits)."""
+        out = self.actor(obs)
+        if self.continuous:
+            return out + self.actor_logstd.exp() * torch.randn_like(out)
+        return blockwise_argmax(out - torch.log(-torch.log(torch.rand_like(out))), self.dims)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) of the given actions and the entropy of pi(.|s), both summed over dimensions."""
+        out = self.actor(obs)
+        if self.continuous:
+            return gaussian_log_prob(action, out, self.actor_logstd), gaussian_entropy(self.actor_logstd)
+        return categorical_log_prob_entropy(out.split(self.dims, dim=-1), action)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic policy used in evaluation: the mean, or the most likely choice per dimension."""
+        out = self.actor(obs)
+        return out if self.continuous else blockwise_argmax(out, self.dims)
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm's pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2 ].
+
+    Written out rather than through torch.distributions, which costs more than the network itself
+    at these sizes. The action must be the *unclipped* sample: clipping it to the env's bounds
+    would put probability mass where the density says there is none.
+    """
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """H = sum_i [ log sigma_i + (1 + log(2 pi)) / 2 ]; the same for every state here."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+def categorical_log_prob_entropy(
+    logits: tuple[torch.Tensor, ...], action: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For independent categoricals, one logits block per action dimension:
+    log pi(a|s) = sum_i log softmax(logits_i)[a_i]     H(s) = sum_i -sum_k p_ik log p_ik.
+
+    Written out rather than through torch.distributions, which costs more than the network itself
+    at these sizes. log_softmax serves both sums and stays finite where log(softmax(...)) would
+    underflow to log(0) for a very unlikely action.
+    """
+    log_prob, entropy = 0.0, 0.0
+    for i, block in enumerate(logits):
+        log_p = torch.log_softmax(block, dim=-1)
+        log_prob = log_prob + log_p.gather(-1, action[..., i : i + 1]).squeeze(-1)
+        entropy = entropy - (log_p.exp() * log_p).sum(-1)
+    return log_prob, entropy
+
+
+def successor_values(
+    values: np.ndarray, last_values: np.ndarray, final_values: np.ndarray, episode_ends: np.ndarray
+) -> np.ndarray:
+    """V(s_{t+1}) for every step of a [num_steps, num_envs] rollout.
+
+    Inside an episode the successor is the next row's state (for the last row, the state the
+    rollout stopped in, valued as last_values). Where an episode ended, the next row already
+    belongs to a new episode after the autoreset, so the successor is the episode's true final
+    observation instead: final_values holds its value for truncated steps. After a termination
+    the entry is irrelevant, compute_gae multiplies it by zero.
+    """
+    next_values = np.concatenate([values[1:], last_values[None]])
+    return np.where(episode_ends > 0, final_values, next_values)
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminations: np.ndarray,
+    episode_ends: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized Advantage Estimation over a [num_steps, num_envs] rollout.
+
+    next_values[t] is V(s_{t+1}) of the state that really followed step t: the next row's state
+    inside an episode, the true final observation where the episode ended. Two different masks:
+    - terminations[t] removes the bootstrap, since a terminal state has no future;
+    - episode_ends[t] (terminated or truncated) stops the lambda-recursion, so an advantage never
+      sums TD residuals from the next episode, which starts in the following row after a reset.
+    A truncated step therefore keeps gamma * V(final observation) and only cuts the recursion.
+    Returns (advantages, value targets = advantages + values).
+    """
+    advantages = np.zeros_like(rewards)
+    next_advantage = np.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
+        next_advantage = delta + gamma * gae_lambda * (1.0 - episode_ends[t]) * next_advantage
+        advantages[t] = next_advantage
+    return advantages, advantages + values
+
+
+def policy_gradient_loss(logprob: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """L_pi = -E[ log pi(a|s) * A ]. Its gradient is the policy-gradient estimate; `advantages`
+    carries no gradient (it comes from the critic's numbers, detached), so only the actor moves."""
+    return -(advantages * logprob).mean()
+
+
+def value_loss(new_values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """L_V = 0.5 * E[(V(s) - R)^2]: regression onto the n-step returns."""
+    return 0.5 * (new_values - returns).pow(2).mean()
+
+
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
+    var = np.var(target)
+    return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, the metrics CSV, wandb
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
+    the previous file whole, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+METRICS = [
+    "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
+    "entropy", "explained_variance", "episodic_return", "episodic_length",
+]
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv, one row per update, and wandb when tracking.
+
+    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
+    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
+    then appends.
+    """
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
+        new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args: Args, run_name: str, run_dir: Path):
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None and not wandb_reachable():
+        mode = "offline"
+        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("learning_rate", "max_grad_norm", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0):
+        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    batch = args.num_envs * args.num_steps
+    if args.total_timesteps < batch:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
+            "raise it or lower --num-envs / --num-steps"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
+
+
+def eval_seed(seed: int) -> int:
+    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
+    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    return seed + 10_000
+
+
+def evaluate(
+    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, episodes: int, seed: int,
+    device: torch.device, video_dir: Path | None = None,
+) -> list[float]:
+    """Returns of `episodes` episodes acting deterministically: the mean action, or the most likely.
+
+    Observations go through the *training* statistics, frozen: the policy was trained on inputs
+    normalised that way, and statistics gathered from the evaluation episodes would shift them.
+    """
+    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    returns = []
+    low, high = (env.action_space.low, env.action_space.high) if agent.continuous else (None, None)
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
+            action = action[0].cpu().numpy()
+            action = np.clip(action, low, high) if agent.continuous else action.reshape(env.action_space.shape)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
+    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("algorithm") != "a2c":
+        raise UsageError(f"{path} is not an a2c.py model (algorithm: {state.get('algorithm')})")
+    agent = Agent(state["obs_dim"], state["dims"], state["continuous"]).to(device)
+    agent.load_state_dict(state["agent"])
+    obs_rms = None
+    if state["obs_rms"] is not None:
+        obs_rms = RunningMeanStd((state["obs_dim"],))
+        obs_rms.load_state_dict(state["obs_rms"])
+    return agent, obs_rms, state
+
+
+def print_eval(returns: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (deterministic)")
+
+
+def run_evaluation(args: Args) -> dict:
+    """--evaluate: evaluate a saved model later, with the statistics it was trained with."""
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    agent, obs_rms, state = load_model(args.evaluate, device)
+    if args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+    env_id = state["args"]["env_id"]
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns = evaluate(agent, obs_rms, env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
+    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    print_eval(returns)
+    if video_dir is not None:
+        print(f"videos in {video_dir}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    space = envs.single_action_space
+    continuous = isinstance(space, gym.spaces.Box)
+    dims = [space.shape[0]] if continuous else action_dims(space)
+    act_dim = dims[0] if continuous else len(dims)
+    # A discrete env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) else.
+    env_action_shape = (args.num_envs,) + space.shape
+
+    agent = Agent(obs_dim, dims, continuous).to(device)
+    # eps 1e-5 rather than the default 1e-8: when a parameter's gradients are tiny, the update
+    # g / (sqrt(v) + eps) would otherwise blow up to a full learning-rate step of noise.
+    params = list(agent.parameters())
+    if args.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop(params, lr=args.learning_rate, alpha=0.99, eps=1e-5)
+    else:
+        optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=True)
+    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
+    reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
+    global_step, start_iteration = 0, 1
+
+    if args.resume:
+        ckpt = torch.load(args.resume, map_location=device, weights_only=True)
+        agent.load_state_dict(ckpt["agent"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if obs_rms is not None:
+            obs_rms.load_state_dict(ckpt["obs_rms"])
+        if reward_scaler is not None:
+            reward_scaler.rms.load_state_dict(ckpt["reward_rms"])
+        global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
+        torch.set_rng_state(ckpt["torch_rng"])
+        run_dir = Path(args.resume).parent
+        print(f"resumed from {args.resume} at step {global_step}")
+    else:
+        run_name = args.run_name or f"{args.env_id}__a2c__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    log = MetricsLog(
+        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
+        resume_step=global_step if args.resume else None,
+    )
+
+    def model_state() -> dict:
+        return {
+            "algorithm": "a2c", "args": dataclasses.asdict(args), "obs_dim": obs_dim,
+            "dims": dims, "continuous": continuous, "agent": agent.state_dict(), "global_step": global_step,
+            "obs_rms": obs_rms.state_dict() if obs_rms is not None else None,
+        }
+
+    def save_checkpoint(iteration: int) -> None:
+        atomic_save(
+            model_state() | {
+                "optimizer": optimizer.state_dict(), "iteration": iteration,
+                "reward_rms": reward_scaler.rms.state_dict() if reward_scaler is not None else None,
+                "torch_rng": torch.get_rng_state(),
+            },
+            run_dir / "checkpoint.pt",
+        )
+
+    # Rollout storage lives in numpy on the host: one cheap write per step, one copy to the
+    # device per update. Row t holds step t of every env.
+    shape = (args.num_steps, args.num_envs)
+    raw_obs_buf = np.zeros(shape + (obs_dim,), np.float64)
+    actions_buf = np.zeros(shape + (act_dim,), np.float32 if continuous else np.int64)
+    rewards_buf = np.zeros(shape, np.float32)
+    terminations_buf = np.zeros(shape, np.float32)
+    episode_ends_buf = np.zeros(shape, np.float32)
+    # The true last observation of an episode truncated at step t (rows of other steps unused).
+    final_obs_buf = np.zeros(shape + (obs_dim,), np.float64)
+
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    raw_obs, _ = envs.reset(seed=args.seed + global_step)
+    recent_returns: deque[float] = deque(maxlen=20)
+    start_time = last_print = time.time()
+    start_step = global_step
+
+    for iteration in range(start_iteration, num_iterations + 1):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
+        episode_returns, episode_lengths = [], []
+
+        # --- Rollout with the current policy ---
+        # Step by step only the action is needed. V(s) is computed for the whole batch after the
+        # rollout, in one pass: the networks do not change until the update.
+        # The normalisation statistics also stay fixed during a rollout (updated after it), so every
+        # input of a batch, bootstrap states included, is normalised the same way.
+        truncated_buf = np.zeros(shape, bool)
+        for step in range(args.num_steps):
+            raw_obs_buf[step] = raw_obs
+            with torch.inference_mode():
+                action = agent.act(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
+            # The unclipped sample goes into the buffer (its log-prob is what the policy assigned);
+            # only the env sees it clipped to the bounds.
+            actions_buf[step] = action
+            env_action = np.clip(action, space.low, space.high) if continuous else action.reshape(env_action_shape)
+            raw_obs, rewards, terminations, truncations, infos = envs.step(env_action)
+            global_step += args.num_envs
+            episode_ends = terminations | truncations
+            rewards_buf[step] = rewards
+            terminations_buf[step] = terminations
+            episode_ends_buf[step] = episode_ends
+            if reward_scaler is not None:
+                reward_scaler.observe(step, rewards, episode_ends)
+            # raw_obs of an env whose episode ended is already the *next* episode's first
+            # observation. A truncated episode bootstraps from its true last one, kept here.
+            truncated_only = truncations & ~terminations
+            if truncated_only.any():
+                truncated_buf[step] = truncated_only
+                final_obs_buf[step, truncated_only] = np.stack(infos["final_obs"][truncated_only])
+            if "episode" in infos:
+                done = infos["_episode"]
+                episode_returns.extend(infos["episode"]["r"][done].tolist())
+                episode_lengths.extend(infos["episode"]["l"][done].tolist())
+
+        # --- Values, then n-step returns and advantages ---
+        b_obs = torch.from_numpy(normalize_obs(raw_obs_buf.reshape(batch_size, obs_dim), obs_rms)).to(device)
+        b_actions = torch.from_numpy(actions_buf.reshape(batch_size, act_dim)).to(device)
+        with torch.inference_mode():
+            b_values = agent.value(b_obs)
+            last_values = agent.value(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
+            final_values = np.zeros(shape, np.float32)
+            if truncated_buf.any():
+                final_obs = torch.from_numpy(normalize_obs(final_obs_buf[truncated_buf], obs_rms)).to(device)
+                final_values[truncated_buf] = agent.value(final_obs).cpu().numpy()
+        values = b_values.cpu().numpy().reshape(shape)
+        if obs_rms is not None:
+            obs_rms.update(raw_obs_buf.reshape(-1, obs_dim))
+        if reward_scaler is not None:
+            # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
+            rewards_buf = reward_scaler.scale(rewards_buf)
+        next_values = successor_values(values, last_values, final_values, episode_ends_buf)
+        advantages, returns = compute_gae(
+            rewards_buf, values, next_values, terminations_buf, episode_ends_buf, args.gamma, args.gae_lambda
+        )
+
+        # --- One gradient step on the whole batch ---
+        b_advantages = torch.from_numpy(advantages.reshape(-1)).to(device)
+        b_returns = torch.from_numpy(returns.reshape(-1)).to(device)
+        if args.norm_adv:
+            b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
+        # The log-probs are taken with gradients now; the policy is still the one that acted.
+        new_logprob, entropy = agent.log_prob_entropy(b_obs, b_actions)
+        pg_loss = policy_gradient_loss(new_logprob, b_advantages)
+        v_loss = value_loss(agent.value(b_obs), b_returns)
+        entropy = entropy.mean()
+        loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+
+        pg_loss, v_loss, entropy = torch.stack([pg_loss, v_loss, entropy]).tolist()
+        recent_returns.extend(episode_returns)
+        elapsed = time.time() - start_time
+        sps = (global_step - start_step) / elapsed
+        log.write({
+            "global_step": global_step, "iteration": iteration, "time": round(elapsed, 2), "sps": round(sps),
+            "learning_rate": optimizer.param_groups[0]["lr"], "policy_loss": pg_loss, "value_loss": v_loss,
+            "entropy": entropy, "explained_variance": explained_variance(values, returns),
+            "episodic_return": np.mean(episode_returns) if episode_returns else "",
+            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+        })
+        if args.checkpoint_every and (
+            global_step // args.checkpoint_every > (global_step - batch_size) // args.checkpoint_every
+        ):
+            save_checkpoint(iteration)
+        if time.time() - last_print >= args.log_interval or iteration == num_iterations:
+            last_print = time.time()
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            eta = (num_iterations - iteration) * batch_size / max(sps, 1e-9)
+            print(
+                f"step {global_step:>9}/{num_iterations * batch_size} | {sps:5.0f} SPS | return {recent} "
+                f"(last {len(recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+                flush=True,
+            )
+    envs.close()
+    wall_time = time.time() - start_time
+
+    summary = {
+        "algorithm": "a2c", "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / wall_time),
+        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
+    }
+    if args.eval_episodes:
+        video_dir = run_dir / "videos" if args.capture_video else None
+        returns = evaluate(agent, obs_rms, args.env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
+        print_eval(returns)
+        summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+    if args.save_model:
+        atomic_save(model_state(), run_dir / "model.pt")
+        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python a2c.py --evaluate {run_dir / 'model.pt'}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.close()
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Parses the command line. With --resume or --evaluate the saved run's settings become the
+    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
+    given beside it overrides the saved value."""
+    args = tyro.cli(Args, args=argv)
+    saved_from = args.resume or args.evaluate
+    if saved_from and Path(saved_from).is_file():
+        try:
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
+        except Exception as e:
+            raise UsageError(f"cannot read {saved_from}: {e}")
+        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved |= {"resume": args.resume, "evaluate": args.evaluate}
+        args = tyro.cli(Args, args=argv, default=Args(**saved))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_args(argv)
+        if args.evaluate:
+            check_args(args)
+            run_evaluation(args)
+        else:
+            train(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

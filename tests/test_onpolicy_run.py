@@ -1,0 +1,224 @@
+"""The on-policy scripts end to end: train() on a tiny budget, and each script as a user runs it."""
+
+import csv
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+import tyro
+
+import toy_envs  # noqa: F401  (registers the test environments)
+from conftest import run_script, tiny
+
+# script -> (its default env, an env of the wrong action kind, what the error must point to)
+SCRIPTS = {
+    "ppo_continuous": ("Pendulum-v1", "CartPole-v1", "use ppo_discrete.py"),
+    "ppo_discrete": ("CartPole-v1", "Pendulum-v1", "use ppo_continuous.py"),
+    "a2c": ("CartPole-v1", None, None),  # takes every action kind
+}
+PPO = ["ppo_continuous", "ppo_discrete"]
+
+
+@pytest.fixture(params=list(SCRIPTS))
+def algo(request):
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(params=PPO)
+def ppo(request):
+    return importlib.import_module(request.param)
+
+
+def tiny_args(algo, *extra: str):
+    return tyro.cli(algo.Args, args=[*tiny(algo.__name__), *extra])
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_smoke_writes_metrics_model_and_summary(algo, in_tmp):
+    summary = algo.train(tiny_args(algo, "--run-name", "smoke"))
+    run_dir = in_tmp / "runs" / "smoke"
+    rows = read_metrics(run_dir)
+    assert [int(r["global_step"]) for r in rows] == [128, 256]
+    for key in ("policy_loss", "value_loss", "entropy", "explained_variance", "sps", "learning_rate"):
+        assert all(np.isfinite(float(r[key])) for r in rows), key
+    if algo.__name__.startswith("ppo"):
+        assert all(np.isfinite(float(r["approx_kl"])) and 0 <= float(r["clip_frac"]) <= 1 for r in rows)
+    assert summary["global_step"] == 256 and len(summary["eval_returns"]) == 2
+    assert json.loads((run_dir / "summary.json").read_text())["eval_mean"] == summary["eval_mean"]
+    assert (run_dir / "model.pt").is_file()
+
+
+def test_same_seed_gives_the_same_numbers_on_cpu(algo, in_tmp):
+    a = algo.train(tiny_args(algo, "--run-name", "a", "--seed", "7"))
+    b = algo.train(tiny_args(algo, "--run-name", "b", "--seed", "7"))
+    c = algo.train(tiny_args(algo, "--run-name", "c", "--seed", "8"))
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]  # noqa: E731
+    assert drop_timing(read_metrics(in_tmp / "runs/a")) == drop_timing(read_metrics(in_tmp / "runs/b"))
+    assert a["eval_returns"] == b["eval_returns"]
+    wa = torch.load(in_tmp / "runs/a/model.pt", weights_only=True)["agent"]
+    wb = torch.load(in_tmp / "runs/b/model.pt", weights_only=True)["agent"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert c["eval_returns"] != a["eval_returns"]
+
+
+def test_normalisation_statistics_are_saved_and_used_by_evaluation(algo, in_tmp, monkeypatch):
+    summary = algo.train(tiny_args(algo, "--run-name", "norm"))
+    agent, obs_rms, state = algo.load_model(str(in_tmp / "runs/norm/model.pt"), torch.device("cpu"))
+    # The statistics saved are the ones training gathered (2 rollouts of 128 observations).
+    assert obs_rms.count == pytest.approx(256, abs=1e-3)
+    assert not np.allclose(obs_rms.mean, 0.0)
+    # Every observation of the evaluation goes through exactly these statistics...
+    used = []
+    normalize = algo.normalize_obs
+    monkeypatch.setattr(algo, "normalize_obs", lambda obs, rms: used.append(rms) or normalize(obs, rms))
+    returns = algo.evaluate(agent, obs_rms, SCRIPTS[algo.__name__][0], 2, algo.eval_seed(1), torch.device("cpu"))
+    assert len(used) >= 2 and all(rms is obs_rms for rms in used)
+    # ...and so evaluating the saved model reproduces the evaluation at the end of training.
+    assert returns == summary["eval_returns"]
+
+
+def test_checkpoint_then_resume_continues_the_run(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "ck", "--checkpoint-every", "256", "--total-timesteps", "512"))
+    ckpt = torch.load(in_tmp / "runs/ck/checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == 512 and ckpt["iteration"] == 4
+    assert not (in_tmp / "runs/ck/checkpoint.pt.tmp").exists()
+
+    args = algo.parse_args(["--resume", str(in_tmp / "runs/ck/checkpoint.pt"), "--total-timesteps", "768"])
+    assert args.num_steps == 64 and args.num_envs == 2  # settings come from the checkpoint
+    summary = algo.train(args)
+    assert summary["global_step"] == 768
+    rows = read_metrics(in_tmp / "runs/ck")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["global_step"]) for r in rows][-2:] == [640, 768]
+    # The learning-rate schedule continues where it was, over the new total.
+    assert float(rows[4]["learning_rate"]) == pytest.approx(algo.Args().learning_rate * (1 - 4 / 6))
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(algo, in_tmp):
+    # Checkpoint at step 256 of 512: rows for 384 and 512 exist but are redone on resume.
+    algo.train(tiny_args(algo, "--run-name", "crash", "--checkpoint-every", "256", "--total-timesteps", "512",
+                        "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/crash/checkpoint.pt", weights_only=True)
+    ckpt["global_step"], ckpt["iteration"] = 256, 2  # as if the run had died right after step 256
+    torch.save(ckpt, in_tmp / "runs/crash/checkpoint.pt")
+    algo.train(algo.parse_args(["--resume", str(in_tmp / "runs/crash/checkpoint.pt")]))
+    assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [128, 256, 384, 512]
+
+
+def test_resume_restores_networks_optimizer_and_statistics(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "r", "--checkpoint-every", "128", "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/r/checkpoint.pt", weights_only=True)
+    model = torch.load(in_tmp / "runs/r/model.pt", weights_only=True)
+    assert all(torch.equal(ckpt["agent"][k], model["agent"][k]) for k in model["agent"])
+    assert torch.equal(ckpt["obs_rms"]["mean"], model["obs_rms"]["mean"])
+    assert ckpt["optimizer"]["state"] and ckpt["reward_rms"]["count"] > 1
+
+
+def test_ppo_penalty_variant_trains_and_adapts_beta(ppo, in_tmp):
+    ppo.train(tiny_args(ppo, "--run-name", "pen", "--ppo-penalty", "--eval-episodes", "0"))
+    betas = [float(r["kl_beta"]) for r in read_metrics(in_tmp / "runs/pen")]
+    assert betas[0] in (0.5, 1.0, 2.0)
+    assert all(np.isfinite(betas))
+
+
+# --- The script as a subprocess ---
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_flags(tmp_path, script):
+    result = run_script(f"{script}.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--env-id", "--total-timesteps", "--num-envs", "--num-steps", "--gae-lambda", "--ent-coef",
+                 "--vf-coef", "--max-grad-norm", "--checkpoint-every", "--resume", "--evaluate"):
+        assert flag in result.stdout, flag
+    if script in PPO:
+        for flag in ("--num-minibatches", "--update-epochs", "--clip-coef", "--target-kl", "--ppo-penalty"):
+            assert flag in result.stdout, flag
+
+
+BAD_INPUT = [
+    (["--env-id", "Pendulm-v1"], "unknown env id 'Pendulm-v1'; did you mean Pendulum-v1"),
+    (["--num-envs", "0"], "--num-envs must be positive"),
+    (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+    (["--num-steps", "0"], "--num-steps must be positive"),
+    (["--resume", "no/such/checkpoint.pt"], "no file at no/such/checkpoint.pt"),
+]
+PPO_BAD_INPUT = [
+    (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not divide"),
+    (["--update-epochs", "0"], "--update-epochs must be positive"),
+]
+
+
+def bad_input_cases():
+    for script, (_, wrong_env, pointer) in SCRIPTS.items():
+        cases = BAD_INPUT + (PPO_BAD_INPUT if script in PPO else [])
+        if wrong_env:
+            cases = cases + [(["--env-id", wrong_env], pointer)]
+        for flags, message in cases:
+            yield pytest.param(script, flags, message, id=f"{script}-{' '.join(flags)}")
+
+
+@pytest.mark.parametrize("script, flags, message", bad_input_cases())
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, script, flags, message):
+    result = run_script(f"{script}.py", *flags, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_save_then_evaluate_later_with_video(tmp_path, script):
+    train = run_script(f"{script}.py", *tiny(script), "--run-name", "cli", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert "step" in train.stdout and "SPS" in train.stdout  # the progress line
+    summary = json.loads((tmp_path / "runs/cli/summary.json").read_text())
+
+    later = run_script(f"{script}.py", "--evaluate", "runs/cli/model.pt", "--eval-episodes", "2",
+                       "--capture-video", cwd=tmp_path)
+    assert later.returncode == 0, later.stderr
+    # Same episodes, same statistics: the same result as at the end of training.
+    assert f"eval: {summary['eval_mean']:.1f} ± {summary['eval_std']:.1f} over 2 episodes" in later.stdout
+    assert len(list((tmp_path / "runs/cli/videos").glob("*.mp4"))) == 2
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_from_the_command_line(tmp_path, script):
+    first = run_script(f"{script}.py", *tiny(script), "--run-name", "cr", "--checkpoint-every", "128",
+                       "--eval-episodes", "0", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_script(f"{script}.py", "--resume", "runs/cr/checkpoint.pt", "--total-timesteps", "512",
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from runs/cr/checkpoint.pt at step 256" in resumed.stdout
+    assert json.loads((tmp_path / "runs/cr/summary.json").read_text())["global_step"] == 512
+
+
+def test_track_without_network_falls_back_to_offline(tmp_path):
+    result = run_script("ppo_discrete.py", *tiny("ppo_discrete"), "--run-name", "tr", "--track", "--eval-episodes", "0",
+                        cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "wandb: no network, logging offline" in result.stdout
+    assert list((tmp_path / "runs/tr/wandb").glob("offline-run-*"))
+
+
+def test_multidiscrete_env_trains(in_tmp):
+    import ppo_discrete
+
+    summary = ppo_discrete.train(tiny_args(ppo_discrete, "--env-id", "ToyMultiDiscrete-v0", "--run-name", "md"))
+    assert summary["global_step"] == 256 and len(summary["eval_returns"]) == 2
+    actions = ppo_discrete.load_model(str(in_tmp / "runs/md/model.pt"), torch.device("cpu"))[2]["dims"]
+    assert actions == [3, 4]
+
+
+def test_multidiscrete_env_from_the_command_line(tmp_path):
+    result = run_script("ppo_discrete.py", *tiny("ppo_discrete"), "--env-id", "toy_envs:ToyMultiDiscrete-v0", "--run-name", "mdc",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "eval:" in result.stdout

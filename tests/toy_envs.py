@@ -1,0 +1,54 @@
+"""Small environments for the tests, registered on import (`--env-id toy_envs:ToyMultiDiscrete-v0`
+makes gymnasium import this module when tests/ is on PYTHONPATH)."""
+
+import gymnasium as gym
+import numpy as np
+
+
+class Counter(gym.Env):
+    """The observation is the number of steps taken; reward 1 per step; it never terminates, so
+    every episode ends by truncation (the registered time limit)."""
+
+    def __init__(self, action_space: gym.Space, render_mode=None):
+        self.observation_space = gym.spaces.Box(0.0, 1e3, (1,), np.float32)
+        self.action_space = action_space
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), 1.0, False, False, {}
+
+
+class TwoChoices(gym.Env):
+    """MultiDiscrete([3, 4]) actions. The observation one-hot encodes a target per dimension; each
+    dimension that matches its target earns 1. Missing both terminates the episode."""
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (7,), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete([3, 4])
+
+    def _observe(self):
+        self.target = self.np_random.integers([0, 0], [3, 4])
+        obs = np.zeros(7, np.float32)
+        obs[self.target[0]] = 1.0
+        obs[3 + self.target[1]] = 1.0
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._observe(), {}
+
+    def step(self, action):
+        hits = (np.asarray(action) == self.target).astype(np.float32)
+        return self._observe(), float(hits.sum()), bool(hits.sum() == 0), False, {}
+
+
+gym.register("ToyCounterBox-v0", entry_point=lambda **kw: Counter(gym.spaces.Box(-1.0, 1.0, (1,), np.float32), **kw),
+             max_episode_steps=5)
+gym.register("ToyCounterDiscrete-v0", entry_point=lambda **kw: Counter(gym.spaces.Discrete(2), **kw), max_episode_steps=5)
+gym.register("ToyMultiDiscrete-v0", entry_point=TwoChoices, max_episode_steps=20)
