@@ -70,9 +70,9 @@ class Args:
     (CartPole-v1, LunarLander-v3, Pendulum-v1, ...)"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
-    total_timesteps: int = 1_000_000
-    """environment steps to train for, summed over all envs. 1M takes about 4 minutes on Pendulum-v1
-    on a 2-core CPU and is also the usual MuJoCo budget"""
+    total_timesteps: int = 500_000
+    """environment steps to train for, summed over all envs: 500k for CartPole-v1; LunarLander-v3
+    and Pendulum-v1 want 1M"""
     run_name: str | None = None
     """directory name under runs/ (default: <env-id>__a2c__<seed>__<unix-time>)"""
     cuda: bool = True
@@ -91,7 +91,7 @@ class Args:
     save_model: bool = True
     """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
     eval_episodes: int = 10
-    """episodes of deterministic evaluation (the mean action) at the end; 0 skips it"""
+    """episodes of deterministic evaluation (the mean action, or the most likely) at the end; 0 skips it"""
     checkpoint_every: int = 0
     """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
     steps; 0 writes none"""
@@ -115,7 +115,7 @@ class Args:
     """normalise observations with running mean and std (saved with the model, reused in evaluation)"""
     norm_reward: bool = True
     """divide rewards by the running std of the discounted return, so value targets stay near unit
-    scale whatever the env's reward scale (Pendulum's rewards reach -16 per step)"""
+    scale whatever the env's reward scale (LunarLander's crash costs -100 in one step)"""
 
     # --- A2C ---
     learning_rate: float = 7e-4

@@ -82,7 +82,7 @@ class Args:
     save_model: bool = True
     """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
     eval_episodes: int = 10
-    """episodes of deterministic evaluation (the mean action) at the end; 0 skips it"""
+    """episodes of deterministic evaluation (the most likely action) at the end; 0 skips it"""
     checkpoint_every: int = 0
     """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
     steps; 0 writes none"""
