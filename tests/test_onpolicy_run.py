@@ -68,7 +68,7 @@ def test_same_seed_gives_the_same_numbers_on_cpu(algo, in_tmp):
 
 
 def test_normalisation_statistics_are_saved_and_used_by_evaluation(algo, in_tmp, monkeypatch):
-    summary = algo.train(tiny_args(algo, "--run-name", "norm"))
+    summary = algo.train(tiny_args(algo, "--run-name", "norm", "--norm-obs"))
     agent, obs_rms, state = algo.load_model(str(in_tmp / "runs/norm/model.pt"), torch.device("cpu"))
     # The statistics saved are the ones training gathered (2 rollouts of 128 observations).
     assert obs_rms.count == pytest.approx(256, abs=1e-3)
@@ -112,7 +112,8 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(algo, in_tmp):
 
 
 def test_resume_restores_networks_optimizer_and_statistics(algo, in_tmp):
-    algo.train(tiny_args(algo, "--run-name", "r", "--checkpoint-every", "128", "--eval-episodes", "0"))
+    algo.train(tiny_args(algo, "--run-name", "r", "--checkpoint-every", "128", "--eval-episodes", "0",
+                          "--norm-obs", "--norm-reward"))
     ckpt = torch.load(in_tmp / "runs/r/checkpoint.pt", weights_only=True)
     model = torch.load(in_tmp / "runs/r/model.pt", weights_only=True)
     assert all(torch.equal(ckpt["agent"][k], model["agent"][k]) for k in model["agent"])
