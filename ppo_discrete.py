@@ -120,8 +120,7 @@ class Args:
     num_minibatches: int = 32
     """minibatches per epoch; the rollout batch must divide evenly into them"""
     update_epochs: int = 4
-    """passes over each rollout batch; a categorical policy moves faster per epoch than a Gaussian
-    one, so fewer than the continuous file's 10 keep the ratio within the clip range"""
+    """passes over each rollout batch (4 is the usual choice for discrete control, 10 for MuJoCo)"""
     norm_adv: bool = True
     """normalise advantages to zero mean and unit std within each minibatch"""
     clip_coef: float = 0.2
