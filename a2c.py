@@ -282,6 +282,8 @@ def action_dims(space: gym.Space) -> list[int]:
 
 def blockwise_argmax(logits: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """The argmax within each action dimension's block of logits: shape [..., len(dims)]."""
+    if len(dims) == 1:  # Discrete: one block, nothing to split (this runs at every env step)
+        return logits.argmax(-1, keepdim=True)
     return torch.stack([block.argmax(-1) for block in logits.split(dims, dim=-1)], dim=-1)
 
 
@@ -362,12 +364,14 @@ def categorical_log_prob_entropy(
     at these sizes. log_softmax serves both sums and stays finite where log(softmax(...)) would
     underflow to log(0) for a very unlikely action.
     """
-    log_prob, entropy = 0.0, 0.0
+    log_probs, entropies = [], []
     for i, block in enumerate(logits):
         log_p = torch.log_softmax(block, dim=-1)
-        log_prob = log_prob + log_p.gather(-1, action[..., i : i + 1]).squeeze(-1)
-        entropy = entropy - (log_p.exp() * log_p).sum(-1)
-    return log_prob, entropy
+        log_probs.append(log_p.gather(-1, action[..., i : i + 1]).squeeze(-1))
+        entropies.append(-(log_p.exp() * log_p).sum(-1))
+    if len(logits) == 1:
+        return log_probs[0], entropies[0]
+    return torch.stack(log_probs).sum(0), torch.stack(entropies).sum(0)
 
 
 def successor_values(
@@ -404,11 +408,12 @@ def compute_gae(
     A truncated step therefore keeps gamma * V(final observation) and only cuts the recursion.
     Returns (advantages, value targets = advantages + values).
     """
+    deltas = rewards + gamma * (1.0 - terminations) * next_values - values  # every delta_t at once
+    decay = gamma * gae_lambda * (1.0 - episode_ends)  # only the recursion needs a loop
     advantages = np.zeros_like(rewards)
     next_advantage = np.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
-        next_advantage = delta + gamma * gae_lambda * (1.0 - episode_ends[t]) * next_advantage
+        next_advantage = deltas[t] + decay[t] * next_advantage
         advantages[t] = next_advantage
     return advantages, advantages + values
 

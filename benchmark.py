@@ -123,13 +123,17 @@ def report(runs: list[Run]) -> str:
             groups.setdefault((run.script, run.env_id), []).append(json.loads(run.summary_path.read_text()))
     for (script, env_id), summaries in groups.items():
         evals = [s["eval_mean"] for s in summaries if s.get("eval_mean") is not None]
-        mean = sum(evals) / len(evals) if evals else float("nan")
-        std = (sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5 if evals else float("nan")
+        if evals:
+            mean = sum(evals) / len(evals)
+            std = (sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5
+            evaluation = f"{mean:.1f} ± {std:.1f}"
+        else:
+            evaluation = "not evaluated"
         per_seed = ", ".join(f"{s['seed']}: {s['eval_mean']:.0f}" for s in summaries if s.get("eval_mean") is not None)
         sps = sum(s["sps"] for s in summaries) / len(summaries)
         wall = sum(s["wall_time"] for s in summaries) / len(summaries)
         steps = max(s["global_step"] for s in summaries)
-        lines.append(f"| {script} | {env_id} | {len(summaries)} | {steps:,} | {mean:.1f} ± {std:.1f} | {per_seed} "
+        lines.append(f"| {script} | {env_id} | {len(summaries)} | {steps:,} | {evaluation} | {per_seed} "
                      f"| {sps:,.0f} | {wall:.0f}s |")
     return "\n".join(lines)
 

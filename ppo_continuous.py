@@ -358,11 +358,12 @@ def compute_gae(
     A truncated step therefore keeps gamma * V(final observation) and only cuts the recursion.
     Returns (advantages, value targets = advantages + values).
     """
+    deltas = rewards + gamma * (1.0 - terminations) * next_values - values  # every delta_t at once
+    decay = gamma * gae_lambda * (1.0 - episode_ends)  # only the recursion needs a loop
     advantages = np.zeros_like(rewards)
     next_advantage = np.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
-        next_advantage = delta + gamma * gae_lambda * (1.0 - episode_ends[t]) * next_advantage
+        next_advantage = deltas[t] + decay[t] * next_advantage
         advantages[t] = next_advantage
     return advantages, advantages + values
 
