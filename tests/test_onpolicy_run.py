@@ -165,7 +165,7 @@ def bad_input_cases():
             yield pytest.param(script, flags, message, id=f"{script}-{' '.join(flags)}")
 
 
-@pytest.mark.parametrize("script, flags, message", bad_input_cases())
+@pytest.mark.parametrize("script, flags, message", list(bad_input_cases()))
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, script, flags, message):
     result = run_script(f"{script}.py", *flags, cwd=tmp_path)
     assert result.returncode == 2
