@@ -223,3 +223,11 @@ def test_multidiscrete_env_from_the_command_line(tmp_path):
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "eval:" in result.stdout
+
+
+def test_async_envs_give_the_same_run_as_sync(algo, in_tmp):
+    sync = algo.train(tiny_args(algo, "--run-name", "sync", "--eval-episodes", "1"))
+    subprocesses = algo.train(tiny_args(algo, "--run-name", "async", "--eval-episodes", "1", "--async-envs"))
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]  # noqa: E731
+    assert drop_timing(read_metrics(in_tmp / "runs/sync")) == drop_timing(read_metrics(in_tmp / "runs/async"))
+    assert sync["eval_returns"] == subprocesses["eval_returns"]
