@@ -1,0 +1,937 @@
+"""Double DQN: one file, read top to bottom.
+
+Double DQN (van Hasselt, Guez and Silver 2016, https://arxiv.org/abs/1509.06461) is DQN (Mnih et
+al. 2015, https://www.nature.com/articles/nature14236) with one change, in the TD target. This file
+is dqn.py with that change: `diff dqn.py ddqn.py` shows this docstring, the algorithm's name and
+`td_target`, nothing else.
+
+The loop: act in `num_envs` environments, mostly greedily with respect to Q but with some
+exploration; store every transition (s, a, r, s', terminated) in a replay buffer; every
+`train_frequency` steps take `gradient_steps` gradient steps on random minibatches from the buffer,
+regressing Q(s, a) onto a TD target computed with a slowly-moving copy of the network. Repeat.
+
+Key equations (s' is the state after taking a in s, theta the online weights, theta^- the target
+network's):
+
+    DQN target        y       = r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-)
+    Double DQN target y       = r + gamma * (1 - terminated) * Q(s', argmax_a' Q(s', a'; theta); theta^-)
+    loss              L       = E_{(s, a, r, s') ~ buffer} [ (Q(s, a; theta) - y)^2 ]   (Huber by flag)
+    target update     theta^- <- tau * theta + (1 - tau) * theta^-   every C steps (tau = 1: a copy)
+    epsilon-greedy    a       = uniform random action with probability epsilon, argmax_a Q(s, a) otherwise
+    Boltzmann         P(a|s)  = exp(Q(s, a) / T) / sum_b exp(Q(s, b) / T)
+
+Why DQN overestimates. Its target takes the max over estimates that are noisy. The action that
+comes out on top is disproportionately one whose error happens to be positive, so even when each
+estimate is right on average, their max is not: E[max_a Qhat(s', a)] >= max_a E[Qhat(s', a)]. (Two
+actions truly worth the same, each estimated with independent N(0, sigma^2) error: the max is
+sigma / sqrt(pi) = 0.56 sigma too high on average.) The inflated target is regressed into Q(s, a),
+which is then bootstrapped from by the states before it: the optimism compounds along the horizon,
+and it is not uniform, so it can change which action looks best.
+
+Why Double DQN curbs it. It separates choosing the next action from valuing it. The online network
+chooses a* = argmax_a' Q(s', a'; theta); the target network, whose errors are a different draw,
+says what a* is worth. An action picked because the online network overrates it is not
+systematically overrated by the target network too, so the lucky error no longer flows into y. The
+two networks are not independent (the target is an older copy of the online one), so the bias
+shrinks rather than vanishes, and it costs no new network: DQN's target network is the second
+estimator. evaluate() logs Q(first state) beside the discounted return actually earned, to see it.
+
+Why a target network. The target y is built from the very function being fitted. If it came from
+the online weights, every gradient step on Q(s, a) would also move Q(s', .) (the two states share
+all the weights), so the label moves while we regress onto it; an increase of Q at one state can
+raise the targets that produced it, and the errors feed on themselves. Freezing a copy theta^- for
+C steps turns each period into ordinary supervised regression onto fixed labels, which converges;
+the labels then jump to the improved estimate. Polyak averaging (tau < 1) is the smooth version of
+the same idea: the labels drift slowly instead of jumping.
+
+Why a replay buffer. Consecutive transitions are strongly correlated and all come from the current
+policy's corner of the state space; training on them in order overfits to the recent past and
+forgets the rest. Sampling minibatches uniformly from a large memory of past transitions breaks the
+correlation and reuses every transition many times.
+
+Time limits are the classic trap. When an episode is *truncated* (CartPole-v1 stops every
+episode after 500 steps) the state it stopped in still has a future, so the stored transition
+bootstraps from Q at the true final observation. Only *termination* means the future is worth
+zero, so the buffer stores done = terminated, never terminated or truncated; treating truncation as
+termination teaches Q that a perfectly balanced pole at step 500 is worth nothing, which it cannot
+tell from the observation, and the values around it oscillate. Equally wrong is storing, as s', the
+observation the env returns after an autoreset: that is the *next* episode's first state, and the
+transition would splice two episodes together. See `true_next_obs` and `ReplayBuffer`.
+
+Run it:       python ddqn.py                     (CartPole-v1, about a minute on a CPU)
+Evaluate:     python ddqn.py --evaluate runs/<run-name>/model.pt --capture-video
+All flags:    python ddqn.py --help
+"""
+
+import csv
+import dataclasses
+import difflib
+import itertools
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+ALGORITHM = "ddqn"
+
+
+@dataclass
+class Args:
+    # --- Experiment ---
+    env_id: str = "CartPole-v1"
+    """gymnasium id of an environment with a Discrete action space (CartPole-v1, Acrobot-v1,
+    LunarLander-v3, ...)"""
+    seed: int = 1
+    """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
+    total_timesteps: int = 100_000
+    """environment steps to train for, summed over all envs"""
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
+    cuda: bool = True
+    """use CUDA when it is available (CPU otherwise)"""
+    torch_threads: int = 1
+    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
+    seeds run side by side without fighting over cores"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the final evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final Q-network and args to runs/<run-name>/model.pt"""
+    eval_episodes: int = 10
+    """episodes of greedy evaluation (argmax_a Q, no exploration) at the end and every
+    --eval-frequency steps; 0 skips evaluation"""
+    eval_frequency: int = 10_000
+    """evaluate every this many environment steps during training (0: only at the end). Each
+    evaluation logs, beside the returns, the Q value the network predicts for each episode's first
+    state and the discounted return the episode then earned: the gap is the overestimation"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    save_buffer: bool = True
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
+    than refilling an empty one (about buffer_size * (2 * obs_dim + 4) * 4 bytes: 5 MB for
+    CartPole-v1 with the default size)"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    metrics_every: int = 1_000
+    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
+
+    # --- Environment and replay ---
+    num_envs: int = 1
+    """parallel environments; each step adds num_envs transitions to the buffer. Training counts
+    environment steps, so --train-frequency keeps meaning "per this many transitions" whatever this is"""
+    async_envs: bool = False
+    """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
+    buffer_size: int = 100_000
+    """transitions the replay buffer holds before the oldest are overwritten. The default keeps every
+    transition of a default run, so the failures of the early episodes are never overwritten by the
+    long, uneventful episodes of a policy that has learned to balance"""
+    batch_size: int = 64
+    """transitions per gradient step, drawn uniformly from the buffer"""
+    learning_starts: int = 1_000
+    """transitions the buffer must hold before training starts (random-ish data to learn from
+    first). Counted in the buffer, so a run resumed without its buffer refills this much again"""
+
+    # --- Q-learning ---
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    """sizes of the Q-network's hidden layers (ReLU between them)"""
+    learning_rate: float = 2.3e-3
+    """Adam learning rate: high for DQN; Stable-Baselines3's tuned CartPole-v1 value, together with
+    the bursts of updates of --train-frequency and --gradient-steps"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over training. DQN's greedy policy can swing between
+    good and bad long after it first gets good; small final steps make the end of training (what
+    the final evaluation and model.pt see) settle instead of swing"""
+    gamma: float = 0.99
+    """discount factor"""
+    train_frequency: int = 256
+    """train every this many environment steps. With --gradient-steps 128 this alternates 256 steps
+    of collection with bursts of 128 updates, one update per two transitions on average
+    (Stable-Baselines3's tuned CartPole-v1 setting)"""
+    gradient_steps: int = 128
+    """gradient steps per training round"""
+    target_network_frequency: int = 768
+    """update the target network every this many environment steps (after every third burst). This
+    sets how fast values travel back in time: each copy carries them one more step of the Bellman
+    recursion, so 100k steps make 130 copies, and Q(first state) ends near 80, below the 99.3 that a
+    perfect episode earns (see the eval lines). Copying more often let Q reach 100 (every 512) or
+    pass it (every 256: 107-136), and the greedy policy kept swinging between balancing and drifting
+    off the track. ddqn.py on seeds 1-3: every 256, one seed ended at 154; every 512, seed 1 held
+    500 from 60k to 90k and ended at 171; every 768, all six dqn.py and ddqn.py runs ended at 500;
+    every 1024 was too slow, one seed had not learned by 100k"""
+    tau: float = 1.0
+    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy; below 1 (e.g.
+    0.005 with --target-network-frequency 1) a Polyak average that moves a little at every step"""
+    loss: Literal["mse", "huber"] = "mse"
+    """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) bounds the pull of a
+    rare huge TD error, but with unclipped rewards those errors are the news: on CartPole-v1 they
+    are the steps that run off the end of the track, where Q must fall from near 100 to 1. Huber
+    gives each the pull of an ordinary sample, the cliff is not learned, and the greedy policy
+    drifts off the track: with Huber (delta 1) 3 of 14 dqn.py runs on seeds 1-3 over five variants
+    of these settings ended at 475 or more, with MSE 13 of 15. (Nature DQN's Huber loss went with
+    rewards clipped to [-1, 1].) --max-grad-norm still bounds any single update"""
+    huber_delta: float = 1.0
+    """where the Huber loss turns from quadratic to linear (with --loss huber)"""
+    max_grad_norm: float = 10.0
+    """clip the global gradient norm of the Q-network to this"""
+
+    # --- Exploration ---
+    exploration: Literal["epsilon-greedy", "boltzmann"] = "epsilon-greedy"
+    """epsilon-greedy: a uniformly random action with probability epsilon. boltzmann: sample
+    P(a|s) proportional to exp(Q(s, a) / temperature), so actions that look nearly as good are tried
+    often and clearly bad ones rarely"""
+    start_e: float = 1.0
+    """epsilon at the start (epsilon-greedy)"""
+    end_e: float = 0.04
+    """epsilon after the decay, kept to the end (epsilon-greedy)"""
+    exploration_fraction: float = 0.16
+    """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly from its
+    start to its end value (16k steps by default; 0.16 and --end-e 0.04 are Stable-Baselines3's
+    tuned CartPole-v1 values)"""
+    start_temperature: float = 10.0
+    """Boltzmann temperature at the start, in units of Q (rewards): large compared to the gaps
+    between actions' Q values means nearly uniform"""
+    end_temperature: float = 0.1
+    """Boltzmann temperature after the decay, kept to the end; near 0 it is greedy"""
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment construction
+# ---------------------------------------------------------------------------------------------
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+    if not isinstance(env.action_space, gym.spaces.Discrete) or env.action_space.start != 0:
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
+            "Discrete one (actions 0..n-1); for continuous actions use ddpg.py or naf.py"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    return env
+
+
+def make_vector_env(args: Args) -> gym.vector.VectorEnv:
+    """Vectorised envs in SAME_STEP autoreset mode.
+
+    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
+    *after* an episode ends returns the reset observation and ignores the action, a fake
+    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
+    the episode: every transition returned is real, the returned observation is already the next
+    episode's first one, and the true last observation arrives in info["final_obs"], which is
+    what a truncated episode must bootstrap from.
+    """
+    env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = env_cls(
+        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -> np.ndarray:
+    """The state each env really reached in this step: s' of the transition to store.
+
+    For an env whose episode just ended (terminated or truncated), the vector env has already reset
+    it and `next_obs` holds the next episode's first observation; the state the episode ended in is
+    in infos["final_obs"]. Storing the reset observation would record a transition the env never
+    made. (After a termination s' is multiplied by zero in the target anyway; after a truncation it
+    is exactly what the target bootstraps from.)
+    """
+    if not episode_ends.any():
+        return next_obs
+    real = next_obs.copy()
+    real[episode_ends] = np.stack(infos["final_obs"][episode_ends])
+    return real
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer
+# ---------------------------------------------------------------------------------------------
+
+
+class ReplayBuffer:
+    """A circular memory of transitions in preallocated numpy arrays on the host.
+
+    Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next
+    to s rather than read from row i + 1, because with several envs the rows of one env are not
+    adjacent, and after an autoreset the next row belongs to another episode. That costs one more
+    copy of each observation and removes every question about which rows follow which.
+    `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros(capacity, np.int64)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
+            terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
+        """Stores one step of the vector env, as it returned it: row k of each array is env k's.
+
+        s' is the true next state (`true_next_obs`), never the reset observation of the next
+        episode; the stored done flag is `terminations` alone, so a truncated transition keeps
+        gamma * max Q(s') in its target.
+        """
+        next_obs = true_next_obs(next_obs, terminations | truncations, infos)
+        n = len(actions)
+        # A slice when the rows do not wrap around the end: much cheaper than an index array.
+        if self.pos + n <= self.capacity:
+            rows = slice(self.pos, self.pos + n)
+        else:
+            rows = (self.pos + np.arange(n)) % self.capacity
+        self.obs[rows] = obs
+        self.actions[rows] = actions
+        self.rewards[rows] = rewards
+        self.next_obs[rows] = next_obs
+        self.terminated[rows] = terminations
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors."""
+        rows = rng.integers(0, self.size, batch_size)
+        return tuple(
+            torch.from_numpy(a[rows]).to(device)
+            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        )
+
+    def state_dict(self) -> dict:
+        filled = slice(0, self.size)
+        return {
+            "pos": self.pos, "size": self.size, "obs": torch.from_numpy(self.obs[filled]),
+            "actions": torch.from_numpy(self.actions[filled]), "rewards": torch.from_numpy(self.rewards[filled]),
+            "next_obs": torch.from_numpy(self.next_obs[filled]),
+            "terminated": torch.from_numpy(self.terminated[filled]),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] > self.capacity:
+            raise UsageError(
+                f"the checkpoint's buffer holds {state['size']} transitions, more than --buffer-size "
+                f"{self.capacity}; keep its --buffer-size or resume with --no-save-buffer"
+            )
+        self.pos, self.size = state["pos"] % self.capacity, state["size"]
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+            getattr(self, name)[: self.size] = state[name].numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+class QNetwork(nn.Module):
+    """An MLP from an observation to one Q value per action: Q(s, .) in a single forward pass.
+
+    ReLU hidden layers with PyTorch's default initialisation; a linear last layer, since Q values
+    are unbounded.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int]):
+        super().__init__()
+        sizes = [obs_dim, *hidden_sizes]
+        self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
+        self.out = nn.Linear(sizes[-1], n_actions)
+        self.n_actions = n_actions
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        # F.linear on the layers' parameters rather than calling each nn.Linear: the module call's
+        # bookkeeping costs more than the matrix product at these sizes, and acting runs every step.
+        x = obs
+        for layer in self.hidden:
+            x = torch.relu(F.linear(x, layer.weight, layer.bias))
+        return F.linear(x, self.out.weight, self.out.bias)
+
+
+def acting_q_values(q_network: QNetwork, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Q(obs, .) for the envs' observations, numpy in and numpy out: what acting needs every step.
+
+    On the CPU this is the network's forward pass written in numpy, on arrays that share memory with
+    the parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
+    write the parameters in place, so the view always holds the current weights. For one
+    observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
+    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
+    environment step, so this alone is a sixth of the training time at CartPole-v1 sizes. On a GPU
+    the parameters are not in host memory, and acting is an ordinary forward pass.
+    """
+    if device.type != "cpu":
+        def q_values(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return q_network(torch.from_numpy(obs).to(device)).cpu().numpy()
+        return q_values
+
+    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+              for layer in (*q_network.hidden, q_network.out)]
+
+    def q_values(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias in layers[:-1]:
+            x = np.maximum(x @ weight.T + bias, 0.0)
+        weight, bias = layers[-1]
+        return x @ weight.T + bias
+    return q_values
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm's pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
+    """start at step 0, end from step `duration` on, a straight line in between."""
+    if step >= duration:
+        return end
+    return start + (end - start) * step / duration
+
+
+def td_target(
+    q_network: nn.Module, target_network: nn.Module, rewards: torch.Tensor, next_obs: torch.Tensor,
+    terminated: torch.Tensor, gamma: float,
+) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * Q_target(s', argmax_a' Q_online(s', a')).
+
+    The online network picks the next action, the target network values it. Everything else in
+    this file is dqn.py's; DQN's target, max_a' Q_target(s', a'), lets the target network do both.
+    """
+    best_next_actions = q_network(next_obs).argmax(1, keepdim=True)
+    next_q = target_network(next_obs).gather(1, best_next_actions).squeeze(1)
+    return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, delta: float = 1.0) -> torch.Tensor:
+    """Mean over the batch of d^2 ("mse") or of Huber(d) ("huber": d^2 / 2 for |d| <= delta,
+    delta * (|d| - delta / 2) beyond, so the gradient never exceeds delta), d = Q(s, a) - y. The
+    target carries no gradient: only Q(s, a) is pulled towards it."""
+    if kind == "huber":
+        return F.huber_loss(q_taken, target, delta=delta)
+    return F.mse_loss(q_taken, target)
+
+
+def boltzmann_probabilities(q_values: np.ndarray, temperature: float) -> np.ndarray:
+    """P(a|s) = exp(Q(s, a) / T) / sum_b exp(Q(s, b) / T), row by row.
+
+    Subtracting each row's max first changes nothing mathematically (it cancels in the ratio) but
+    keeps exp() from overflowing when Q / T is large.
+    """
+    z = (q_values - q_values.max(axis=1, keepdims=True)) / temperature
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def select_actions(
+    q_values: Callable[[np.ndarray], np.ndarray], n_actions: int, obs: np.ndarray, exploration: str,
+    epsilon: float, temperature: float, rng: np.random.Generator,
+) -> np.ndarray:
+    """One action per env, epsilon-greedy or Boltzmann with respect to q_values(obs) = Q(obs, .)."""
+    num_envs = obs.shape[0]
+    if exploration == "boltzmann":
+        cdf = boltzmann_probabilities(q_values(obs), temperature).cumsum(axis=1)
+        # Inverse-CDF sampling: the first action whose cumulative probability exceeds u ~ U(0, 1).
+        u = rng.random((num_envs, 1))
+        return np.minimum((cdf < u).sum(axis=1), n_actions - 1)
+    explore = rng.random(num_envs) < epsilon
+    if explore.all():  # while epsilon is high, most steps need no forward pass at all
+        return rng.integers(0, n_actions, num_envs)
+    actions = q_values(obs).argmax(axis=1)
+    if explore.any():
+        actions[explore] = rng.integers(0, n_actions, explore.sum())
+    return actions
+
+
+@torch.no_grad()
+def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
+    """theta^- <- tau * theta + (1 - tau) * theta^-, in place; tau = 1 copies exactly."""
+    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+        if tau == 1.0:
+            target_param.copy_(param)
+        else:
+            target_param.lerp_(param, tau)
+
+
+def steps_crossed(every: int, step: int, previous_step: int) -> int:
+    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
+    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
+    return step // every - previous_step // every if every > 0 else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, the metrics CSV, wandb
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
+    the previous file whole, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+METRICS = [
+    "global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "epsilon", "temperature",
+    "episodic_return", "episodic_length", "eval_return", "eval_discounted_return", "eval_start_q",
+]
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv, one row every --metrics-every steps, and wandb when tracking.
+
+    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
+    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
+    then appends.
+    """
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
+        new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args: Args, run_name: str, run_dir: Path):
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None and not wandb_reachable():
+        mode = "offline"
+        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
+                 "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("learning_rate", "max_grad_norm", "log_interval", "start_temperature", "end_temperature"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
+        raise UsageError("--gamma and --tau must be in (0, 1]")
+    for name in ("start_e", "end_e", "exploration_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(
+            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+            "the buffer could never hold enough transitions to start training"
+        )
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+            f"{args.learning_starts}: training would never start"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
+
+
+def eval_seed(seed: int) -> int:
+    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
+    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    return seed + 10_000
+
+
+def evaluate(
+    q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
+    video_dir: Path | None = None,
+) -> tuple[list[float], list[float], list[float]]:
+    """Greedy episodes (argmax_a Q(s, a), no exploration).
+
+    Returns three lists, one entry per episode: the return, the discounted return
+    sum_t gamma^t r_t the episode earned, and max_a Q(s_0, a), the network's prediction of that
+    discounted return at the episode's first state. A prediction persistently above what the
+    greedy policy earns is overestimation. (Under a time limit the earned return is cut short
+    while Q assumes the episode goes on: on CartPole-v1 a perfect policy earns
+    (1 - 0.99^500) / 0.01 = 99.3 while Q should say 100; that small gap is not overestimation.)
+    """
+    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    returns, discounted_returns, start_q = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total, discounted, discount, t = False, 0.0, 0.0, 1.0, 0
+        while not done:
+            with torch.inference_mode():
+                q = q_network(torch.from_numpy(np.asarray(obs, np.float32)[None]).to(device))[0]
+            if t == 0:
+                start_q.append(float(q.max()))
+            obs, reward, terminated, truncated, _ = env.step(int(q.argmax()))
+            total += float(reward)
+            discounted += discount * float(reward)
+            discount *= gamma
+            done, t = terminated or truncated, t + 1
+        returns.append(total)
+        discounted_returns.append(discounted)
+    env.close()
+    return returns, discounted_returns, start_q
+
+
+def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
+    """Rebuilds the Q-network from model.pt or checkpoint.pt."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("algorithm") != ALGORITHM:
+        raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
+    q_network = QNetwork(state["obs_dim"], state["n_actions"], state["args"]["hidden_sizes"]).to(device)
+    q_network.load_state_dict(state["q_network"])
+    return q_network, state
+
+
+def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
+    print(
+        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
+    )
+
+
+def run_evaluation(args: Args) -> dict:
+    """--evaluate: evaluate a saved model later."""
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    q_network, state = load_model(args.evaluate, device)
+    if args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+    env_id = state["args"]["env_id"]
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(
+        q_network, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
+    )
+    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    print_eval(returns, discounted, start_q)
+    if video_dir is not None:
+        print(f"videos in {video_dir}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
+    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    n_actions = int(envs.single_action_space.n)
+
+    q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
+    target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    # fused: one kernel for all parameters instead of a loop over them, a real share of each
+    # gradient step's time at these network sizes.
+    params = list(q_network.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, fused=True)
+    rb = ReplayBuffer(args.buffer_size, obs_dim)
+    global_step, num_updates = 0, 0
+
+    if args.resume:
+        ckpt = torch.load(args.resume, map_location=device, weights_only=True)
+        q_network.load_state_dict(ckpt["q_network"])
+        target_network.load_state_dict(ckpt["target_network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["buffer"] is not None:
+            rb.load_state_dict(ckpt["buffer"])
+        global_step, num_updates = ckpt["global_step"], ckpt["num_updates"]
+        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        run_dir = Path(args.resume).parent
+        print(f"resumed from {args.resume} at step {global_step} with {rb.size} transitions in the buffer")
+    else:
+        run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    log = MetricsLog(
+        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
+        resume_step=global_step if args.resume else None,
+    )
+
+    def model_state() -> dict:
+        return {
+            "algorithm": ALGORITHM, "args": dataclasses.asdict(args), "obs_dim": obs_dim,
+            "n_actions": n_actions, "q_network": q_network.state_dict(), "global_step": global_step,
+        }
+
+    def save_checkpoint() -> None:
+        atomic_save(
+            model_state() | {
+                "target_network": target_network.state_dict(), "optimizer": optimizer.state_dict(),
+                "num_updates": num_updates, "buffer": rb.state_dict() if args.save_buffer else None,
+                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            },
+            run_dir / "checkpoint.pt",
+        )
+
+    q_values = acting_q_values(q_network, device)
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    exploration_steps = args.exploration_fraction * args.total_timesteps
+    recent_returns: deque[float] = deque(maxlen=20)
+    episode_returns, episode_lengths, losses, q_taken = [], [], [], []
+    evaluation = None
+    start_time = last_print = time.time()
+    eval_time, start_step = 0.0, global_step
+
+    while global_step < args.total_timesteps:
+        # --- Act and store ---
+        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+        temperature = linear_schedule(args.start_temperature, args.end_temperature, exploration_steps, global_step)
+        actions = select_actions(q_values, n_actions, obs, args.exploration, epsilon, temperature, rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
+        obs = next_obs
+        previous_step, global_step = global_step, global_step + args.num_envs
+        if "episode" in infos:
+            done = infos["_episode"]
+            episode_returns.extend(infos["episode"]["r"][done].tolist())
+            episode_lengths.extend(infos["episode"]["l"][done].tolist())
+
+        # --- Learn ---
+        if rb.size >= args.learning_starts:
+            if steps_crossed(args.target_network_frequency, global_step, previous_step):
+                update_target(target_network, q_network, args.tau)
+            rounds = steps_crossed(args.train_frequency, global_step, previous_step)
+            if rounds and args.anneal_lr:
+                optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
+            for _ in range(rounds * args.gradient_steps):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = rb.sample(args.batch_size, rng, device)
+                with torch.no_grad():
+                    target = td_target(q_network, target_network, b_rewards, b_next_obs, b_terminated, args.gamma)
+                q = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
+                loss = td_loss(q, target, args.loss, args.huber_delta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                num_updates += 1
+                # Kept as tensors and averaged once per metrics row: no .item() sync per update.
+                losses.append(loss.detach())
+                q_taken.append(q.detach())
+
+        # --- Evaluate, log, checkpoint ---
+        last_step = global_step >= args.total_timesteps
+        if args.eval_episodes and (last_step or steps_crossed(args.eval_frequency, global_step, previous_step)):
+            eval_start = time.time()
+            video_dir = run_dir / "videos" if args.capture_video and last_step else None
+            evaluation = evaluate(
+                q_network, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
+            )
+            eval_time += time.time() - eval_start
+        if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
+            elapsed = time.time() - start_time
+            # Steps per second of training alone: the time spent in evaluation episodes is left out.
+            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            recent_returns.extend(episode_returns)
+            row = {
+                "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
+                "gradient_steps": num_updates,
+                "td_loss": torch.stack(losses).mean().item() if losses else "",
+                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
+                "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
+                "temperature": temperature if args.exploration == "boltzmann" else "",
+                "episodic_return": np.mean(episode_returns) if episode_returns else "",
+                "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+            }
+            if evaluation is not None:
+                returns, discounted, start_q = evaluation
+                row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
+                        "eval_start_q": np.mean(start_q)}
+                print(
+                    f"eval at step {global_step}: return {np.mean(returns):.1f} | Q(first state) "
+                    f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
+                    flush=True,
+                )
+            log.write(row)
+            episode_returns, episode_lengths, losses, q_taken = [], [], [], []
+            if not last_step:
+                evaluation = None
+        if steps_crossed(args.checkpoint_every, global_step, previous_step):
+            save_checkpoint()
+        if time.time() - last_print >= args.log_interval or last_step:
+            last_print = time.time()
+            elapsed = time.time() - start_time
+            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            explore = f"epsilon {epsilon:.3f}" if args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step:>9}/{args.total_timesteps} | {sps:5.0f} SPS | return {recent} "
+                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+                flush=True,
+            )
+    envs.close()
+    wall_time = time.time() - start_time
+
+    summary = {
+        "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / max(wall_time - eval_time, 1e-9)),
+        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
+    }
+    if evaluation is not None:
+        returns, discounted, start_q = evaluation
+        print_eval(returns, discounted, start_q)
+        summary |= {
+            "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+            "eval_discounted_returns": discounted, "eval_start_q": start_q,
+        }
+    if args.save_model:
+        atomic_save(model_state(), run_dir / "model.pt")
+        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python {ALGORITHM}.py --evaluate {run_dir / 'model.pt'}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.close()
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Parses the command line. With --resume or --evaluate the saved run's settings become the
+    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
+    given beside it overrides the saved value."""
+    args = tyro.cli(Args, args=argv)
+    saved_from = args.resume or args.evaluate
+    if saved_from and Path(saved_from).is_file():
+        try:
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
+        except Exception as e:
+            raise UsageError(f"cannot read {saved_from}: {e}")
+        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved |= {"resume": args.resume, "evaluate": args.evaluate}
+        args = tyro.cli(Args, args=argv, default=Args(**saved))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_args(argv)
+        if args.evaluate:
+            check_args(args)
+            run_evaluation(args)
+        else:
+            train(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

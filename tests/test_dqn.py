@@ -1,0 +1,483 @@
+"""dqn.py: the replay buffer, target, loss and exploration against hand-computed values; then
+train() on a tiny budget and the script as a user runs it."""
+
+import csv
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import tyro
+from conftest import run_script
+
+import dqn
+
+# A budget of a second or two of CPU: training starts at step 100 and runs 4 updates every 50 steps.
+TINY_DQN = ["--total-timesteps", "400", "--learning-starts", "100", "--buffer-size", "1000",
+            "--batch-size", "16", "--train-frequency", "50", "--gradient-steps", "4",
+            "--target-network-frequency", "100", "--hidden-sizes", "16", "16", "--metrics-every", "100",
+            "--eval-frequency", "200", "--eval-episodes", "2", "--no-cuda"]
+
+
+def tiny_args(*extra: str) -> dqn.Args:
+    return tyro.cli(dqn.Args, args=[*TINY_DQN, *extra])
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+class CountingEnv(gym.Env):
+    """The observation is episode * 100 + t (t = steps taken in the episode), so a real transition
+    always goes from x to x + 1, and the first observation of the next episode is a multiple of 100.
+    The reward is t. Action 1 terminates; the registration truncates episodes after 3 steps."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.episode, self.t = -1, 0
+
+    def obs(self):
+        return np.array([self.episode * 100 + self.t], np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return self.obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.obs(), float(self.t), bool(action == 1), False, {}
+
+
+gym.register("GlassboxCounting-v0", entry_point=CountingEnv, max_episode_steps=3)
+
+
+def table_network(q_table) -> dqn.QNetwork:
+    """A real QNetwork, built by hand, with Q(one_hot(s), .) = q_table[s]: the hidden layer passes
+    the one-hot state through unchanged (identity weights, ReLU of 0/1), the output layer is the table."""
+    q_table = torch.tensor(q_table, dtype=torch.float32)
+    n_states, n_actions = q_table.shape
+    net = dqn.QNetwork(n_states, n_actions, [n_states])
+    with torch.no_grad():
+        net.hidden[0].weight.copy_(torch.eye(n_states))
+        net.hidden[0].bias.zero_()
+        net.out.weight.copy_(q_table.T)
+        net.out.bias.zero_()
+    return net
+
+
+def one_hot(states, n):
+    return torch.eye(n)[list(states)]
+
+
+# --- Replay buffer ---
+
+
+def fill_from_counting_envs(actions_per_step):
+    """Steps two GlassboxCounting-v0 envs through dqn's vector env, storing every step in a buffer."""
+    envs = dqn.make_vector_env(dqn.Args(env_id="GlassboxCounting-v0", num_envs=2))
+    rb = dqn.ReplayBuffer(100, obs_dim=1)
+    obs, _ = envs.reset(seed=0)
+    for actions in actions_per_step:
+        actions = np.array(actions)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
+        obs = next_obs
+    envs.close()
+    return rb
+
+
+def test_buffer_keeps_true_final_obs_and_stores_done_as_terminated_only():
+    # Env 0 always plays 0: its episodes are truncated after 3 steps. Env 1 terminates at its 2nd
+    # step, at the 1st step of the next episode, and at the 3rd step of the one after: that last
+    # step is both terminated and truncated.
+    rb = fill_from_counting_envs([[0, 0], [0, 1], [0, 1], [0, 0], [0, 0], [0, 1]])
+    obs, next_obs = rb.obs[: rb.size, 0], rb.next_obs[: rb.size, 0]
+    env0, env1 = slice(0, None, 2), slice(1, None, 2)  # rows alternate env 0, env 1
+    np.testing.assert_array_equal(obs[env0], [0, 1, 2, 100, 101, 102])
+    np.testing.assert_array_equal(obs[env1], [0, 1, 100, 200, 201, 202])
+    # Every stored transition is real: x -> x + 1. The rows where an episode ended hold its last
+    # observation (3, 103, 2, 101, 203), not the next episode's first one (a multiple of 100).
+    np.testing.assert_array_equal(next_obs, obs + 1)
+    # done is termination only: env 0's truncations (rows 4 and 10) keep their bootstrap.
+    np.testing.assert_array_equal(rb.terminated[: rb.size][env0], [0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(rb.terminated[: rb.size][env1], [0, 1, 1, 0, 0, 1])
+    np.testing.assert_array_equal(rb.rewards[: rb.size][env0], [1, 2, 3, 1, 2, 3])
+    np.testing.assert_array_equal(rb.actions[: rb.size][env1], [0, 1, 1, 0, 0, 1])
+
+
+def test_buffer_wraps_around_and_samples_only_filled_rows():
+    rb = dqn.ReplayBuffer(5, obs_dim=2)
+    no_end = np.zeros(2, bool)
+    for step in range(4):  # 2 envs x 4 steps = 8 transitions into 5 rows
+        obs = np.array([[step, 0], [step, 1]], np.float32)
+        rb.add(obs, np.array([step, step]), obs + 10, np.array([step, -step], np.float32), no_end, no_end, {})
+    assert rb.size == 5 and rb.pos == 3
+    # The three oldest (step 0 both envs, step 1 env 0) were overwritten by steps 3 and 2's env 1.
+    assert sorted(map(tuple, rb.obs.tolist())) == [(1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    np.testing.assert_array_equal(rb.next_obs, rb.obs + 10)
+
+    partial = dqn.ReplayBuffer(10, obs_dim=2)
+    final_obs = np.array([np.full(2, 9.0, np.float32), None], dtype=object)  # env 0's episode ended
+    partial.add(np.ones((2, 2), np.float32), np.array([1, 0]), np.zeros((2, 2), np.float32),
+                np.array([5.0, 7.0], np.float32), np.array([True, False]), no_end, {"final_obs": final_obs})
+    np.testing.assert_array_equal(partial.next_obs[:2], [[9, 9], [0, 0]])
+    b_obs, b_actions, b_rewards, _, b_terminated = partial.sample(64, np.random.default_rng(0), "cpu")
+    assert b_obs.shape == (64, 2) and b_actions.dtype == torch.int64
+    assert set(b_rewards.tolist()) == {5.0, 7.0}  # both filled rows, never an empty one
+    torch.testing.assert_close(b_terminated, (b_rewards == 5.0).float())
+
+
+def test_buffer_state_dict_round_trip():
+    rb = fill_from_counting_envs([[0, 1]] * 5)
+    restored = dqn.ReplayBuffer(100, obs_dim=1)
+    restored.load_state_dict(rb.state_dict())
+    assert (restored.pos, restored.size) == (rb.pos, rb.size) == (10, 10)
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        np.testing.assert_array_equal(getattr(restored, name), getattr(rb, name))
+    with pytest.raises(dqn.UsageError, match="--buffer-size"):
+        dqn.ReplayBuffer(4, obs_dim=1).load_state_dict(rb.state_dict())
+
+
+def test_vector_env_gives_true_final_observation_on_truncation():
+    """The buffer relies on SAME_STEP autoreset: the step that truncates CartPole-v1 at 500 returns
+    the next episode's first observation and puts the true last one in info["final_obs"]."""
+    envs = dqn.make_vector_env(dqn.Args(num_envs=1))
+    envs.reset(seed=0)
+    inner = envs.unwrapped.envs[0].unwrapped
+    for _ in range(500):
+        inner.state = np.zeros(4)  # hold the pole upright, so only the time limit can end the episode
+        obs, _, terminated, truncated, infos = envs.step(np.zeros(1, np.int64))
+    envs.close()
+    assert truncated[0] and not terminated[0]
+    final = infos["final_obs"][0]
+    # One push left from rest: position and angle still exactly 0, the cart moving left. The
+    # returned obs is instead a fresh random reset, all four entries in (-0.05, 0.05).
+    assert final[0] == 0.0 and final[2] == 0.0 and final[1] < -0.1
+    assert obs[0][0] != 0.0 and obs[0][2] != 0.0
+    assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+
+
+# --- Target, loss, target network, schedules, exploration ---
+
+
+def test_td_target_hand_computed():
+    # Q_target(s'=0, .) = (4, 0, 3); Q_target(s'=1, .) = (-1, -2, -5).
+    target_net = table_network([[4.0, 0.0, 3.0], [-1.0, -2.0, -5.0]])
+    online_net = table_network([[1.0, 5.0, 2.0], [0.0, 9.0, 0.0]])  # not used by DQN's target
+    rewards, terminated = torch.tensor([1.0, 0.5, 2.0]), torch.tensor([0.0, 0.0, 1.0])
+    with torch.no_grad():
+        y = dqn.td_target(online_net, target_net, rewards, one_hot([0, 1, 0], 2), terminated, gamma=0.5)
+    # 1 + 0.5 * 4,  0.5 + 0.5 * (-1),  terminated: 2 alone.
+    torch.testing.assert_close(y, torch.tensor([3.0, 0.0, 2.0]))
+
+
+def test_td_loss_huber_and_mse_hand_computed():
+    q, y = torch.tensor([0.5, 3.0, -2.0], requires_grad=True), torch.tensor([0.0, 0.0, 0.0])
+    loss = dqn.td_loss(q, y, "huber")
+    # Huber with delta 1: 0.5 * 0.25 = 0.125;  3 - 0.5 = 2.5;  2 - 0.5 = 1.5.
+    assert loss.item() == pytest.approx((0.125 + 2.5 + 1.5) / 3)
+    loss.backward()
+    np.testing.assert_allclose(q.grad.numpy(), [0.5 / 3, 1 / 3, -1 / 3], rtol=1e-6)  # capped at +-1
+    assert dqn.td_loss(q, y, "mse").item() == pytest.approx((0.25 + 9 + 4) / 3)
+    assert dqn.td_loss(q, y, "huber", delta=2.0).item() == pytest.approx((0.125 + 2 * (3 - 1) + 0.5 * 4) / 3)
+
+
+def test_update_target_hard_copy_and_polyak():
+    torch.manual_seed(0)
+    online, target = dqn.QNetwork(3, 2, [4]), dqn.QNetwork(3, 2, [4])
+    before = [p.clone() for p in target.parameters()]
+    dqn.update_target(target, online, tau=0.25)
+    for old, new, theta in zip(before, target.parameters(), online.parameters()):
+        torch.testing.assert_close(new, 0.25 * theta + 0.75 * old)
+    dqn.update_target(target, online, tau=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), online.parameters()))
+
+
+def test_linear_schedule_hand_computed():
+    assert dqn.linear_schedule(1.0, 0.04, 16_000, 0) == 1.0
+    assert dqn.linear_schedule(1.0, 0.04, 16_000, 8_000) == pytest.approx(0.52)
+    assert dqn.linear_schedule(1.0, 0.04, 16_000, 16_000) == 0.04
+    assert dqn.linear_schedule(1.0, 0.04, 16_000, 99_999) == 0.04
+    assert dqn.linear_schedule(10.0, 0.1, 0, 0) == 0.1  # no decay at all: the end value from the start
+    assert dqn.linear_schedule(10.0, 0.1, 100, 25) == pytest.approx(10.0 - 9.9 / 4)
+
+
+def test_boltzmann_probabilities_hand_computed():
+    q = np.array([[0.0, math.log(3.0)], [5.0, 5.0]])
+    np.testing.assert_allclose(dqn.boltzmann_probabilities(q, 1.0), [[0.25, 0.75], [0.5, 0.5]])
+    # Temperature 2 halves the log-odds: odds sqrt(3) instead of 3.
+    r3 = math.sqrt(3.0)
+    np.testing.assert_allclose(dqn.boltzmann_probabilities(q[:1], 2.0), [[1 / (1 + r3), r3 / (1 + r3)]])
+    # Shifting all Q values changes nothing, even far beyond where exp() overflows.
+    np.testing.assert_allclose(dqn.boltzmann_probabilities(q[:1] + 1000.0, 1.0), [[0.25, 0.75]])
+    np.testing.assert_allclose(dqn.boltzmann_probabilities(q[:1], 1e-3), [[0.0, 1.0]], atol=1e-12)
+    np.testing.assert_allclose(dqn.boltzmann_probabilities(q[:1], 1e6), [[0.5, 0.5]], atol=1e-6)
+
+
+def action_frequencies(exploration, epsilon=0.0, temperature=1.0, n=30_000):
+    """Actions chosen in state 0 of a 3-action table network, as fractions, over n envs at once."""
+    net = table_network([[0.0, math.log(2.0), math.log(5.0)]])  # greedy: action 2
+    obs = np.ones((n, 1), np.float32)
+    q_values = dqn.acting_q_values(net, torch.device("cpu"))
+    actions = dqn.select_actions(q_values, 3, obs, exploration, epsilon, temperature, np.random.default_rng(0))
+    return np.bincount(actions, minlength=3) / n
+
+
+def test_epsilon_greedy_frequencies():
+    np.testing.assert_array_equal(action_frequencies("epsilon-greedy", epsilon=0.0), [0, 0, 1])
+    np.testing.assert_allclose(action_frequencies("epsilon-greedy", epsilon=1.0), [1 / 3] * 3, atol=0.01)
+    # epsilon 0.3: a uniform action 30% of the time (which is the greedy one a third of those times).
+    np.testing.assert_allclose(action_frequencies("epsilon-greedy", epsilon=0.3), [0.1, 0.1, 0.8], atol=0.01)
+
+
+def test_boltzmann_frequencies_follow_softmax_of_q_over_temperature():
+    # exp(Q) = (1, 2, 5): probabilities (1, 2, 5) / 8 at T = 1; at T = 2, (1, sqrt 2, sqrt 5) / sum.
+    np.testing.assert_allclose(action_frequencies("boltzmann", temperature=1.0), [1 / 8, 2 / 8, 5 / 8], atol=0.01)
+    expected = np.array([1.0, math.sqrt(2.0), math.sqrt(5.0)])
+    np.testing.assert_allclose(action_frequencies("boltzmann", temperature=2.0), expected / expected.sum(), atol=0.01)
+
+
+def test_acting_q_values_match_the_network_and_follow_its_updates():
+    torch.manual_seed(0)
+    net = dqn.QNetwork(4, 3, [32, 16])
+    q_values = dqn.acting_q_values(net, torch.device("cpu"))
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+
+    def torch_q():
+        with torch.no_grad():
+            return net(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(q_values(obs), torch_q(), rtol=1e-5, atol=1e-6)
+    # The numpy arrays are views of the parameters: an optimizer step and a load_state_dict, both
+    # in place, show up without rebuilding anything.
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)
+    net(torch.from_numpy(obs)).sum().backward()
+    optimizer.step()
+    np.testing.assert_allclose(q_values(obs), torch_q(), rtol=1e-5, atol=1e-6)
+    net.load_state_dict(dqn.QNetwork(4, 3, [32, 16]).state_dict())
+    np.testing.assert_allclose(q_values(obs), torch_q(), rtol=1e-5, atol=1e-6)
+
+
+def test_steps_crossed():
+    assert dqn.steps_crossed(10, 20, 19) == 1
+    assert dqn.steps_crossed(10, 24, 20) == 0
+    assert dqn.steps_crossed(4, 12, 4) == 2  # one vector step of 8 envs crosses 8 and 12
+    assert dqn.steps_crossed(0, 12, 4) == 0  # 0 means never
+
+
+def test_evaluate_reports_predicted_q_beside_earned_discounted_return():
+    # A network that always prefers action 0 (Q = 5 vs 2): GlassboxCounting-v0 then runs 3 steps
+    # with rewards 1, 2, 3 and is truncated.
+    net = dqn.QNetwork(1, 2, [4])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.out.bias.copy_(torch.tensor([5.0, 2.0]))
+    returns, discounted, start_q = dqn.evaluate(net, "GlassboxCounting-v0", 2, 0, 0.5, torch.device("cpu"))
+    assert returns == [6.0, 6.0]
+    assert discounted == [1 + 0.5 * 2 + 0.25 * 3] * 2
+    assert start_q == [5.0, 5.0]
+
+
+# --- train() end to end ---
+
+
+def test_train_smoke_writes_metrics_model_and_summary(in_tmp):
+    summary = dqn.train(tiny_args("--run-name", "smoke"))
+    run_dir = in_tmp / "runs" / "smoke"
+    rows = read_metrics(run_dir)
+    assert [int(r["global_step"]) for r in rows] == [100, 200, 300, 400]
+    # 100 transitions before training; then 4 updates at steps 100, 150, ..., 400: 7 rounds.
+    assert [int(r["gradient_steps"]) for r in rows] == [4, 12, 20, 28]
+    for key in ("td_loss", "q_taken", "epsilon", "sps"):
+        assert all(np.isfinite(float(r[key])) for r in rows), key
+    evaluated = [r for r in rows if r["eval_return"]]
+    assert [int(r["global_step"]) for r in evaluated] == [200, 400]
+    assert all(np.isfinite(float(r["eval_start_q"])) and float(r["eval_discounted_return"]) > 0 for r in evaluated)
+    assert summary["global_step"] == 400 and len(summary["eval_returns"]) == 2
+    assert len(summary["eval_start_q"]) == len(summary["eval_discounted_returns"]) == 2
+    assert json.loads((run_dir / "summary.json").read_text())["eval_mean"] == summary["eval_mean"]
+    assert summary["algorithm"] == "dqn"
+    net, _ = dqn.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
+    assert dqn.evaluate(net, "CartPole-v1", 2, dqn.eval_seed(1), 0.99, torch.device("cpu"))[0] == summary["eval_returns"]
+
+
+def test_training_loop_stores_only_real_transitions(in_tmp):
+    """The buffer that train() filled, from its checkpoint: on GlassboxCounting-v0 every stored
+    transition must go from x to x + 1 and be done exactly when its action was 1 (termination);
+    the episodes that ran into the 3-step limit must keep done = 0."""
+    dqn.train(tiny_args("--env-id", "GlassboxCounting-v0", "--run-name", "count", "--checkpoint-every", "400",
+                        "--eval-episodes", "0", "--num-envs", "2"))
+    buffer = torch.load(in_tmp / "runs/count/checkpoint.pt", weights_only=True)["buffer"]
+    obs, next_obs = buffer["obs"][:, 0], buffer["next_obs"][:, 0]
+    actions, terminated = buffer["actions"], buffer["terminated"]
+    assert buffer["size"] == 400
+    torch.testing.assert_close(next_obs, obs + 1)
+    torch.testing.assert_close(terminated, actions.float())
+    truncated = (obs % 100 == 2) & (actions == 0)  # the third step of an episode, not terminated
+    assert truncated.sum() > 10 and terminated[truncated].sum() == 0
+
+
+def test_target_network_is_a_copy_of_the_online_network_at_the_copy_step(in_tmp):
+    # Two runs that are identical up to step 350 (constant epsilon and learning rate), one stopping
+    # there. With copies every 400 steps, the target at step 400 is the online network as it was
+    # after the updates at 350: the copy comes before that step's own round of updates.
+    flags = ["--exploration-fraction", "0", "--no-anneal-lr", "--target-network-frequency", "400",
+             "--eval-episodes", "0"]
+    dqn.train(tiny_args(*flags, "--run-name", "full", "--checkpoint-every", "400"))
+    dqn.train(tiny_args(*flags, "--run-name", "upto350", "--total-timesteps", "350"))
+    ckpt = torch.load(in_tmp / "runs/full/checkpoint.pt", weights_only=True)
+    online_at_350 = torch.load(in_tmp / "runs/upto350/model.pt", weights_only=True)["q_network"]
+    assert all(torch.equal(ckpt["target_network"][k], online_at_350[k]) for k in online_at_350)
+    assert not all(torch.equal(ckpt["target_network"][k], ckpt["q_network"][k]) for k in online_at_350)
+
+
+def test_same_seed_gives_the_same_numbers_on_cpu(in_tmp):
+    a = dqn.train(tiny_args("--run-name", "a", "--seed", "7"))
+    b = dqn.train(tiny_args("--run-name", "b", "--seed", "7"))
+    c = dqn.train(tiny_args("--run-name", "c", "--seed", "8"))
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]
+    assert drop_timing(read_metrics(in_tmp / "runs/a")) == drop_timing(read_metrics(in_tmp / "runs/b"))
+    assert a["eval_start_q"] == b["eval_start_q"]
+    wa = torch.load(in_tmp / "runs/a/model.pt", weights_only=True)["q_network"]
+    wb = torch.load(in_tmp / "runs/b/model.pt", weights_only=True)["q_network"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert c["eval_start_q"] != a["eval_start_q"]
+
+
+def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
+    dqn.train(tiny_args("--run-name", "ck", "--checkpoint-every", "200", "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/ck/checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == 400 and ckpt["num_updates"] == 28
+    assert ckpt["buffer"]["size"] == 400 and not (in_tmp / "runs/ck/checkpoint.pt.tmp").exists()
+    model = torch.load(in_tmp / "runs/ck/model.pt", weights_only=True)
+    assert all(torch.equal(ckpt["q_network"][k], model["q_network"][k]) for k in model["q_network"])
+    assert ckpt["optimizer"]["state"]
+
+    args = dqn.parse_args(["--resume", str(in_tmp / "runs/ck/checkpoint.pt"), "--total-timesteps", "500"])
+    assert args.batch_size == 16 and args.hidden_sizes == [16, 16]  # settings come from the checkpoint
+    summary = dqn.train(args)
+    assert summary["global_step"] == 500
+    rows = read_metrics(in_tmp / "runs/ck")
+    assert [int(r["global_step"]) for r in rows] == [100, 200, 300, 400, 500]
+    # The buffer came back (400 + 100 transitions), so training continued right away: 2 more rounds.
+    assert int(rows[-1]["gradient_steps"]) == 28 + 8
+    # The exploration schedule continues on the new total: epsilon at step 500 of 500.
+    assert float(rows[-1]["epsilon"]) == pytest.approx(0.04)
+
+
+def test_resume_without_buffer_refills_before_training(in_tmp):
+    dqn.train(tiny_args("--run-name", "nb", "--checkpoint-every", "400", "--eval-episodes", "0", "--no-save-buffer"))
+    assert torch.load(in_tmp / "runs/nb/checkpoint.pt", weights_only=True)["buffer"] is None
+    dqn.train(dqn.parse_args(["--resume", str(in_tmp / "runs/nb/checkpoint.pt"), "--total-timesteps", "600"]))
+    rows = read_metrics(in_tmp / "runs/nb")
+    # An empty buffer needs --learning-starts 100 transitions first: the rounds at 450 and 500 that
+    # the run with its buffer does (28 + 8 at step 500, see above) shrink to the one at 500.
+    assert [int(r["gradient_steps"]) for r in rows][-2:] == [28 + 4, 28 + 12]
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(in_tmp):
+    dqn.train(tiny_args("--run-name", "crash", "--checkpoint-every", "200", "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/crash/checkpoint.pt", weights_only=True)
+    ckpt["global_step"] = 200  # as if the run had died right after step 200
+    torch.save(ckpt, in_tmp / "runs/crash/checkpoint.pt")
+    dqn.train(dqn.parse_args(["--resume", str(in_tmp / "runs/crash/checkpoint.pt")]))
+    assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [100, 200, 300, 400]
+
+
+def test_boltzmann_variant_trains_and_logs_temperature(in_tmp):
+    dqn.train(tiny_args("--run-name", "boltz", "--exploration", "boltzmann", "--eval-episodes", "0",
+                        "--exploration-fraction", "1.0", "--loss", "mse", "--tau", "0.5", "--num-envs", "3"))
+    rows = read_metrics(in_tmp / "runs/boltz")
+    # 3 envs: rows where the step count crosses a multiple of 100 (102, 201, 300) and the last (402).
+    assert [int(r["global_step"]) for r in rows] == [102, 201, 300, 402]
+    # The temperature falls linearly from 10 to 0.1 over the 400 steps (logged at the step before).
+    temperatures = [float(r["temperature"]) for r in rows]
+    np.testing.assert_allclose(temperatures, [10 - 9.9 * s / 400 for s in (99, 198, 297, 399)])
+    assert all(r["epsilon"] == "" for r in rows)
+    assert all(np.isfinite(float(r["td_loss"])) for r in rows)
+
+
+# --- Bad input: one line on stderr, exit code 2, no traceback ---
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "CartPol-v1"], "unknown env id 'CartPol-v1'; did you mean CartPole-v1"),
+    (["--num-envs", "0"], "--num-envs must be positive"),
+    (["--buffer-size", "-5"], "--buffer-size must be positive"),
+    (["--gradient-steps", "0"], "--gradient-steps must be positive"),
+    (["--learning-starts", "5000", "--buffer-size", "1000"], "the buffer could never hold enough"),
+    (["--total-timesteps", "500", "--learning-starts", "1000"], "training would never start"),
+    (["--tau", "1.5"], "--tau must be in (0, 1]"),
+    (["--end-e", "2"], "--end-e must be in [0, 1]"),
+    (["--hidden-sizes", "64", "0"], "--hidden-sizes needs one or more positive"),
+    (["--resume", "no/such/checkpoint.pt"], "no file at no/such/checkpoint.pt"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main(flags)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_box_action_env_points_to_continuous_scripts(tmp_path):
+    # The real command line: the error surfaces from inside make_env, as a user would see it.
+    result = run_script("dqn.py", "--env-id", "Pendulum-v1", *TINY_DQN, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Pendulum-v1 has a Box action space")
+    assert "ddpg.py" in lines[0] and "naf.py" in lines[0]
+
+
+# --- The script as a subprocess ---
+
+
+def test_help_lists_the_flags(tmp_path):
+    result = run_script("dqn.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--env-id", "--total-timesteps", "--buffer-size", "--learning-starts", "--train-frequency",
+                 "--gradient-steps", "--target-network-frequency", "--tau", "--start-e", "--end-e",
+                 "--exploration-fraction", "--exploration", "--start-temperature", "--loss", "--max-grad-norm",
+                 "--hidden-sizes", "--save-buffer", "--checkpoint-every", "--resume", "--evaluate"):
+        assert flag in result.stdout, flag
+
+
+def test_save_then_evaluate_later_with_video(tmp_path):
+    train = run_script("dqn.py", *TINY_DQN, "--run-name", "cli", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert "step" in train.stdout and "SPS" in train.stdout and "epsilon" in train.stdout  # progress line
+    assert "Q(first state) predicted" in train.stdout
+    summary = json.loads((tmp_path / "runs/cli/summary.json").read_text())
+
+    later = run_script("dqn.py", "--evaluate", "runs/cli/model.pt", "--eval-episodes", "2", "--capture-video",
+                       cwd=tmp_path)
+    assert later.returncode == 0, later.stderr
+    # Same episodes, same greedy network: the same result as at the end of training.
+    assert f"eval: {summary['eval_mean']:.1f} ± {summary['eval_std']:.1f} over 2 episodes" in later.stdout
+    assert f"Q(first state) predicted {np.mean(summary['eval_start_q']):.2f}" in later.stdout
+    assert len(list((tmp_path / "runs/cli/videos").glob("*.mp4"))) == 2
+
+
+def test_resume_from_the_command_line(tmp_path):
+    first = run_script("dqn.py", *TINY_DQN, "--run-name", "cr", "--checkpoint-every", "200",
+                       "--eval-episodes", "0", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_script("dqn.py", "--resume", "runs/cr/checkpoint.pt", "--total-timesteps", "600", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from runs/cr/checkpoint.pt at step 400 with 400 transitions in the buffer" in resumed.stdout
+    assert json.loads((tmp_path / "runs/cr/summary.json").read_text())["global_step"] == 600
+
+
+def test_track_without_network_falls_back_to_offline(tmp_path):
+    result = run_script("dqn.py", *TINY_DQN, "--run-name", "tr", "--track", "--eval-episodes", "0",
+                        cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "wandb: no network, logging offline" in result.stdout
+    assert list((tmp_path / "runs/tr/wandb").glob("offline-run-*"))
