@@ -1,23 +1,54 @@
 """Run algorithm scripts on environments for several seeds, in parallel processes, and report.
 
+Reproduce the README's results table, or a small subset of it for a quick check on a laptop
+(a few minutes on 2 cores):
+
+    python benchmark.py --preset full
+    python benchmark.py --preset quick
+
+Check finished runs against the table's bars without launching anything (exit code 1 if an
+algorithm fell below its bar or runs are missing, 0 otherwise):
+
+    python benchmark.py --preset full --check
+    python benchmark.py --preset full --check --scripts dqn.py ddqn.py
+
+Ad-hoc runs (no preset, no bars unless --min-return / --min-mean-return gives one); flags after
+`--` go to every run:
+
     python benchmark.py --scripts ppo_continuous.py --env-ids Pendulum-v1 --seeds 1 2 3
     python benchmark.py --scripts ppo_continuous.py --env-ids HalfCheetah-v5 -- --total-timesteps 500000
+    python benchmark.py --scripts dqn.py --env-ids CartPole-v1 --seeds 1 2 3 --check --min-return 475
 
 Each run is `python <script> --env-id <env> --seed <seed> --run-name <env>__<script>__<seed>[__<tag>]
-<flags after -->` writing to runs/<run-name>/ (its console output in runs/<run-name>/stdout.log).
-A run whose summary.json exists is finished and is not run again, so an interrupted benchmark
-picks up where it stopped (runs/ is under the current directory), and running the same command again just prints the report. The report
-gives, per script and env, the mean and std over seeds of the final deterministic evaluation, the
-steps, the steps per second and the wall time of each run.
+<entry flags> <flags after -->` writing to runs/<run-name>/ under the current directory (its
+console output in runs/<run-name>/stdout.log, whose first line is the command). A run whose
+summary.json exists is finished and is not run again, so an interrupted benchmark picks up where it
+stopped, and running the same command again just prints the report. With a preset, --scripts and
+--env-ids pick a subset of its entries and --seeds replaces its seeds. A preset entry whose script
+is not in this checkout is skipped with a message (its row then shows its runs as missing).
+
+While runs go, a progress view shows each running run's step/total and steps per second (read
+from the tail of its stdout.log) and the time left, estimated from those fractions and from the
+durations of finished runs of the same entry; it redraws in place on a terminal and prints a
+block every --progress-interval seconds otherwise. A failed run is reported with the tail of its
+log and does not stop the others.
+
+The report (Markdown) gives, per entry, the mean and std over seeds of the final deterministic
+evaluation, each seed's, the steps, the steps per second and the wall time, and, where the entry
+has a bar, the bar and its verdict. Exit code: 0; 1 if a run failed or a bar was missed; 2 for
+bad input; 130 when interrupted.
 """
 
+import heapq
 import itertools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tyro
@@ -25,26 +56,129 @@ import tyro
 ROOT = Path(__file__).resolve().parent
 
 
+# ----------------------------------------------------------------------------------------------
+# The presets: one Entry per (script, env) row of the README's table.
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    script: str
+    env_id: str
+    flags: tuple[str, ...] = ()
+    """passed to every run of the entry (before the flags given after `--`)"""
+    tag: str | None = None
+    """appended to the run names: <env>__<script stem>__<seed>__<tag>"""
+    bar: tuple[float, str] | None = None
+    """(threshold, "each"): every seed's eval_mean >= threshold; (threshold, "mean"): the mean over
+    seeds >= threshold; None: reported only"""
+
+
+@dataclass(frozen=True)
+class Preset:
+    entries: tuple[Entry, ...]
+    seeds: tuple[int, ...]
+
+
+LUNAR_DQN = ("--total-timesteps", "500000", "--learning-rate", "6.3e-4", "--batch-size", "128",
+             "--buffer-size", "100000", "--learning-starts", "10000", "--train-frequency", "4",
+             "--gradient-steps", "1", "--target-network-frequency", "1000", "--exploration-fraction", "0.1",
+             "--end-e", "0.05", "--eval-frequency", "50000")
+
+PRESETS: dict[str, Preset] = {
+    "full": Preset(seeds=(1, 2, 3), entries=(
+        Entry("ppo_continuous.py", "Pendulum-v1", bar=(-250, "each")),
+        Entry("ppo_continuous.py", "HalfCheetah-v5", bar=(1500, "mean")),
+        Entry("ppo_discrete.py", "CartPole-v1", bar=(475, "each")),
+        Entry("ppo_discrete.py", "Acrobot-v1", bar=(-100, "each")),
+        Entry("ppo_discrete.py", "LunarLander-v3", ("--total-timesteps", "1000000"), bar=(200, "mean")),
+        Entry("a2c.py", "CartPole-v1", bar=(475, "each")),
+        Entry("a2c.py", "LunarLander-v3", ("--total-timesteps", "1000000", "--gamma", "0.995",
+                                           "--learning-rate", "8.3e-4", "--ent-coef", "1e-5"), bar=(150, "mean")),
+        Entry("a2c.py", "Pendulum-v1", ("--total-timesteps", "1000000", "--norm-obs", "--norm-reward")),
+        Entry("dqn.py", "CartPole-v1", bar=(475, "each")),
+        Entry("ddqn.py", "CartPole-v1", bar=(475, "each")),
+        Entry("dqn.py", "Acrobot-v1", bar=(-100, "each")),
+        Entry("ddqn.py", "Acrobot-v1", bar=(-100, "each")),
+        Entry("ddqn.py", "LunarLander-v3", LUNAR_DQN, bar=(200, "mean")),
+        Entry("dqn.py", "LunarLander-v3", LUNAR_DQN),
+        Entry("ddpg.py", "Pendulum-v1", bar=(-200, "each")),
+        Entry("naf.py", "Pendulum-v1", bar=(-250, "each")),
+        Entry("naf.py", "InvertedPendulum-v5"),
+        Entry("ddpg.py", "HalfCheetah-v5", ("--total-timesteps", "300000"), bar=(5000, "mean")),
+        Entry("naf.py", "HalfCheetah-v5", ("--total-timesteps", "300000")),
+    )),
+    # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
+    # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
+    "quick": Preset(seeds=(1,), entries=(
+        Entry("ppo_discrete.py", "CartPole-v1", bar=(475, "each")),
+        Entry("a2c.py", "CartPole-v1", bar=(475, "each")),
+        Entry("dqn.py", "CartPole-v1", bar=(475, "each")),
+    )),
+}
+
+
 @dataclass
 class Args:
-    scripts: list[str] = field(default_factory=lambda: ["ppo_continuous.py"])
-    """algorithm scripts to run"""
-    env_ids: list[str] = field(default_factory=lambda: ["Pendulum-v1"])
-    """environments to run each script on"""
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    """seeds to run each (script, env) with"""
+    preset: str | None = None
+    """run (or --check) a preset: full (the README's results table) or quick (a few minutes)"""
+    scripts: list[str] | None = None
+    """algorithm scripts to run (default ppo_continuous.py); with a preset, the entries to keep"""
+    env_ids: list[str] | None = None
+    """environments to run each script on (default Pendulum-v1); with a preset, the entries to keep"""
+    seeds: list[int] | None = None
+    """seeds to run each entry with (default 1 2 3, or the preset's)"""
     workers: int = os.cpu_count() or 1
     """runs at once (default: the number of cores; each run uses one torch thread)"""
     tag: str | None = None
     """appended to the run names, to keep runs with other flags apart"""
+    check: bool = False
+    """launch nothing: compare the finished runs with the bars, exit 1 if one is missed or runs are missing"""
+    min_return: float | None = None
+    """bar for every entry: each seed's final evaluation must reach this (overrides the preset's)"""
+    min_mean_return: float | None = None
+    """bar for every entry: the mean over seeds of the final evaluation must reach this"""
     progress_interval: float = 10.0
-    """seconds between progress lines"""
+    """seconds between progress blocks when the output is not a terminal (a terminal redraws every second)"""
+
+
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line, exit code 2."""
+
+
+def script_path(script: str) -> Path:
+    """A script of this project (ROOT/<script>), or else a path from the current directory."""
+    return ROOT / script if (ROOT / script).is_file() else Path(script)
+
+
+def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | None, seeds: list[int] | None,
+           tag: str | None = None) -> tuple[list[Entry], list[int]]:
+    """The entries and seeds the command line asks for."""
+    if preset is None:
+        pairs = itertools.product(scripts or ["ppo_continuous.py"], env_ids or ["Pendulum-v1"])
+        entries = [Entry(script, env_id) for script, env_id in pairs]
+        for entry in entries:
+            if not script_path(entry.script).is_file():
+                raise UsageError(f"no script {entry.script} in {ROOT} or the current directory")
+        seeds = seeds or [1, 2, 3]
+    else:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        entries = list(PRESETS[preset].entries)
+        for wanted, attribute, flag in ((scripts, "script", "--scripts"), (env_ids, "env_id", "--env-ids")):
+            unknown = sorted(set(wanted or []) - {getattr(e, attribute) for e in entries})
+            if unknown:
+                raise UsageError(f"{flag} {' '.join(unknown)}: not in preset {preset}")
+            entries = [e for e in entries if not wanted or getattr(e, attribute) in wanted]
+        if not entries:
+            raise UsageError(f"no entry of preset {preset} has both the --scripts and the --env-ids given")
+        seeds = seeds or list(PRESETS[preset].seeds)
+    if tag:
+        entries = [replace(e, tag=f"{e.tag}__{tag}" if e.tag else tag) for e in entries]
+    return entries, seeds
 
 
 @dataclass
 class Run:
-    script: str
-    env_id: str
+    entry: Entry
     seed: int
     name: str
     directory: Path
@@ -53,24 +187,31 @@ class Run:
     def summary_path(self) -> Path:
         return self.directory / "summary.json"
 
-
-def plan(args: Args) -> list[Run]:
-    runs = []
-    for script, env_id, seed in itertools.product(args.scripts, args.env_ids, args.seeds):
-        name = f"{env_id}__{Path(script).stem}__{seed}" + (f"__{args.tag}" if args.tag else "")
-        runs.append(Run(script, env_id, seed, name, Path("runs") / name))
-    return runs
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "stdout.log"
 
 
+def run_name(entry: Entry, seed: int) -> str:
+    return f"{entry.env_id}__{Path(entry.script).stem}__{seed}" + (f"__{entry.tag}" if entry.tag else "")
+
+
+def plan(entries: list[Entry], seeds: list[int], runs_dir: Path = Path("runs")) -> list[Run]:
+    return [Run(e, s, run_name(e, s), runs_dir / run_name(e, s)) for e, s in itertools.product(entries, seeds)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running: processes, the progress view, the estimate of the time left.
+# ----------------------------------------------------------------------------------------------
 def launch(run: Run, extra: list[str]) -> subprocess.Popen:
     run.directory.mkdir(parents=True, exist_ok=True)
-    log = open(run.directory / "stdout.log", "w")
-    command = [sys.executable, str(ROOT / run.script), "--env-id", run.env_id, "--seed", str(run.seed),
-               "--run-name", run.name, *extra]
-    log.write(" ".join(command) + "\n")
-    log.flush()
+    command = [sys.executable, str(script_path(run.entry.script)), "--env-id", run.entry.env_id,
+               "--seed", str(run.seed), "--run-name", run.name, *run.entry.flags, *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    with open(run.log_path, "w") as log:  # the child keeps its own handle on the file
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -80,83 +221,285 @@ def tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+# The scripts' progress lines: `step    41740/100000 |  8347 SPS | return ...`
+PROGRESS_LINE = re.compile(r"step\s+(\d+)/(\d+)\s*\|\s*(\d+)\s*SPS")
+
+
+def read_progress(log: Path) -> tuple[int, int, int] | None:
+    """(step, total steps, SPS) from the last progress line in the last 4 KB of a run's log."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            matches = PROGRESS_LINE.findall(f.read().decode(errors="replace"))
+    except OSError:
+        return None
+    return tuple(map(int, matches[-1])) if matches else None
+
+
+def time_left(running_left: list[float], waiting: list[float], workers: int) -> float:
+    """Seconds until all runs end: each waiting run starts on whichever worker frees up first."""
+    free = [*running_left, *[0.0] * (workers - len(running_left))]  # when each worker frees up
+    heapq.heapify(free)
+    for seconds in waiting:
+        heapq.heappush(free, heapq.heappop(free) + seconds)
+    return max(free, default=0.0)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+
+
+class View:
+    """Prints events, and a progress block that a terminal redraws in place."""
+
+    def __init__(self):
+        self.live = sys.stdout.isatty()
+        self.drawn = 0
+
+    def _erase(self):
+        if self.live and self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+        self.drawn = 0
+
+    def event(self, text: str):
+        self._erase()
+        print(text, flush=True)
+
+    def block(self, lines: list[str]):
+        self._erase()
+        if self.live:  # a wrapped line would spoil the redraw
+            lines = [line[:shutil.get_terminal_size().columns - 1] for line in lines]
+        print("\n".join(lines), flush=True)
+        self.drawn = len(lines) if self.live else 0
+
+
 def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: float) -> list[Run]:
     """Runs what is not finished yet, `workers` at a time; returns the runs that failed."""
     todo = [r for r in runs if not r.summary_path.exists()]
-    skipped = len(runs) - len(todo)
-    if skipped:
-        print(f"{skipped} of {len(runs)} runs already finished; skipping them")
+    if len(todo) < len(runs):
+        print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; skipping them")
+    # Known durations per entry, for the estimate of the time left: finished runs' wall times.
+    durations: dict[Entry, list[float]] = {}
+    for run in runs:
+        if run.summary_path.exists():
+            wall_time = json.loads(run.summary_path.read_text()).get("wall_time")
+            if wall_time is not None:
+                durations.setdefault(run.entry, []).append(wall_time)
     running: dict[subprocess.Popen, tuple[Run, float]] = {}
-    failed, durations = [], []
-    start = last_report = time.time()
-    while todo or running:
-        while todo and len(running) < workers:
-            run = todo.pop(0)
-            running[launch(run, extra)] = (run, time.time())
-        time.sleep(0.5)
-        for process in [p for p in running if p.poll() is not None]:
-            run, started = running.pop(process)
-            durations.append(time.time() - started)
-            if process.returncode != 0 or not run.summary_path.exists():
-                failed.append(run)
-                print(f"FAILED {run.name} (exit code {process.returncode}); last lines of its log:\n"
-                      f"{tail(run.directory / 'stdout.log')}", flush=True)
-            else:
-                print(f"done   {run.name} in {durations[-1]:.0f}s", flush=True)
-        if time.time() - last_report >= progress_interval and (todo or running):
-            last_report = time.time()
-            done = len(durations) - len(failed)
-            mean_duration = sum(durations) / len(durations) if durations else None
-            left = "?" if mean_duration is None else f"~{mean_duration * (len(todo) + len(running)) / workers:.0f}s"
-            print(f"[{time.time() - start:5.0f}s] {done} done, {len(running)} running, {len(todo)} waiting, "
-                  f"{len(failed)} failed; {left} left", flush=True)
+    failed, done, total = [], 0, len(todo)
+    view = View()
+    start, last_report = time.time(), 0.0
+    try:
+        while todo or running:
+            for process in [p for p in running if p.poll() is not None]:
+                run, started = running.pop(process)
+                if process.returncode != 0 or not run.summary_path.exists():
+                    failed.append(run)
+                    view.event(f"FAILED {run.name} (exit code {process.returncode}); last lines of {run.log_path}:\n"
+                               f"{tail(run.log_path)}")
+                else:
+                    done += 1
+                    durations.setdefault(run.entry, []).append(time.time() - started)
+                    evaluation = json.loads(run.summary_path.read_text()).get("eval_mean")
+                    view.event(f"done   {run.name} in {duration(time.time() - started)}"
+                               + (f", eval {evaluation:.1f}" if evaluation is not None else ""))
+            while todo and len(running) < workers:
+                run = todo.pop(0)
+                running[launch(run, extra)] = (run, time.time())
+            if running and time.time() - last_report >= (1.0 if view.live else progress_interval):
+                last_report = time.time()
+                view.block(progress_block(list(running.values()), todo, durations, workers, time.time() - start,
+                                          f"{done}/{total} done, {len(running)} running, {len(todo)} waiting, "
+                                          f"{len(failed)} failed"))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
+        raise
     return failed
 
 
-def report(runs: list[Run]) -> str:
-    """A Markdown table: one row per (script, env) over the seeds that finished."""
-    lines = ["| script | env | seeds | steps | eval return (mean ± std over seeds) | per seed | SPS | wall time |",
-             "|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, str], list[dict]] = {}
+def progress_block(running: list[tuple[Run, float]], todo: list[Run], durations: dict[Entry, list[float]], workers: int,
+                   elapsed: float, counts: str) -> list[str]:
+    """One line of counts and time left, then one line per running run."""
+    now, lines, running_left = time.time(), [], []
+    width = max(len(run.name) for run, _ in running)
+    projected: dict[Entry, list[float]] = {}  # total durations projected from the running runs' fractions
+    for run, started in running:
+        progress = read_progress(run.log_path)
+        if progress and progress[0] > 0:
+            step, steps, sps = progress
+            fraction = min(step / steps, 1.0)
+            projected.setdefault(run.entry, []).append((now - started) / fraction)
+            running_left.append((now - started) * (1 - fraction) / fraction)
+            state = f"{f'{step:,}/{steps:,}':>19} {fraction:4.0%} {sps:>6,} SPS"
+        else:
+            running_left.append(None)
+            state = f"{'starting':<35}"
+        lines.append(f"    {run.name:<{width}}  {state} {duration(now - started):>7}")
+
+    def expected(entry: Entry) -> float | None:
+        known = durations.get(entry) or projected.get(entry)
+        if known:
+            return sum(known) / len(known)
+        everything = [d for ds in (*durations.values(), *projected.values()) for d in ds]
+        return sum(everything) / len(everything) if everything else None
+
+    # A run still starting is expected to take as long as the others of its entry.
+    for i, (run, started) in enumerate(running):
+        if running_left[i] is None and expected(run.entry) is not None:
+            running_left[i] = max(expected(run.entry) - (now - started), 0.0)
+    waiting = [expected(run.entry) for run in todo]
+    if None in running_left or None in waiting:
+        left = "time left: ?"
+    else:
+        left = f"~{duration(time_left(running_left, waiting, workers))} left"
+    return [f"[{duration(elapsed):>7}] {counts}; {left}", *lines]
+
+
+# ----------------------------------------------------------------------------------------------
+# The report and the bars.
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    entry: Entry
+    summaries: list[dict] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    """seeds without a finished run"""
+
+
+def collect(runs: list[Run]) -> list[Row]:
+    rows: dict[Entry, Row] = {}
     for run in runs:
+        row = rows.setdefault(run.entry, Row(run.entry))
         if run.summary_path.exists():
-            groups.setdefault((run.script, run.env_id), []).append(json.loads(run.summary_path.read_text()))
-    for (script, env_id), summaries in groups.items():
+            row.summaries.append(json.loads(run.summary_path.read_text()))
+        else:
+            row.missing.append(run.seed)
+    return list(rows.values())
+
+
+def verdict(row: Row) -> bool | None:
+    """True if the row reaches its bar, False if not (or if runs are missing), None if it has none."""
+    if row.entry.bar is None:
+        return None
+    threshold, rule = row.entry.bar
+    evals = [s.get("eval_mean") for s in row.summaries]
+    if row.missing or not evals or None in evals:
+        return False
+    return min(evals) >= threshold if rule == "each" else sum(evals) / len(evals) >= threshold
+
+
+def explain(row: Row) -> str:
+    """The numbers behind a row's verdict, in words."""
+    evals = [s["eval_mean"] for s in row.summaries if s.get("eval_mean") is not None]
+    if row.entry.bar is None:
+        return f"no bar (mean {sum(evals) / len(evals):.1f})" if evals else "no bar"
+    threshold, rule = row.entry.bar
+    if row.missing:
+        return "no finished run for seed " + ", ".join(map(str, row.missing))
+    unevaluated = [s["seed"] for s in row.summaries if s.get("eval_mean") is None]
+    if unevaluated:
+        return "not evaluated: seed " + ", ".join(map(str, unevaluated))
+    if rule == "each":
+        below = [f"{s['seed']} ({s['eval_mean']:.1f})" for s in row.summaries if s["eval_mean"] < threshold]
+        if below:
+            return f"below {threshold:g}: seed " + ", ".join(below)
+        return f"every seed >= {threshold:g} (" + ", ".join(f"{e:.1f}" for e in evals) + ")"
+    mean = sum(evals) / len(evals)
+    return f"mean {mean:.1f} {'>=' if mean >= threshold else '<'} {threshold:g}"
+
+
+def label(row: Row) -> str:
+    return {True: "pass", False: "FAIL", None: "report only"}[verdict(row)]
+
+
+def report(runs: list[Run]) -> str:
+    """A Markdown table: one row per entry over the seeds that finished, with bar and verdict if any."""
+    rows = collect(runs)
+    with_flags = any(r.entry.flags or r.entry.tag for r in rows)
+    with_bars = any(r.entry.bar for r in rows)
+    header = ["script", "env", *(["flags"] if with_flags else []), "seeds", "steps",
+              "eval return (mean ± std over seeds)", "per seed", "SPS", "wall time",
+              *(["bar", "verdict"] if with_bars else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        summaries, entry = row.summaries, row.entry
         evals = [s["eval_mean"] for s in summaries if s.get("eval_mean") is not None]
         if evals:
             mean = sum(evals) / len(evals)
-            std = (sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5
-            evaluation = f"{mean:.1f} ± {std:.1f}"
+            evaluation = f"{mean:.1f} ± {(sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5:.1f}"
         else:
-            evaluation = "not evaluated"
+            evaluation = "not evaluated" if summaries else "—"
         per_seed = ", ".join(f"{s['seed']}: {s['eval_mean']:.0f}" for s in summaries if s.get("eval_mean") is not None)
-        sps = sum(s["sps"] for s in summaries) / len(summaries)
-        wall = sum(s["wall_time"] for s in summaries) / len(summaries)
-        steps = max(s["global_step"] for s in summaries)
-        lines.append(f"| {script} | {env_id} | {len(summaries)} | {steps:,} | {evaluation} | {per_seed} "
-                     f"| {sps:,.0f} | {wall:.0f}s |")
+        cells = [entry.script, entry.env_id]
+        if with_flags:
+            cells.append(" ".join(entry.flags) + (f" (tag {entry.tag})" if entry.tag else ""))
+        cells.append(f"{len(summaries)}" + (f" (missing {', '.join(map(str, row.missing))})" if row.missing else ""))
+        if summaries:
+            cells += [f"{max(s['global_step'] for s in summaries):,}", evaluation, per_seed,
+                      f"{sum(s['sps'] for s in summaries) / len(summaries):,.0f}",
+                      f"{sum(s['wall_time'] for s in summaries) / len(summaries):.0f}s"]
+        else:
+            cells += ["—", evaluation, "", "—", "—"]
+        if with_bars:
+            bar = f"≥ {entry.bar[0]:g} {entry.bar[1]}" if entry.bar else ""
+            cells += [bar, label(row) if verdict(row) is not False else f"FAIL: {explain(row)}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def check(runs: list[Run]) -> int:
+    """Prints each row's verdict; 1 if a row with a bar missed it or misses runs, else 0."""
+    rows = collect(runs)
+    for row in rows:
+        print(f"{label(row):<11} {row.entry.script} {row.entry.env_id}"
+              + (f" [{row.entry.tag}]" if row.entry.tag else "") + f": {explain(row)}")
+    failed = [r for r in rows if verdict(r) is False]
+    barred = [r for r in rows if r.entry.bar is not None]
+    print(f"check: {len(barred) - len(failed)} of {len(barred)} rows with a bar pass"
+          + (f"; failing: {', '.join(f'{r.entry.script} {r.entry.env_id}' for r in failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
     args = tyro.cli(Args, args=own, description=__doc__)
-    if args.workers <= 0:
-        print(f"error: --workers must be positive, got {args.workers}", file=sys.stderr)
-        return 2
-    for script in args.scripts:
-        if not (ROOT / script).is_file():
-            print(f"error: no script {script} in {ROOT}", file=sys.stderr)
-            return 2
-    runs = plan(args)
     try:
-        failed = execute(runs, extra, args.workers, args.progress_interval)
+        if args.workers <= 0:
+            raise UsageError(f"--workers must be positive, got {args.workers}")
+        if args.min_return is not None and args.min_mean_return is not None:
+            raise UsageError("give --min-return or --min-mean-return, not both")
+        entries, seeds = select(args.preset, args.scripts, args.env_ids, args.seeds, args.tag)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.min_return is not None:
+        entries = [replace(e, bar=(args.min_return, "each")) for e in entries]
+    if args.min_mean_return is not None:
+        entries = [replace(e, bar=(args.min_mean_return, "mean")) for e in entries]
+    runs = plan(entries, seeds)
+    if args.check:
+        print(report(runs) + "\n")
+        return check(runs)
+    absent = sorted({r.entry.script for r in runs if not script_path(r.entry.script).is_file()})
+    if absent:
+        print(f"skipping the entries of {', '.join(absent)}: not in this checkout (reported as missing)")
+    try:
+        failed = execute([r for r in runs if r.entry.script not in absent], extra, args.workers, args.progress_interval)
     except KeyboardInterrupt:
         print("\ninterrupted; finished runs are kept and skipped next time", file=sys.stderr)
         return 130
     print(report(runs))
-    return 1 if failed else 0
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.name} (log: {r.log_path})" for r in failed))
+    missed = [r for r in collect(runs) if verdict(r) is False]
+    if missed:
+        print("below the bar or missing runs: " + ", ".join(f"{r.entry.script} {r.entry.env_id}" for r in missed))
+    return 1 if failed or missed else 0
 
 
 if __name__ == "__main__":

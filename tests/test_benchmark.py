@@ -1,0 +1,252 @@
+"""benchmark.py and plot.py: run naming, presets, --check against the bars, failing runs, the
+estimate of the time left, and the plots, on synthetic run directories and tiny stand-in scripts."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+import benchmark
+import plot
+from benchmark import Entry, Preset
+
+
+def write_run(runs_dir, name, seed, eval_mean, returns=None, wall_time=10.0):
+    """A finished run: summary.json, and metrics.csv with one row per 100 steps if returns are given."""
+    directory = runs_dir / name
+    directory.mkdir(parents=True)
+    steps = 100 * len(returns) if returns else 1000
+    (directory / "summary.json").write_text(json.dumps(
+        {"algorithm": name.split("__")[1], "env_id": name.split("__")[0], "seed": seed, "global_step": steps,
+         "wall_time": wall_time, "sps": 100, "eval_mean": eval_mean, "eval_std": 0.0}))
+    if returns:
+        lines = ["global_step,time,episodic_return"]
+        lines += [f"{100 * (i + 1)},{i + 1.0},{'' if r is None else r}" for i, r in enumerate(returns)]
+        (directory / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+TEST_PRESET = Preset(seeds=(1, 2, 3), entries=(
+    Entry("algo_a.py", "Env-v0", bar=(100, "each")),
+    Entry("algo_b.py", "Env-v0", ("--total-timesteps", "5"), bar=(50, "mean")),
+    Entry("algo_b.py", "Other-v0"),  # report only
+))
+
+
+@pytest.fixture
+def test_preset(monkeypatch, in_tmp):
+    """The preset "test" (TEST_PRESET) with its runs finished, each at or above its bar."""
+    monkeypatch.setitem(benchmark.PRESETS, "test", TEST_PRESET)
+    runs = in_tmp / "runs"
+    for seed, (a, b) in zip((1, 2, 3), ((100.0, 20.0), (120.0, 60.0), (100.0, 70.0))):  # b: mean 50
+        write_run(runs, f"Env-v0__algo_a__{seed}", seed, a)
+        write_run(runs, f"Env-v0__algo_b__{seed}", seed, b)
+        write_run(runs, f"Other-v0__algo_b__{seed}", seed, -1e6)
+    return in_tmp
+
+
+def with_bar(monkeypatch, index, bar):
+    entries = list(TEST_PRESET.entries)
+    entries[index] = Entry(entries[index].script, entries[index].env_id, entries[index].flags, bar=bar)
+    monkeypatch.setitem(benchmark.PRESETS, "test", Preset(tuple(entries), TEST_PRESET.seeds))
+
+
+def test_full_preset_run_names_and_flags():
+    entries, seeds = benchmark.select("full", None, None, None)
+    names = [r.name for r in benchmark.plan(entries, seeds)]
+    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 57
+    assert "LunarLander-v3__a2c__2" in names and "Pendulum-v1__ppo_continuous__1" in names
+    assert all(name.count("__") == 2 for name in names)  # no tags
+    a2c_lunar = next(e for e in entries if e.script == "a2c.py" and e.env_id == "LunarLander-v3")
+    assert a2c_lunar.flags == ("--total-timesteps", "1000000", "--gamma", "0.995", "--learning-rate", "8.3e-4",
+                               "--ent-coef", "1e-5") and a2c_lunar.bar == (150, "mean")
+    # --scripts / --env-ids keep a subset, --seeds replaces the seeds, --tag is appended.
+    entries, seeds = benchmark.select("full", ["dqn.py", "ddqn.py"], ["CartPole-v1"], [7], tag="t")
+    assert [r.name for r in benchmark.plan(entries, seeds)] == ["CartPole-v1__dqn__7__t", "CartPole-v1__ddqn__7__t"]
+    quick, quick_seeds = benchmark.select("quick", None, None, None)
+    assert quick_seeds == [1] and {("ppo_discrete.py", "CartPole-v1"), ("dqn.py", "CartPole-v1")} <= {
+        (e.script, e.env_id) for e in quick}
+    assert all(e.bar is not None for e in quick)
+
+
+def test_ad_hoc_plan_without_preset():
+    entries, seeds = benchmark.select(None, ["ppo_discrete.py", "a2c.py"], ["CartPole-v1", "Acrobot-v1"], [4, 5],
+                                      tag="quick")
+    names = [r.name for r in benchmark.plan(entries, seeds)]
+    assert len(names) == 8 and names[0] == "CartPole-v1__ppo_discrete__4__quick"
+    assert all(e.bar is None and e.flags == () for e in entries)
+
+
+def test_check_passes_at_and_above_the_bars(test_preset, capsys):
+    assert benchmark.main(["--preset", "test", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "check: 2 of 2 rows with a bar pass" in out and "FAIL" not in out
+    assert "| ≥ 100 each | pass |" in out and "| ≥ 50 mean | pass |" in out
+
+
+@pytest.mark.parametrize("index, bar, reason", [
+    (0, (100.5, "each"), "below 100.5: seed 1 (100.0), 3 (100.0)"),  # two seeds sit exactly at 100
+    (1, (50.5, "mean"), "mean 50.0 < 50.5"),
+    (2, (0, "each"), "below 0: seed 1 (-1000000.0), 2 (-1000000.0), 3 (-1000000.0)"),  # a report-only row given a bar
+])
+def test_check_fails_when_a_bar_is_raised_above_the_runs(test_preset, monkeypatch, capsys, index, bar, reason):
+    with_bar(monkeypatch, index, bar)
+    assert benchmark.main(["--preset", "test", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL        {TEST_PRESET.entries[index].script} {TEST_PRESET.entries[index].env_id}: {reason}" in out
+    assert "check: 1 of 2 rows with a bar pass" in out or index == 2
+
+
+def test_check_fails_on_missing_runs(test_preset, capsys):
+    (test_preset / "runs" / "Env-v0__algo_a__3" / "summary.json").unlink()  # an unfinished run
+    assert benchmark.main(["--preset", "test", "--check"]) == 1
+    assert "FAIL        algo_a.py Env-v0: no finished run for seed 3" in capsys.readouterr().out
+    # Seeds that were never run count as missing too; a subset of the entries can still pass.
+    assert benchmark.main(["--preset", "test", "--check", "--seeds", "1", "2", "4"]) == 1
+    assert "no finished run for seed 4" in capsys.readouterr().out
+    assert benchmark.main(["--preset", "test", "--check", "--scripts", "algo_b.py"]) == 0
+
+
+def test_check_ad_hoc_with_min_return(in_tmp, capsys):
+    for seed, value in ((1, 500.0), (2, 480.0)):
+        write_run(in_tmp / "runs", f"CartPole-v1__ppo_discrete__{seed}", seed, value)
+    base = ["--scripts", "ppo_discrete.py", "--env-ids", "CartPole-v1", "--seeds", "1", "2", "--check"]
+    assert benchmark.main([*base, "--min-return", "480"]) == 0
+    assert benchmark.main([*base, "--min-return", "481"]) == 1
+    assert benchmark.main([*base, "--min-mean-return", "490"]) == 0
+    assert benchmark.main([*base, "--min-mean-return", "490.5"]) == 1
+    assert benchmark.main(base) == 0  # no bar: report only
+    assert "FAIL        ppo_discrete.py CartPole-v1: mean 490.0 < 490.5" in capsys.readouterr().out
+
+
+STAND_IN = """
+import argparse, json, pathlib, sys, time
+parser = argparse.ArgumentParser()
+for flag in ("--env-id", "--seed", "--run-name", "--total-timesteps"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+print(f"step {{500:>9}}/{{args.total_timesteps}} |  1234 SPS | return 1.0", flush=True)
+{body}
+"""
+
+
+def test_a_failing_run_is_reported_with_its_log_and_others_finish(in_tmp, capsys):
+    (in_tmp / "good.py").write_text(STAND_IN.format(body=textwrap.dedent("""
+        time.sleep(0.5)
+        run = pathlib.Path("runs") / args.run_name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+            "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))""")))
+    (in_tmp / "bad.py").write_text(STAND_IN.format(body='print("something broke in", args.env_id); sys.exit(1)'))
+    argv = ["--scripts", "bad.py", "good.py", "--env-ids", "Env-v0", "--seeds", "1", "2", "--workers", "2",
+            "--progress-interval", "0", "--", "--total-timesteps", "1000"]
+    assert benchmark.main(argv) == 1
+    out = capsys.readouterr().out
+    for seed in (1, 2):
+        assert f"FAILED Env-v0__bad__{seed} (exit code 1)" in out
+        assert f"done   Env-v0__good__{seed}" in out
+        assert (in_tmp / "runs" / f"Env-v0__good__{seed}" / "summary.json").is_file()
+        log = (in_tmp / "runs" / f"Env-v0__bad__{seed}" / "stdout.log").read_text().splitlines()
+        assert log[0].endswith(f"bad.py --env-id Env-v0 --seed {seed} --run-name Env-v0__bad__{seed} "
+                               "--total-timesteps 1000")  # the command, with the flags after --
+    assert "something broke in Env-v0" in out  # the log's tail
+    assert "| good.py | Env-v0 | 2 | 1,000 | 7.0 ± 0.0 |" in out
+    assert "2 run(s) failed: Env-v0__bad__1" in out
+    # A rerun skips the finished runs and tries the failed ones again.
+    assert benchmark.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "2 of 4 runs already finished; skipping them" in out and "done   Env-v0__good" not in out
+
+
+def test_a_preset_entry_without_its_script_is_skipped_and_reported_missing(in_tmp, monkeypatch, capsys):
+    (in_tmp / "good.py").write_text(STAND_IN.format(body=textwrap.dedent("""
+        run = pathlib.Path("runs") / args.run_name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+            "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))""")))
+    monkeypatch.setitem(benchmark.PRESETS, "test", Preset(seeds=(1,), entries=(
+        Entry("good.py", "Env-v0", ("--total-timesteps", "1000"), bar=(7, "each")),
+        Entry("absent.py", "Env-v0", bar=(0, "mean")))))
+    assert benchmark.main(["--preset", "test"]) == 1
+    out = capsys.readouterr().out
+    assert "skipping the entries of absent.py: not in this checkout" in out
+    assert ("| good.py | Env-v0 | --total-timesteps 1000 | 1 | 1,000 | 7.0 ± 0.0 | 1: 7 | 2,000 | 0s "
+            "| ≥ 7 each | pass |") in out
+    assert "FAIL: no finished run for seed 1" in out and not (in_tmp / "runs" / "Env-v0__absent__1").exists()
+    assert benchmark.main(["--preset", "test", "--scripts", "good.py"]) == 0  # finished: skipped, passes
+    assert "1 of 1 runs already finished" in capsys.readouterr().out
+
+
+def test_progress_and_time_left(tmp_path):
+    log = tmp_path / "stdout.log"
+    log.write_text("python x.py\n" + "noise\n" * 2000 + "step      6144/100000 |  1182 SPS | return -500.0\n"
+                   "step     41740/100000 |  8347 SPS | return 3\n")
+    assert benchmark.read_progress(log) == (41740, 100000, 8347)
+    assert benchmark.read_progress(tmp_path / "none.log") is None
+    # Two workers busy for 10 and 20 more seconds, then two 30-second runs: the first starts at 10,
+    # the second at 20, so all end at 50.
+    assert benchmark.time_left([10.0, 20.0], [30.0, 30.0], 2) == 50.0
+    assert benchmark.time_left([10.0], [30.0], 2) == 30.0  # the idle worker takes it
+    assert benchmark.time_left([10.0], [30.0, 30.0, 30.0], 3) == 40.0  # the third waits for the busy one
+    assert benchmark.time_left([], [], 2) == 0.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nope"], "error: unknown preset 'nope'"),
+    (["--workers", "0"], "error: --workers must be positive"),
+    (["--scripts", "no_such_script.py"], "error: no script no_such_script.py"),
+    (["--preset", "full", "--scripts", "no_such_script.py"], "error: --scripts no_such_script.py: not in preset full"),
+    (["--min-return", "1", "--min-mean-return", "1", "--check"], "error: give --min-return or --min-mean-return"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(in_tmp, capsys, argv, message):
+    assert benchmark.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (in_tmp / "runs").exists()
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--preset", "nope"], cwd=tmp_path,
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_plot_curves_and_pngs(test_preset, monkeypatch, capsys):
+    runs = test_preset / "runs"
+    for seed, offset in ((1, 0.0), (2, 2.0)):
+        write_run(runs, f"Plot-v0__algo_a__{seed}", seed, 0.0, returns=[offset + i for i in range(20)])
+        write_run(runs, f"Plot-v0__algo_b__{seed}", seed, 0.0, returns=[None, 5.0, None] * 10)  # empty cells
+    # Seed 3 has no run: noted and left out.
+    curve = plot.curve(Entry("algo_a.py", "Plot-v0"), [1, 2, 3], runs, smooth=1, points=20)
+    assert curve.seeds == 2 and "no metrics.csv with returns under" in capsys.readouterr().out
+    np.testing.assert_allclose(curve.steps, np.linspace(100, 2000, 20))
+    np.testing.assert_allclose(curve.mean, np.arange(20) + 1.0)  # seeds at i and i + 2
+    np.testing.assert_allclose(curve.high - curve.low, 2.0)
+    np.testing.assert_allclose(curve.seconds, np.arange(1, 21.0))
+    smoothed = plot.curve(Entry("algo_a.py", "Plot-v0"), [1], runs, smooth=3, points=20)
+    np.testing.assert_allclose(smoothed.mean[:4], [0.0, 0.5, 1.0, 2.0])  # rolling mean over up to 3 rows
+    flat = plot.curve(Entry("algo_b.py", "Plot-v0"), [1, 2], runs, smooth=1, points=5)
+    np.testing.assert_allclose(flat.mean, 5.0)
+
+    entries = (Entry("algo_a.py", "Plot-v0"), Entry("algo_b.py", "Plot-v0"), Entry("algo_a.py", "Env-v0"))
+    monkeypatch.setitem(benchmark.PRESETS, "test", Preset(entries, (1, 2, 3)))
+    assert plot.main(["--preset", "test", "--runs-dir", str(runs), "--out", str(test_preset / "png")]) == 0
+    out = capsys.readouterr().out
+    assert "note: no runs of Env-v0 to plot" in out  # summaries only, no metrics.csv
+    pngs = sorted(p.name for p in (test_preset / "png").iterdir())
+    assert pngs == ["curves_Plot-v0.png", "curves_overview.png"]
+    for name in pngs:
+        data = (test_preset / "png" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_plot_without_matplotlib_or_runs(in_tmp, monkeypatch, capsys):
+    assert plot.main(["--scripts", "ppo_discrete.py", "--env-ids", "CartPole-v1", "--out", str(in_tmp / "png")]) == 1
+    assert "no runs with metrics.csv" in capsys.readouterr().err
+    monkeypatch.setattr(plot, "plt", None)
+    assert plot.main(["--preset", "full"]) == 2
+    assert capsys.readouterr().err == "error: plot.py needs matplotlib: pip install -r requirements-dev.txt\n"
+    assert not (in_tmp / "png").exists()
