@@ -98,6 +98,10 @@ PRESETS: dict[str, Preset] = {
         Entry("ddqn.py", "CartPole-v1", bar=(475, "each")),
         Entry("dqn.py", "Acrobot-v1", bar=(-100, "each")),
         Entry("ddqn.py", "Acrobot-v1", bar=(-100, "each")),
+        # Overestimation made visible: target copies 3x as often as the default (eval_start_q
+        # against eval_discounted_return in metrics.csv).
+        Entry("dqn.py", "CartPole-v1", ("--target-network-frequency", "256"), tag="tnf256"),
+        Entry("ddqn.py", "CartPole-v1", ("--target-network-frequency", "256"), tag="tnf256"),
         Entry("ddqn.py", "LunarLander-v3", LUNAR_DQN, bar=(200, "mean")),
         Entry("dqn.py", "LunarLander-v3", LUNAR_DQN),
         Entry("ddpg.py", "Pendulum-v1", bar=(-200, "each")),
