@@ -107,7 +107,8 @@ PRESETS: dict[str, Preset] = {
         Entry("ddpg.py", "Pendulum-v1", bar=(-200, "each")),
         Entry("naf.py", "Pendulum-v1", bar=(-250, "each")),
         Entry("naf.py", "InvertedPendulum-v5"),
-        Entry("ddpg.py", "HalfCheetah-v5", ("--total-timesteps", "300000"), bar=(5000, "mean")),
+        Entry("ddpg.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000"),
+              bar=(5000, "mean")),
         Entry("naf.py", "HalfCheetah-v5", ("--total-timesteps", "300000")),
     )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
@@ -250,7 +251,8 @@ def time_left(running_left: list[float], waiting: list[float], workers: int) -> 
 
 
 def duration(seconds: float) -> str:
-    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    seconds = round(seconds)  # before splitting, so 359.7 s reads 6m00s, not 5m60s
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class View:

@@ -250,3 +250,7 @@ def test_plot_without_matplotlib_or_runs(in_tmp, monkeypatch, capsys):
     assert plot.main(["--preset", "full"]) == 2
     assert capsys.readouterr().err == "error: plot.py needs matplotlib: pip install -r requirements-dev.txt\n"
     assert not (in_tmp / "png").exists()
+
+
+def test_duration_rounds_before_splitting_minutes_and_seconds():
+    assert [benchmark.duration(s) for s in (42.4, 119.6, 359.7, 3725)] == ["42s", "2m00s", "6m00s", "62m05s"]
