@@ -1,0 +1,950 @@
+"""DDPG: one file, read top to bottom.
+
+Deep Deterministic Policy Gradient (Lillicrap et al. 2016, https://arxiv.org/abs/1509.02971, built
+on the deterministic policy gradient of Silver et al. 2014, https://proceedings.mlr.press/v32/silver14.html):
+Q-learning for continuous actions, with a second network, the actor, that learns to output the
+action the Q-network (the critic) rates best.
+
+Why an actor. DQN acts and bootstraps with max_a Q(s, a), a max over a handful of actions. With a
+continuous action (a torque, six joint motors) that max is an optimisation problem of its own, to be
+solved at every environment step and for every row of every minibatch. DDPG learns the answer
+instead: a deterministic policy mu(s) trained by gradient ascent on Q(s, mu(s)), so the argmax is
+one forward pass, amortised over training. (naf.py takes the other way out: it gives Q a shape
+whose maximum is known in closed form.)
+
+The loop: act in `num_envs` environments with mu(s) plus exploration noise (uniformly random actions
+for the first `learning_starts` transitions); store every transition (s, a, r, s', terminated) in a
+replay buffer; after each environment step take `updates_per_step` gradient steps of the critic on
+random minibatches, and every `policy_frequency`-th of them one step of the actor and a small move
+of both target networks towards the online ones. Repeat.
+
+Key equations (theta the critic's weights, phi the actor's, primes their target copies):
+
+    critic target    y      = r + gamma * (1 - terminated) * Q(s', mu(s'; phi'); theta')
+    critic loss      L      = E_{(s, a, r, s') ~ buffer} [ (Q(s, a; theta) - y)^2 ]
+    actor objective  J      = E_{s ~ buffer} [ Q(s, mu(s; phi); theta) ]              (ascended)
+    its gradient     dJ/dphi = E_s [ dQ(s, a)/da at a = mu(s)  *  dmu(s; phi)/dphi ]   (chain rule)
+    target update    theta' <- tau * theta + (1 - tau) * theta',  phi' likewise      (Polyak)
+    acting           a      = clip(mu(s) + noise, low, high),  noise Gaussian or Ornstein-Uhlenbeck
+
+The actor is an ordinary MLP whose output goes through tanh, into (-1, 1), then is stretched to the
+env's bounds: a = (high + low) / 2 + (high - low) / 2 * tanh(.). It can never ask for an action the
+env does not accept, and the critic is never asked about one.
+
+Why target networks, and why the actor needs one too. The critic is regressed onto a label built
+from its own estimate at s': chase a label that moves with every gradient step and an error at one
+state can feed the label that caused it (dqn.py's docstring has the long version). DQN freezes a
+copy of the Q-network for the label. In DDPG the label has two moving parts: the critic that values
+s' and the actor that picks the action at s'. The actor is updated at every policy step, and it is
+pushed exactly towards the actions the critic currently overrates; if the label took its action from
+the online actor, it would move at every actor step even with the critic's copy frozen, and chase
+the critic's own errors. So the actor gets a slow copy as well. It is there to steady the critic's
+label, not the actor: the actor's own objective uses the online networks. Both copies trail their
+networks by Polyak averaging with a small tau (0.005: a time constant of about 200 target updates).
+
+Time limits are the classic trap. Pendulum-v1 never terminates: every episode is *truncated* after
+200 steps, and the state it stops in still has a future, so the stored transition bootstraps from
+Q(true final observation, mu'(.)). Only *termination* means the future is worth zero, so the
+buffer stores done = terminated, never terminated or truncated; treating truncation as termination
+would teach the critic that a random subset of ordinary states (those that happened to fall on step
+200) are worth nothing. Equally wrong is storing, as s', the observation the env returns after an
+autoreset: that is the *next* episode's first state. See `true_next_obs` and `ReplayBuffer`.
+
+Run it:       python ddpg.py                     (Pendulum-v1, one to two minutes on a CPU)
+Evaluate:     python ddpg.py --evaluate runs/<run-name>/model.pt --capture-video
+All flags:    python ddpg.py --help
+"""
+
+import csv
+import dataclasses
+import difflib
+import itertools
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+
+ALGORITHM = "ddpg"
+
+
+@dataclass
+class Args:
+    # --- Experiment ---
+    env_id: str = "Pendulum-v1"
+    """gymnasium id of an environment with a Box action space with finite bounds (Pendulum-v1,
+    HalfCheetah-v5, InvertedPendulum-v5, ...)"""
+    seed: int = 1
+    """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
+    total_timesteps: int = 20_000
+    """environment steps to train for, summed over all envs"""
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
+    cuda: bool = True
+    """use CUDA when it is available (CPU otherwise)"""
+    torch_threads: int = 1
+    """CPU threads for torch. One thread lets several seeds run side by side without fighting over
+    cores; with a core to spare, 2 speeds up the 256-wide matrix products of each update"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the final evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final actor, critic and args to runs/<run-name>/model.pt"""
+    eval_episodes: int = 10
+    """episodes of greedy evaluation (the actor's action, no noise) at the end and every
+    --eval-frequency steps; 0 skips evaluation"""
+    eval_frequency: int = 10_000
+    """evaluate every this many environment steps during training (0: only at the end). Each
+    evaluation logs, beside the returns, the Q value the critic predicts for each episode's first
+    state and the discounted return the episode then earned: the gap is the overestimation"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    save_buffer: bool = True
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
+    than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
+    1.8 MB per 100k transitions on Pendulum-v1, 16 MB on HalfCheetah-v5)"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    metrics_every: int = 1_000
+    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
+
+    # --- Environment and replay ---
+    num_envs: int = 1
+    """parallel environments; each step adds num_envs transitions to the buffer and is followed by
+    num_envs * --updates-per-step gradient steps, so the ratio of updates to data does not change"""
+    async_envs: bool = False
+    """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
+    buffer_size: int = 1_000_000
+    """transitions the replay buffer holds before the oldest are overwritten (the arrays are
+    allocated up front, but memory is only touched as they fill)"""
+    batch_size: int = 256
+    """transitions per gradient step, drawn uniformly from the buffer"""
+    learning_starts: int = 1_000
+    """transitions collected with uniformly random actions before training starts: data that covers
+    the action box, for the critic's first fits. Counted in the buffer, so a run resumed without its
+    buffer collects this much again"""
+
+    # --- DDPG ---
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    """sizes of the hidden layers of the actor and of the critic (ReLU between them)"""
+    learning_rate: float = 1e-3
+    """Adam learning rate of the actor and of the critic"""
+    gamma: float = 0.98
+    """discount factor. 0.98 (a horizon of about 50 steps) is the RL Baselines3 Zoo's Pendulum-v1
+    value; 0.99 is the usual MuJoCo one (use it for HalfCheetah-v5)"""
+    tau: float = 0.005
+    """target update theta' <- tau * theta + (1 - tau) * theta', for the actor and the critic,
+    after every actor update"""
+    updates_per_step: int = 1
+    """critic gradient steps per environment step (per transition)"""
+    policy_frequency: int = 2
+    """update the actor (and the target networks) after every this many critic updates. 1 is the
+    original DDPG; 2 is TD3's delayed policy update (Fujimoto et al. 2018): the critic gets two fits
+    to the moving actor before the actor follows its gradient again, and each update is cheaper"""
+
+    # --- Exploration ---
+    exploration_noise: float = 0.1
+    """standard deviation of the Gaussian action noise (or sigma of the Ornstein-Uhlenbeck process),
+    in units of the action half-range (high - low) / 2: 0.1 on Pendulum-v1's [-2, 2] is 0.2 N m"""
+    ou_noise: bool = False
+    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per
+    step, reset to 0 when an episode ends. Successive noises are correlated, so the pushes add up
+    to sustained deviations (the original paper's choice, for physical control with inertia)"""
+    ou_theta: float = 0.15
+    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15). The noise then has a
+    stationary standard deviation sigma / sqrt(theta * (2 - theta)), 1.9 sigma, and decorrelates
+    over about 1 / theta steps"""
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment construction
+# ---------------------------------------------------------------------------------------------
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+    if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
+            "flat Box one (continuous actions); for discrete actions use dqn.py"
+        )
+    if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
+        env.close()
+        raise UsageError(
+            f"{env_id}'s action bounds are not finite ({env.action_space}); {ALGORITHM}.py scales a "
+            "tanh to them, so it needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    return env
+
+
+def make_vector_env(args: Args) -> gym.vector.VectorEnv:
+    """Vectorised envs in SAME_STEP autoreset mode.
+
+    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
+    *after* an episode ends returns the reset observation and ignores the action, a fake
+    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
+    the episode: every transition returned is real, the returned observation is already the next
+    episode's first one, and the true last observation arrives in info["final_obs"], which is
+    what a truncated episode must bootstrap from.
+    """
+    env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = env_cls(
+        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -> np.ndarray:
+    """The state each env really reached in this step: s' of the transition to store.
+
+    For an env whose episode just ended (terminated or truncated), the vector env has already reset
+    it and `next_obs` holds the next episode's first observation; the state the episode ended in is
+    in infos["final_obs"]. Storing the reset observation would record a transition the env never
+    made. (After a termination s' is multiplied by zero in the target anyway; after a truncation it
+    is exactly what the target bootstraps from.)
+    """
+    if not episode_ends.any():
+        return next_obs
+    real = next_obs.copy()
+    real[episode_ends] = np.stack(infos["final_obs"][episode_ends])
+    return real
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer
+# ---------------------------------------------------------------------------------------------
+
+
+class ReplayBuffer:
+    """A circular memory of transitions in preallocated numpy arrays on the host.
+
+    Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next
+    to s rather than read from row i + 1, because with several envs the rows of one env are not
+    adjacent, and after an autoreset the next row belongs to another episode. That costs one more
+    copy of each observation and removes every question about which rows follow which.
+    `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
+
+    Actions are stored as the env received them, inside the bounds (the noisy action is clipped
+    before the env sees it). Q should learn the value of what was done: an unclipped action outside
+    the box had exactly the effect of its clipped version, and storing it would ask Q to spread one
+    outcome over a region that the tanh-squashed greedy action can never reach, and to learn a
+    slope of Q out there that nothing uses.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, act_dim), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
+            terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
+        """Stores one step of the vector env, as it returned it: row k of each array is env k's.
+
+        s' is the true next state (`true_next_obs`), never the reset observation of the next
+        episode; the stored done flag is `terminations` alone, so a truncated transition keeps
+        gamma * Q'(s', mu'(s')) in its target.
+        """
+        next_obs = true_next_obs(next_obs, terminations | truncations, infos)
+        n = len(actions)
+        # A slice when the rows do not wrap around the end: much cheaper than an index array.
+        if self.pos + n <= self.capacity:
+            rows = slice(self.pos, self.pos + n)
+        else:
+            rows = (self.pos + np.arange(n)) % self.capacity
+        self.obs[rows] = obs
+        self.actions[rows] = actions
+        self.rewards[rows] = rewards
+        self.next_obs[rows] = next_obs
+        self.terminated[rows] = terminations
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors."""
+        rows = rng.integers(0, self.size, batch_size)
+        return tuple(
+            torch.from_numpy(a[rows]).to(device)
+            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        )
+
+    def state_dict(self) -> dict:
+        filled = slice(0, self.size)
+        return {
+            "pos": self.pos, "size": self.size, "obs": torch.from_numpy(self.obs[filled]),
+            "actions": torch.from_numpy(self.actions[filled]), "rewards": torch.from_numpy(self.rewards[filled]),
+            "next_obs": torch.from_numpy(self.next_obs[filled]),
+            "terminated": torch.from_numpy(self.terminated[filled]),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] > self.capacity:
+            raise UsageError(
+                f"the checkpoint's buffer holds {state['size']} transitions, more than --buffer-size "
+                f"{self.capacity}; keep its --buffer-size or resume with --no-save-buffer"
+            )
+        self.pos, self.size = state["pos"] % self.capacity, state["size"]
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+            getattr(self, name)[: self.size] = state[name].numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+def mlp_layers(in_dim: int, hidden_sizes: list[int], out_dim: int) -> tuple[nn.ModuleList, nn.Linear]:
+    """ReLU hidden layers with PyTorch's default initialisation, and a linear last layer."""
+    sizes = [in_dim, *hidden_sizes]
+    return nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes)), nn.Linear(sizes[-1], out_dim)
+
+
+def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
+    # F.linear on the layers' parameters rather than calling each nn.Linear: the module call's
+    # bookkeeping costs more than the matrix product at small sizes, and this runs several times
+    # per update.
+    for layer in hidden:
+        x = torch.relu(F.linear(x, layer.weight, layer.bias))
+    return x
+
+
+class Actor(nn.Module):
+    """mu(s): an MLP from an observation to an action, squashed by tanh into (-1, 1) and stretched
+    to the action bounds, a = action_bias + action_scale * tanh(.), per dimension. The bounds may
+    be asymmetric (a gripper in [0, 1], a throttle in [-1, 3]): bias and scale map (-1, 1) onto
+    (low, high) whatever they are. They are buffers: saved with the weights, never trained."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], low: np.ndarray, high: np.ndarray):
+        super().__init__()
+        self.hidden, self.out = mlp_layers(obs_dim, hidden_sizes, act_dim)
+        low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        self.register_buffer("action_scale", torch.from_numpy((high - low) / 2.0))
+        self.register_buffer("action_bias", torch.from_numpy((high + low) / 2.0))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = hidden_features(obs, self.hidden)
+        return self.action_bias + self.action_scale * torch.tanh(F.linear(x, self.out.weight, self.out.bias))
+
+
+class Critic(nn.Module):
+    """Q(s, a): an MLP on the observation and the action side by side, to one number. The action
+    enters in the env's units, as stored in the buffer and as the actor outputs it."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int]):
+        super().__init__()
+        self.hidden, self.out = mlp_layers(obs_dim + act_dim, hidden_sizes, 1)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = hidden_features(torch.cat([obs, actions], 1), self.hidden)
+        return F.linear(x, self.out.weight, self.out.bias).squeeze(1)
+
+
+def acting_actions(actor: Actor, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """mu(obs) for the envs' observations, numpy in and numpy out: what acting needs every step.
+
+    On the CPU this is the actor's forward pass written in numpy, on arrays that share memory with
+    the parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
+    write the parameters in place, so the view always holds the current weights. For one
+    observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
+    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
+    environment step. On a GPU the parameters are not in host memory, and acting is an ordinary
+    forward pass.
+    """
+    if device.type != "cpu":
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return actor(torch.from_numpy(np.asarray(obs, np.float32)).to(device)).cpu().numpy()
+        return act
+
+    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in (*actor.hidden, actor.out)]
+    scale, bias = actor.action_scale.numpy(), actor.action_bias.numpy()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias_ in layers[:-1]:
+            x = np.maximum(x @ weight.T + bias_, 0.0)
+        weight, bias_ = layers[-1]
+        return bias + scale * np.tanh(x @ weight.T + bias_)
+    return act
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm's pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def td_target(
+    target_actor: Actor, target_critic: Critic, rewards: torch.Tensor, next_obs: torch.Tensor,
+    terminated: torch.Tensor, gamma: float,
+) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * Q'(s', mu'(s')).
+
+    Both parts of the bootstrap come from the target copies: the action the (slow) target actor
+    would take at s', valued by the (slow) target critic. Where DQN maximises over actions, this
+    trusts mu' to be the maximiser.
+    """
+    next_q = target_critic(next_obs, target_actor(next_obs))
+    return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def actor_loss(actor: Actor, critic: Critic, obs: torch.Tensor) -> torch.Tensor:
+    """-E_s[Q(s, mu(s))]: minimising it climbs the critic along dQ/da, through mu's weights.
+
+    The gradient flows through the critic into the action and on into the actor; the critic's own
+    weights are not to change here (only the actor's optimizer steps on this loss, and train() asks
+    autograd for the actor's gradients alone).
+    """
+    return -critic(obs, actor(obs)).mean()
+
+
+class ActionNoise:
+    """Exploration noise for `num_envs` envs, in units of the action half-range.
+
+    Gaussian: independent N(0, sigma^2) at every step. Ornstein-Uhlenbeck: a discretised
+    x <- x - theta * x + sigma * N(0, 1) per env and dimension, a random walk pulled back to 0, whose
+    successive values are correlated; each env's x restarts from 0 when its episode ends.
+    """
+
+    def __init__(self, num_envs: int, act_dim: int, sigma: float, ou: bool, theta: float):
+        self.sigma, self.ou, self.theta = sigma, ou, theta
+        self.state = np.zeros((num_envs, act_dim))
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        white = self.sigma * rng.standard_normal(self.state.shape)
+        if not self.ou:
+            return white
+        self.state += white - self.theta * self.state
+        return self.state.copy()
+
+    def reset(self, episode_ends: np.ndarray) -> None:
+        self.state[episode_ends] = 0.0
+
+
+def select_actions(
+    act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
+    low: np.ndarray, high: np.ndarray, rng: np.random.Generator,
+) -> np.ndarray:
+    """One action per env: uniform over the box (while `uniform`, before training starts), else
+    mu(obs) plus noise scaled to the half-range, clipped to the bounds."""
+    num_envs = obs.shape[0]
+    if uniform:
+        return rng.uniform(low, high, (num_envs, len(low))).astype(np.float32)
+    actions = act(obs) + noise.sample(rng) * (high - low) / 2.0
+    return np.clip(actions, low, high).astype(np.float32)
+
+
+@torch.no_grad()
+def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One fused
+    _foreach call over all parameters rather than a Python loop of one small op per tensor."""
+    targets, sources = list(target_network.parameters()), list(network.parameters())
+    if tau == 1.0:
+        torch._foreach_copy_(targets, sources)
+    else:
+        torch._foreach_lerp_(targets, sources, tau)
+
+
+def steps_crossed(every: int, step: int, previous_step: int) -> int:
+    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
+    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
+    return step // every - previous_step // every if every > 0 else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, the metrics CSV, wandb
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
+    the previous file whole, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+METRICS = [
+    "global_step", "time", "sps", "gradient_steps", "critic_loss", "actor_loss", "q_taken",
+    "episodic_return", "episodic_length", "eval_return", "eval_discounted_return", "eval_start_q",
+]
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv, one row every --metrics-every steps, and wandb when tracking.
+
+    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
+    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
+    then appends.
+    """
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
+        new = not path.exists()
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args: Args, run_name: str, run_dir: Path):
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None and not wandb_reachable():
+        mode = "offline"
+        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
+                 "policy_frequency", "torch_threads", "metrics_every"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("learning_rate", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
+        raise UsageError("--gamma and --tau must be in (0, 1]")
+    if not 0.0 < args.ou_theta <= 1.0:
+        raise UsageError(f"--ou-theta must be in (0, 1], got {args.ou_theta}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(
+            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+            "the buffer could never hold enough transitions to start training"
+        )
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+            f"{args.learning_starts}: training would never start"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
+
+
+def eval_seed(seed: int) -> int:
+    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
+    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    return seed + 10_000
+
+
+def evaluate(
+    actor: Actor, critic: Critic, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
+    video_dir: Path | None = None,
+) -> tuple[list[float], list[float], list[float]]:
+    """Greedy episodes (a = mu(s), no noise).
+
+    Returns three lists, one entry per episode: the return, the discounted return
+    sum_t gamma^t r_t the episode earned, and Q(s_0, mu(s_0)), the critic's prediction of that
+    discounted return at the episode's first state. A prediction persistently above what the
+    actor earns is overestimation. (Under a time limit the earned return is cut short while Q
+    assumes the episode goes on; with gamma 0.98 and Pendulum-v1's 200 steps the missing tail is
+    weighted 0.98^200 = 0.018, negligible.)
+    """
+    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    returns, discounted_returns, start_q = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total, discounted, discount, t = False, 0.0, 0.0, 1.0, 0
+        while not done:
+            with torch.inference_mode():
+                obs_tensor = torch.from_numpy(np.asarray(obs, np.float32)[None]).to(device)
+                action = actor(obs_tensor)
+                if t == 0:
+                    start_q.append(float(critic(obs_tensor, action)[0]))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            total += float(reward)
+            discounted += discount * float(reward)
+            discount *= gamma
+            done, t = terminated or truncated, t + 1
+        returns.append(total)
+        discounted_returns.append(discounted)
+    env.close()
+    return returns, discounted_returns, start_q
+
+
+def load_model(path: str, device: torch.device) -> tuple[Actor, Critic, dict]:
+    """Rebuilds the actor and the critic from model.pt or checkpoint.pt."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("algorithm") != ALGORITHM:
+        raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
+    hidden_sizes = state["args"]["hidden_sizes"]
+    actor = Actor(state["obs_dim"], state["act_dim"], hidden_sizes, state["action_low"], state["action_high"]).to(device)
+    critic = Critic(state["obs_dim"], state["act_dim"], hidden_sizes).to(device)
+    actor.load_state_dict(state["actor"])
+    critic.load_state_dict(state["critic"])
+    return actor, critic, state
+
+
+def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
+    print(
+        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
+    )
+
+
+def run_evaluation(args: Args) -> dict:
+    """--evaluate: evaluate a saved model later."""
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    actor, critic, state = load_model(args.evaluate, device)
+    if args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+    env_id = state["args"]["env_id"]
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(
+        actor, critic, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
+    )
+    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    print_eval(returns, discounted, start_q)
+    if video_dir is not None:
+        print(f"videos in {video_dir}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
+    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    act_dim = envs.single_action_space.shape[0]
+    low = envs.single_action_space.low.astype(np.float32)
+    high = envs.single_action_space.high.astype(np.float32)
+
+    actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
+    critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    target_actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
+    target_critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    target_actor.load_state_dict(actor.state_dict())
+    target_critic.load_state_dict(critic.state_dict())
+    # fused: one kernel for all parameters instead of a loop over them, a real share of each
+    # gradient step's time at these network sizes.
+    actor_params = list(actor.parameters())
+    actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim)
+    noise = ActionNoise(args.num_envs, act_dim, args.exploration_noise, args.ou_noise, args.ou_theta)
+    global_step, num_updates = 0, 0
+
+    if args.resume:
+        ckpt = torch.load(args.resume, map_location=device, weights_only=True)
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        target_actor.load_state_dict(ckpt["target_actor"])
+        target_critic.load_state_dict(ckpt["target_critic"])
+        actor_optimizer.load_state_dict(ckpt["actor_optimizer"])
+        critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
+        if ckpt["buffer"] is not None:
+            rb.load_state_dict(ckpt["buffer"])
+        global_step, num_updates = ckpt["global_step"], ckpt["num_updates"]
+        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        run_dir = Path(args.resume).parent
+        print(f"resumed from {args.resume} at step {global_step} with {rb.size} transitions in the buffer")
+    else:
+        run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    log = MetricsLog(
+        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
+        resume_step=global_step if args.resume else None,
+    )
+
+    def model_state() -> dict:
+        return {
+            "algorithm": ALGORITHM, "args": dataclasses.asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
+            "action_low": low.tolist(), "action_high": high.tolist(), "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "global_step": global_step,
+        }
+
+    def save_checkpoint() -> None:
+        atomic_save(
+            model_state() | {
+                "target_actor": target_actor.state_dict(), "target_critic": target_critic.state_dict(),
+                "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
+                "num_updates": num_updates, "buffer": rb.state_dict() if args.save_buffer else None,
+                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            },
+            run_dir / "checkpoint.pt",
+        )
+
+    act = acting_actions(actor, device)
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    recent_returns: deque[float] = deque(maxlen=20)
+    episode_returns, episode_lengths, critic_losses, actor_losses, q_taken = [], [], [], [], []
+    evaluation = None
+    start_time = last_print = time.time()
+    eval_time, start_step = 0.0, global_step
+
+    while global_step < args.total_timesteps:
+        # --- Act and store ---
+        uniform = rb.size < args.learning_starts
+        actions = select_actions(act, obs, noise, uniform, low, high, rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
+        noise.reset(terminations | truncations)
+        obs = next_obs
+        previous_step, global_step = global_step, global_step + args.num_envs
+        if "episode" in infos:
+            done = infos["_episode"]
+            episode_returns.extend(infos["episode"]["r"][done].tolist())
+            episode_lengths.extend(infos["episode"]["l"][done].tolist())
+
+        # --- Learn ---
+        if rb.size >= args.learning_starts:
+            for _ in range(args.num_envs * args.updates_per_step):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = rb.sample(args.batch_size, rng, device)
+                with torch.no_grad():
+                    target = td_target(target_actor, target_critic, b_rewards, b_next_obs, b_terminated, args.gamma)
+                q = critic(b_obs, b_actions)
+                critic_loss = F.mse_loss(q, target)
+                critic_optimizer.zero_grad(set_to_none=True)
+                critic_loss.backward()
+                critic_optimizer.step()
+                num_updates += 1
+                # Kept as tensors and averaged once per metrics row: no .item() sync per update.
+                critic_losses.append(critic_loss.detach())
+                q_taken.append(q.detach())
+                if num_updates % args.policy_frequency == 0:
+                    loss = actor_loss(actor, critic, b_obs)
+                    actor_optimizer.zero_grad(set_to_none=True)
+                    # inputs=actor_params: autograd computes dQ/da through the critic but not the
+                    # gradients of the critic's weights, which this step must not use (nor leave in
+                    # .grad for the critic's next step): less work, and no cross-talk.
+                    loss.backward(inputs=actor_params)
+                    actor_optimizer.step()
+                    actor_losses.append(loss.detach())
+                    update_target(target_actor, actor, args.tau)
+                    update_target(target_critic, critic, args.tau)
+
+        # --- Evaluate, log, checkpoint ---
+        last_step = global_step >= args.total_timesteps
+        if args.eval_episodes and (last_step or steps_crossed(args.eval_frequency, global_step, previous_step)):
+            eval_start = time.time()
+            video_dir = run_dir / "videos" if args.capture_video and last_step else None
+            evaluation = evaluate(
+                actor, critic, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
+            )
+            eval_time += time.time() - eval_start
+        if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
+            elapsed = time.time() - start_time
+            # Steps per second of training alone: the time spent in evaluation episodes is left out.
+            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            recent_returns.extend(episode_returns)
+            row = {
+                "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
+                "gradient_steps": num_updates,
+                "critic_loss": torch.stack(critic_losses).mean().item() if critic_losses else "",
+                "actor_loss": torch.stack(actor_losses).mean().item() if actor_losses else "",
+                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
+                "episodic_return": np.mean(episode_returns) if episode_returns else "",
+                "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+            }
+            if evaluation is not None:
+                returns, discounted, start_q = evaluation
+                row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
+                        "eval_start_q": np.mean(start_q)}
+                print(
+                    f"eval at step {global_step}: return {np.mean(returns):.1f} | Q(first state) "
+                    f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
+                    flush=True,
+                )
+            log.write(row)
+            episode_returns, episode_lengths, critic_losses, actor_losses, q_taken = [], [], [], [], []
+            if not last_step:
+                evaluation = None
+        if steps_crossed(args.checkpoint_every, global_step, previous_step):
+            save_checkpoint()
+        if time.time() - last_print >= args.log_interval or last_step:
+            last_print = time.time()
+            elapsed = time.time() - start_time
+            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            explore = "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step:>9}/{args.total_timesteps} | {sps:5.0f} SPS | return {recent} "
+                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+                flush=True,
+            )
+    envs.close()
+    wall_time = time.time() - start_time
+
+    summary = {
+        "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / max(wall_time - eval_time, 1e-9)),
+        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
+    }
+    if evaluation is not None:
+        returns, discounted, start_q = evaluation
+        print_eval(returns, discounted, start_q)
+        summary |= {
+            "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+            "eval_discounted_returns": discounted, "eval_start_q": start_q,
+        }
+    if args.save_model:
+        atomic_save(model_state(), run_dir / "model.pt")
+        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python {ALGORITHM}.py --evaluate {run_dir / 'model.pt'}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.close()
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Parses the command line. With --resume or --evaluate the saved run's settings become the
+    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
+    given beside it overrides the saved value."""
+    args = tyro.cli(Args, args=argv)
+    saved_from = args.resume or args.evaluate
+    if saved_from and Path(saved_from).is_file():
+        try:
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
+        except Exception as e:  # noqa: BLE001 (a foreign or damaged file fails in many ways; all are the user's)
+            raise UsageError(f"cannot read {saved_from}: {e}")
+        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved |= {"resume": args.resume, "evaluate": args.evaluate}
+        args = tyro.cli(Args, args=argv, default=Args(**saved))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_args(argv)
+        if args.evaluate:
+            check_args(args)
+            run_evaluation(args)
+        else:
+            train(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,971 @@
+"""NAF: one file, read top to bottom.
+
+Normalized Advantage Functions (Gu, Lillicrap, Sutskever and Levine 2016, "Continuous Deep
+Q-Learning with Model-based Acceleration", https://arxiv.org/abs/1603.00748): Q-learning for
+continuous actions with a single network and no actor, because the network's Q has a shape whose
+maximum over actions is known in closed form.
+
+The point of the file: Q-learning without an argmax search. Q-learning needs max_a Q(s, a) twice:
+to act greedily, and in the target r + gamma * max_a' Q(s', a'). With a handful of discrete actions
+(dqn.py) the max is a look-up over the network's outputs. With a continuous action the max is an
+optimisation problem, at every environment step and for every row of every minibatch. ddpg.py
+trains a second network, the actor, to approximate the argmax by gradient ascent; it is always
+somewhat behind the critic it chases. NAF instead writes Q as a value plus an advantage that is a
+concave quadratic in the action:
+
+    Q(s, a)   = V(s) + A(s, a)
+    A(s, a)   = -1/2 (a - mu(s))^T P(s) (a - mu(s)),   P(s) = L(s) L(s)^T positive definite
+
+A(s, .) is 0 at a = mu(s) and negative everywhere else, so without any search
+
+    argmax_a Q(s, a) = mu(s)        (the greedy action: one forward pass)
+    max_a    Q(s, a) = V(s)         (what the target needs)
+
+The network is a shared trunk with three heads: V(s) (one number); mu(s) (the action, through tanh
+and stretched to the env's bounds, so the maximiser is always a valid action); and the
+n (n + 1) / 2 entries of a lower-triangular n x n matrix L(s), n the action dimension, whose
+diagonal goes through exp. A lower-triangular matrix with a positive diagonal is invertible, so
+x^T L L^T x = |L^T x|^2 > 0 for every x != 0: P is positive definite by construction, whatever the
+weights, and every positive definite matrix is such an L L^T (its Cholesky factor), so the
+parametrisation loses no quadratic. P is the curvature: how fast Q falls as the action moves away
+from mu, per direction, with cross terms between action dimensions.
+
+The price: for each state, Q is a single symmetric bump in a. It cannot say "full left or full
+right, but not the middle", and where the true Q is flat it still insists on a curvature. DDPG's
+critic can be any function of a, at the cost of an actor that only finds a local, lagging argmax.
+
+A failure to watch for: P can collapse. Nothing but the data holds the curvature up. While mu sits
+away from the best action, the stored actions on one side of it did better than the quadratic says,
+and the cheapest fit is a flatter P. Through the exp on L's diagonal P can shrink geometrically,
+and the gradients that could undo it (of L's diagonal, and mu's, which is P (a - mu)) shrink with
+it: Q stops depending on the action and mu stops learning, for good. metrics.csv's advantage_taken,
+the mean A(s, a) over the sampled transitions, shows it: about -1 in a healthy Pendulum-v1 run,
+-1e-9 in a collapsed one. The defaults (wider noise than ddpg.py's, a lower learning rate; see
+--exploration-noise and --learning-rate) avoided it on Pendulum-v1 seeds 1 to 3.
+
+The loop is DQN's and DDPG's: act in `num_envs` environments with mu(s) plus exploration noise
+(uniformly random actions for the first `learning_starts` transitions); store every transition
+(s, a, r, s', terminated) in a replay buffer; after each environment step take `updates_per_step`
+gradient steps on random minibatches, each followed by a small move of the target network:
+
+    target           y       = r + gamma * (1 - terminated) * V(s'; theta')
+    loss             L       = E_{(s, a, r, s') ~ buffer} [ (Q(s, a; theta) - y)^2 ]
+    target update    theta'  <- tau * theta + (1 - tau) * theta'      (Polyak, every gradient step)
+    acting           a       = clip(mu(s) + noise, low, high),  noise Gaussian or Ornstein-Uhlenbeck
+
+One loss trains all three heads: V and L through Q(s, a), and mu through A, which pulls mu towards
+the stored actions that did better than V predicted and away from those that did worse. The target
+network is a slow copy for the same reason as in dqn.py: y is built from the network being fitted.
+With no actor there is nothing else to copy: V(s') already is the max over a'.
+
+Time limits are the classic trap. Pendulum-v1 never terminates: every episode is *truncated* after
+200 steps, and the state it stops in still has a future, so the stored transition bootstraps from
+V'(true final observation). Only *termination* means the future is worth zero, so the buffer stores
+done = terminated, never terminated or truncated; treating truncation as termination would teach
+the network that a random subset of ordinary states (those that happened to fall on step 200) are
+worth nothing. Equally wrong is storing, as s', the observation the env returns after an autoreset:
+that is the *next* episode's first state. See `true_next_obs` and `ReplayBuffer`.
+
+Run it:       python naf.py                      (Pendulum-v1, about a minute on a CPU)
+Evaluate:     python naf.py --evaluate runs/<run-name>/model.pt --capture-video
+All flags:    python naf.py --help
+"""
+
+import csv
+import dataclasses
+import difflib
+import itertools
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+
+ALGORITHM = "naf"
+
+
+@dataclass
+class Args:
+    # --- Experiment ---
+    env_id: str = "Pendulum-v1"
+    """gymnasium id of an environment with a Box action space with finite bounds (Pendulum-v1,
+    HalfCheetah-v5, InvertedPendulum-v5, ...)"""
+    seed: int = 1
+    """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
+    total_timesteps: int = 20_000
+    """environment steps to train for, summed over all envs"""
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
+    cuda: bool = True
+    """use CUDA when it is available (CPU otherwise)"""
+    torch_threads: int = 1
+    """CPU threads for torch. One thread lets several seeds run side by side without fighting over
+    cores; with a core to spare, 2 speeds up the 256-wide matrix products of each update"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the final evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final network and args to runs/<run-name>/model.pt"""
+    eval_episodes: int = 10
+    """episodes of greedy evaluation (a = mu(s), no noise) at the end and every
+    --eval-frequency steps; 0 skips evaluation"""
+    eval_frequency: int = 10_000
+    """evaluate every this many environment steps during training (0: only at the end). Each
+    evaluation logs, beside the returns, the value V(s) = max_a Q(s, a) predicted for each episode's
+    first state and the discounted return the episode then earned: the gap is the overestimation"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    save_buffer: bool = True
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
+    than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
+    1.8 MB per 100k transitions on Pendulum-v1, 16 MB on HalfCheetah-v5)"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    metrics_every: int = 1_000
+    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
+
+    # --- Environment and replay ---
+    num_envs: int = 1
+    """parallel environments; each step adds num_envs transitions to the buffer and is followed by
+    num_envs * --updates-per-step gradient steps, so the ratio of updates to data does not change"""
+    async_envs: bool = False
+    """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
+    buffer_size: int = 1_000_000
+    """transitions the replay buffer holds before the oldest are overwritten (the arrays are
+    allocated up front, but memory is only touched as they fill)"""
+    batch_size: int = 256
+    """transitions per gradient step, drawn uniformly from the buffer"""
+    learning_starts: int = 1_000
+    """transitions collected with uniformly random actions before training starts: data that covers
+    the action box, for the network's first fits. Counted in the buffer, so a run resumed without its
+    buffer collects this much again"""
+
+    # --- NAF ---
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    """sizes of the hidden layers of the shared trunk (ReLU between them); the V, mu and L heads
+    are linear layers on top of it"""
+    learning_rate: float = 3e-4
+    """Adam learning rate. Lower than ddpg.py's 1e-3: one network carries V, mu and L, and V's large
+    early TD errors reshape the shared trunk under the other two heads. At 1e-3 (with noise 0.3)
+    seed 3 on Pendulum-v1 saw P collapse (see --exploration-noise) at 5k steps and ended at -1090;
+    at 3e-4 it evaluated at -132 after 10k"""
+    gamma: float = 0.98
+    """discount factor. 0.98 (a horizon of about 50 steps) is the RL Baselines3 Zoo's Pendulum-v1
+    value; 0.99 is the usual MuJoCo one (use it for HalfCheetah-v5)"""
+    tau: float = 0.005
+    """target update theta' <- tau * theta + (1 - tau) * theta', after every gradient step"""
+    updates_per_step: int = 1
+    """gradient steps per environment step (per transition)"""
+
+    # --- Exploration ---
+    exploration_noise: float = 0.3
+    """standard deviation of the Gaussian action noise (or sigma of the Ornstein-Uhlenbeck process),
+    in units of the action half-range (high - low) / 2: 0.3 on Pendulum-v1's [-2, 2] is 0.6 N m.
+    Three times ddpg.py's, because NAF learns the curvature P from how the stored actions around
+    mu fared, and a narrow spread cannot tell a curved Q from a flat one. Once P starts to shrink,
+    the exp on L's diagonal lets it fall geometrically towards 0, where its gradient and mu's
+    (P (a - mu)) vanish: a collapse with no way back (see the module docstring). With 0.1 (and lr
+    1e-3), seed 1 on Pendulum-v1 had training returns near -145 at 7k steps, then P fell to 1e-9
+    and the run ended at -1543; with 0.3 it ended at -134"""
+    ou_noise: bool = False
+    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per
+    step, reset to 0 when an episode ends. Successive noises are correlated, so the pushes add up
+    to sustained deviations (the original paper's choice, for physical control with inertia)"""
+    ou_theta: float = 0.15
+    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15). The noise then has a
+    stationary standard deviation sigma / sqrt(theta * (2 - theta)), 1.9 sigma, and decorrelates
+    over about 1 / theta steps"""
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment construction
+# ---------------------------------------------------------------------------------------------
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+    if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
+            "flat Box one (continuous actions); for discrete actions use dqn.py"
+        )
+    if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
+        env.close()
+        raise UsageError(
+            f"{env_id}'s action bounds are not finite ({env.action_space}); {ALGORITHM}.py scales a "
+            "tanh to them, so it needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    return env
+
+
+def make_vector_env(args: Args) -> gym.vector.VectorEnv:
+    """Vectorised envs in SAME_STEP autoreset mode.
+
+    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
+    *after* an episode ends returns the reset observation and ignores the action, a fake
+    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
+    the episode: every transition returned is real, the returned observation is already the next
+    episode's first one, and the true last observation arrives in info["final_obs"], which is
+    what a truncated episode must bootstrap from.
+    """
+    env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = env_cls(
+        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -> np.ndarray:
+    """The state each env really reached in this step: s' of the transition to store.
+
+    For an env whose episode just ended (terminated or truncated), the vector env has already reset
+    it and `next_obs` holds the next episode's first observation; the state the episode ended in is
+    in infos["final_obs"]. Storing the reset observation would record a transition the env never
+    made. (After a termination s' is multiplied by zero in the target anyway; after a truncation it
+    is exactly what the target bootstraps from.)
+    """
+    if not episode_ends.any():
+        return next_obs
+    real = next_obs.copy()
+    real[episode_ends] = np.stack(infos["final_obs"][episode_ends])
+    return real
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer
+# ---------------------------------------------------------------------------------------------
+
+
+class ReplayBuffer:
+    """A circular memory of transitions in preallocated numpy arrays on the host.
+
+    Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next
+    to s rather than read from row i + 1, because with several envs the rows of one env are not
+    adjacent, and after an autoreset the next row belongs to another episode. That costs one more
+    copy of each observation and removes every question about which rows follow which.
+    `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
+
+    Actions are stored as the env received them, inside the bounds (the noisy action is clipped
+    before the env sees it). Q should learn the value of what was done: an unclipped action outside
+    the box had exactly the effect of its clipped version, and storing it would ask Q to spread one
+    outcome over a region that the tanh-squashed greedy action can never reach, and to learn a
+    slope of Q out there that nothing uses.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, act_dim), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
+            terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
+        """Stores one step of the vector env, as it returned it: row k of each array is env k's.
+
+        s' is the true next state (`true_next_obs`), never the reset observation of the next
+        episode; the stored done flag is `terminations` alone, so a truncated transition keeps
+        gamma * Q'(s', mu'(s')) in its target.
+        """
+        next_obs = true_next_obs(next_obs, terminations | truncations, infos)
+        n = len(actions)
+        # A slice when the rows do not wrap around the end: much cheaper than an index array.
+        if self.pos + n <= self.capacity:
+            rows = slice(self.pos, self.pos + n)
+        else:
+            rows = (self.pos + np.arange(n)) % self.capacity
+        self.obs[rows] = obs
+        self.actions[rows] = actions
+        self.rewards[rows] = rewards
+        self.next_obs[rows] = next_obs
+        self.terminated[rows] = terminations
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors."""
+        rows = rng.integers(0, self.size, batch_size)
+        return tuple(
+            torch.from_numpy(a[rows]).to(device)
+            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        )
+
+    def state_dict(self) -> dict:
+        filled = slice(0, self.size)
+        return {
+            "pos": self.pos, "size": self.size, "obs": torch.from_numpy(self.obs[filled]),
+            "actions": torch.from_numpy(self.actions[filled]), "rewards": torch.from_numpy(self.rewards[filled]),
+            "next_obs": torch.from_numpy(self.next_obs[filled]),
+            "terminated": torch.from_numpy(self.terminated[filled]),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] > self.capacity:
+            raise UsageError(
+                f"the checkpoint's buffer holds {state['size']} transitions, more than --buffer-size "
+                f"{self.capacity}; keep its --buffer-size or resume with --no-save-buffer"
+            )
+        self.pos, self.size = state["pos"] % self.capacity, state["size"]
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+            getattr(self, name)[: self.size] = state[name].numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+def mlp_layers(in_dim: int, hidden_sizes: list[int], out_dim: int) -> tuple[nn.ModuleList, nn.Linear]:
+    """ReLU hidden layers with PyTorch's default initialisation, and a linear last layer."""
+    sizes = [in_dim, *hidden_sizes]
+    return nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes)), nn.Linear(sizes[-1], out_dim)
+
+
+def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
+    # F.linear on the layers' parameters rather than calling each nn.Linear: the module call's
+    # bookkeeping costs more than the matrix product at small sizes, and this runs several times
+    # per update.
+    for layer in hidden:
+        x = torch.relu(F.linear(x, layer.weight, layer.bias))
+    return x
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) = V(s) - 1/2 (a - mu(s))^T L(s) L(s)^T (a - mu(s)): one trunk, three linear heads.
+
+    value_head gives V(s); mu_head gives mu(s), squashed by tanh into (-1, 1) and stretched to the
+    action bounds, mu = action_bias + action_scale * tanh(.), per dimension (the bounds may be
+    asymmetric); l_head gives the n (n + 1) / 2 free entries of L(s). action_scale and action_bias
+    are buffers: saved with the weights, never trained. Actions enter in the env's units, as stored
+    in the buffer.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], low: np.ndarray, high: np.ndarray):
+        super().__init__()
+        self.hidden, self.value_head = mlp_layers(obs_dim, hidden_sizes, 1)
+        self.mu_head = nn.Linear(hidden_sizes[-1], act_dim)
+        self.l_head = nn.Linear(hidden_sizes[-1], act_dim * (act_dim + 1) // 2)
+        low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        self.register_buffer("action_scale", torch.from_numpy((high - low) / 2.0))
+        self.register_buffer("action_bias", torch.from_numpy((high + low) / 2.0))
+        self.act_dim = act_dim
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) = max_a Q(s, a): the trunk and the value head only (all the target needs)."""
+        x = hidden_features(obs, self.hidden)
+        return F.linear(x, self.value_head.weight, self.value_head.bias).squeeze(1)
+
+    def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """V(s) (batch,), mu(s) (batch, n) and L(s) (batch, n, n), from one pass through the trunk."""
+        x = hidden_features(obs, self.hidden)
+        value = F.linear(x, self.value_head.weight, self.value_head.bias).squeeze(1)
+        mu = self.action_bias + self.action_scale * torch.tanh(F.linear(x, self.mu_head.weight, self.mu_head.bias))
+        l_matrix = lower_triangular(F.linear(x, self.l_head.weight, self.l_head.bias), self.act_dim)
+        return value, mu, l_matrix
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        value, mu, l_matrix = self.heads(obs)
+        return value + advantage(actions, mu, l_matrix)
+
+
+def acting_actions(q_network: QNetwork, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """mu(obs), the greedy action, for the envs' observations, numpy in and numpy out: what acting
+    needs every step. Only the trunk and the mu head: V and L play no part in choosing the action.
+
+    On the CPU this is the forward pass written in numpy, on arrays that share memory with the
+    parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
+    write the parameters in place, so the view always holds the current weights. For one
+    observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
+    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
+    environment step. On a GPU the parameters are not in host memory, and acting is an ordinary
+    forward pass.
+    """
+    if device.type != "cpu":
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return q_network.heads(torch.from_numpy(np.asarray(obs, np.float32)).to(device))[1].cpu().numpy()
+        return act
+
+    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+              for layer in (*q_network.hidden, q_network.mu_head)]
+    scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias_ in layers[:-1]:
+            x = np.maximum(x @ weight.T + bias_, 0.0)
+        weight, bias_ = layers[-1]
+        return bias + scale * np.tanh(x @ weight.T + bias_)
+    return act
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm's pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def lower_triangular(entries: torch.Tensor, n: int) -> torch.Tensor:
+    """L (batch, n, n) from the l_head's n (n + 1) / 2 outputs per row: the first n go on the
+    diagonal through exp (so they are positive and L is invertible), the rest fill the part below
+    the diagonal row by row; above it L is 0. exp is applied to the diagonal entries alone: the
+    others are unbounded reals and need not be positive."""
+    below_rows, below_cols = torch.tril_indices(n, n, offset=-1, device=entries.device)
+    diagonal = torch.arange(n, device=entries.device)
+    positions = torch.cat([diagonal * (n + 1), below_rows * n + below_cols])  # in the flattened n x n matrix
+    values = torch.cat([entries[:, :n].exp(), entries[:, n:]], 1)
+    return entries.new_zeros(entries.shape[0], n * n).index_copy(1, positions, values).view(-1, n, n)
+
+
+def advantage(actions: torch.Tensor, mu: torch.Tensor, l_matrix: torch.Tensor) -> torch.Tensor:
+    """A(s, a) = -1/2 (a - mu)^T P (a - mu) with P = L L^T, computed as -1/2 |L^T (a - mu)|^2: the
+    same number, since (a - mu)^T L L^T (a - mu) is the squared length of L^T (a - mu), and P is
+    never formed. At most 0, and 0 exactly at a = mu: the peak of the quadratic is the greedy action."""
+    scaled = (l_matrix.transpose(1, 2) @ (actions - mu).unsqueeze(2)).squeeze(2)
+    return -0.5 * scaled.square().sum(1)
+
+
+def td_target(
+    target_network: QNetwork, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * V'(s').
+
+    Q-learning's max_a' Q'(s', a') without a search: the advantage is 0 at its peak a' = mu'(s'),
+    so the max is the target network's V head. (dqn.py takes the max over its outputs; ddpg.py
+    trusts a target actor to have found it.)
+    """
+    return rewards + gamma * (1.0 - terminated) * target_network.value(next_obs)
+
+
+class ActionNoise:
+    """Exploration noise for `num_envs` envs, in units of the action half-range.
+
+    Gaussian: independent N(0, sigma^2) at every step. Ornstein-Uhlenbeck: a discretised
+    x <- x - theta * x + sigma * N(0, 1) per env and dimension, a random walk pulled back to 0, whose
+    successive values are correlated; each env's x restarts from 0 when its episode ends.
+    """
+
+    def __init__(self, num_envs: int, act_dim: int, sigma: float, ou: bool, theta: float):
+        self.sigma, self.ou, self.theta = sigma, ou, theta
+        self.state = np.zeros((num_envs, act_dim))
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        white = self.sigma * rng.standard_normal(self.state.shape)
+        if not self.ou:
+            return white
+        self.state += white - self.theta * self.state
+        return self.state.copy()
+
+    def reset(self, episode_ends: np.ndarray) -> None:
+        self.state[episode_ends] = 0.0
+
+
+def select_actions(
+    act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
+    low: np.ndarray, high: np.ndarray, rng: np.random.Generator,
+) -> np.ndarray:
+    """One action per env: uniform over the box (while `uniform`, before training starts), else
+    mu(obs) plus noise scaled to the half-range, clipped to the bounds."""
+    num_envs = obs.shape[0]
+    if uniform:
+        return rng.uniform(low, high, (num_envs, len(low))).astype(np.float32)
+    actions = act(obs) + noise.sample(rng) * (high - low) / 2.0
+    return np.clip(actions, low, high).astype(np.float32)
+
+
+@torch.no_grad()
+def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One fused
+    _foreach call over all parameters rather than a Python loop of one small op per tensor."""
+    targets, sources = list(target_network.parameters()), list(network.parameters())
+    if tau == 1.0:
+        torch._foreach_copy_(targets, sources)
+    else:
+        torch._foreach_lerp_(targets, sources, tau)
+
+
+def steps_crossed(every: int, step: int, previous_step: int) -> int:
+    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
+    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
+    return step // every - previous_step // every if every > 0 else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, the metrics CSV, wandb
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
+    the previous file whole, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+METRICS = [
+    "global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "advantage_taken",
+    "episodic_return", "episodic_length", "eval_return", "eval_discounted_return", "eval_start_q",
+]
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv, one row every --metrics-every steps, and wandb when tracking.
+
+    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
+    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
+    then appends.
+    """
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
+        new = not path.exists()
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args: Args, run_name: str, run_dir: Path):
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None and not wandb_reachable():
+        mode = "offline"
+        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
+                 "torch_threads", "metrics_every"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("learning_rate", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
+        raise UsageError("--gamma and --tau must be in (0, 1]")
+    if not 0.0 < args.ou_theta <= 1.0:
+        raise UsageError(f"--ou-theta must be in (0, 1], got {args.ou_theta}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(
+            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+            "the buffer could never hold enough transitions to start training"
+        )
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+            f"{args.learning_starts}: training would never start"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
+
+
+def eval_seed(seed: int) -> int:
+    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
+    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    return seed + 10_000
+
+
+def evaluate(
+    q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
+    video_dir: Path | None = None,
+) -> tuple[list[float], list[float], list[float]]:
+    """Greedy episodes (a = mu(s), no noise).
+
+    Returns three lists, one entry per episode: the return, the discounted return
+    sum_t gamma^t r_t the episode earned, and V(s_0) = max_a Q(s_0, a), the network's prediction of
+    that discounted return at the episode's first state. A prediction persistently above what the
+    greedy policy earns is overestimation. (Under a time limit the earned return is cut short while Q
+    assumes the episode goes on; with gamma 0.98 and Pendulum-v1's 200 steps the missing tail is
+    weighted 0.98^200 = 0.018, negligible.)
+    """
+    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    returns, discounted_returns, start_q = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total, discounted, discount, t = False, 0.0, 0.0, 1.0, 0
+        while not done:
+            with torch.inference_mode():
+                obs_tensor = torch.from_numpy(np.asarray(obs, np.float32)[None]).to(device)
+                value, action, _ = q_network.heads(obs_tensor)
+                if t == 0:
+                    start_q.append(float(value[0]))
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            total += float(reward)
+            discounted += discount * float(reward)
+            discount *= gamma
+            done, t = terminated or truncated, t + 1
+        returns.append(total)
+        discounted_returns.append(discounted)
+    env.close()
+    return returns, discounted_returns, start_q
+
+
+def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
+    """Rebuilds the network from model.pt or checkpoint.pt."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("algorithm") != ALGORITHM:
+        raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
+    hidden_sizes = state["args"]["hidden_sizes"]
+    q_network = QNetwork(state["obs_dim"], state["act_dim"], hidden_sizes, state["action_low"], state["action_high"])
+    q_network.to(device).load_state_dict(state["q_network"])
+    return q_network, state
+
+
+def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
+    print(
+        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
+    )
+
+
+def run_evaluation(args: Args) -> dict:
+    """--evaluate: evaluate a saved model later."""
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    q_network, state = load_model(args.evaluate, device)
+    if args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+    env_id = state["args"]["env_id"]
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(
+        q_network, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
+    )
+    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    print_eval(returns, discounted, start_q)
+    if video_dir is not None:
+        print(f"videos in {video_dir}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
+    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    act_dim = envs.single_action_space.shape[0]
+    low = envs.single_action_space.low.astype(np.float32)
+    high = envs.single_action_space.high.astype(np.float32)
+
+    q_network = QNetwork(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
+    target_network = QNetwork(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    # fused: one kernel for all parameters instead of a loop over them, a real share of each
+    # gradient step's time at these network sizes.
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim)
+    noise = ActionNoise(args.num_envs, act_dim, args.exploration_noise, args.ou_noise, args.ou_theta)
+    global_step, num_updates = 0, 0
+
+    if args.resume:
+        ckpt = torch.load(args.resume, map_location=device, weights_only=True)
+        q_network.load_state_dict(ckpt["q_network"])
+        target_network.load_state_dict(ckpt["target_network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["buffer"] is not None:
+            rb.load_state_dict(ckpt["buffer"])
+        global_step, num_updates = ckpt["global_step"], ckpt["num_updates"]
+        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        run_dir = Path(args.resume).parent
+        print(f"resumed from {args.resume} at step {global_step} with {rb.size} transitions in the buffer")
+    else:
+        run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    log = MetricsLog(
+        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
+        resume_step=global_step if args.resume else None,
+    )
+
+    def model_state() -> dict:
+        return {
+            "algorithm": ALGORITHM, "args": dataclasses.asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
+            "action_low": low.tolist(), "action_high": high.tolist(), "q_network": q_network.state_dict(),
+            "global_step": global_step,
+        }
+
+    def save_checkpoint() -> None:
+        atomic_save(
+            model_state() | {
+                "target_network": target_network.state_dict(), "optimizer": optimizer.state_dict(),
+                "num_updates": num_updates, "buffer": rb.state_dict() if args.save_buffer else None,
+                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            },
+            run_dir / "checkpoint.pt",
+        )
+
+    act = acting_actions(q_network, device)
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    recent_returns: deque[float] = deque(maxlen=20)
+    episode_returns, episode_lengths, losses, q_taken, advantage_taken = [], [], [], [], []
+    evaluation = None
+    start_time = last_print = time.time()
+    eval_time, start_step = 0.0, global_step
+
+    while global_step < args.total_timesteps:
+        # --- Act and store ---
+        uniform = rb.size < args.learning_starts
+        actions = select_actions(act, obs, noise, uniform, low, high, rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
+        noise.reset(terminations | truncations)
+        obs = next_obs
+        previous_step, global_step = global_step, global_step + args.num_envs
+        if "episode" in infos:
+            done = infos["_episode"]
+            episode_returns.extend(infos["episode"]["r"][done].tolist())
+            episode_lengths.extend(infos["episode"]["l"][done].tolist())
+
+        # --- Learn ---
+        if rb.size >= args.learning_starts:
+            for _ in range(args.num_envs * args.updates_per_step):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = rb.sample(args.batch_size, rng, device)
+                with torch.no_grad():
+                    target = td_target(target_network, b_rewards, b_next_obs, b_terminated, args.gamma)
+                value, mu, l_matrix = q_network.heads(b_obs)
+                advantages = advantage(b_actions, mu, l_matrix)
+                q = value + advantages
+                loss = F.mse_loss(q, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                num_updates += 1
+                # Kept as tensors and averaged once per metrics row: no .item() sync per update.
+                losses.append(loss.detach())
+                q_taken.append(q.detach())
+                advantage_taken.append(advantages.detach())
+                update_target(target_network, q_network, args.tau)
+
+        # --- Evaluate, log, checkpoint ---
+        last_step = global_step >= args.total_timesteps
+        if args.eval_episodes and (last_step or steps_crossed(args.eval_frequency, global_step, previous_step)):
+            eval_start = time.time()
+            video_dir = run_dir / "videos" if args.capture_video and last_step else None
+            evaluation = evaluate(
+                q_network, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
+            )
+            eval_time += time.time() - eval_start
+        if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
+            elapsed = time.time() - start_time
+            # Steps per second of training alone: the time spent in evaluation episodes is left out.
+            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            recent_returns.extend(episode_returns)
+            row = {
+                "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
+                "gradient_steps": num_updates,
+                "td_loss": torch.stack(losses).mean().item() if losses else "",
+                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
+                "advantage_taken": torch.cat(advantage_taken).mean().item() if advantage_taken else "",
+                "episodic_return": np.mean(episode_returns) if episode_returns else "",
+                "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+            }
+            if evaluation is not None:
+                returns, discounted, start_q = evaluation
+                row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
+                        "eval_start_q": np.mean(start_q)}
+                print(
+                    f"eval at step {global_step}: return {np.mean(returns):.1f} | Q(first state) "
+                    f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
+                    flush=True,
+                )
+            log.write(row)
+            episode_returns, episode_lengths, losses, q_taken, advantage_taken = [], [], [], [], []
+            if not last_step:
+                evaluation = None
+        if steps_crossed(args.checkpoint_every, global_step, previous_step):
+            save_checkpoint()
+        if time.time() - last_print >= args.log_interval or last_step:
+            last_print = time.time()
+            elapsed = time.time() - start_time
+            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            explore = "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step:>9}/{args.total_timesteps} | {sps:5.0f} SPS | return {recent} "
+                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+                flush=True,
+            )
+    envs.close()
+    wall_time = time.time() - start_time
+
+    summary = {
+        "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / max(wall_time - eval_time, 1e-9)),
+        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
+    }
+    if evaluation is not None:
+        returns, discounted, start_q = evaluation
+        print_eval(returns, discounted, start_q)
+        summary |= {
+            "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+            "eval_discounted_returns": discounted, "eval_start_q": start_q,
+        }
+    if args.save_model:
+        atomic_save(model_state(), run_dir / "model.pt")
+        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python {ALGORITHM}.py --evaluate {run_dir / 'model.pt'}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.close()
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Parses the command line. With --resume or --evaluate the saved run's settings become the
+    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
+    given beside it overrides the saved value."""
+    args = tyro.cli(Args, args=argv)
+    saved_from = args.resume or args.evaluate
+    if saved_from and Path(saved_from).is_file():
+        try:
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
+        except Exception as e:  # noqa: BLE001 (a foreign or damaged file fails in many ways; all are the user's)
+            raise UsageError(f"cannot read {saved_from}: {e}")
+        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved |= {"resume": args.resume, "evaluate": args.evaluate}
+        args = tyro.cli(Args, args=argv, default=Args(**saved))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_args(argv)
+        if args.evaluate:
+            check_args(args)
+            run_evaluation(args)
+        else:
+            train(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
