@@ -109,7 +109,7 @@ PRESETS: dict[str, Preset] = {
         Entry("naf.py", "InvertedPendulum-v5"),
         Entry("ddpg.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000"),
               bar=(5000, "mean")),
-        Entry("naf.py", "HalfCheetah-v5", ("--total-timesteps", "300000")),
+        Entry("naf.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000")),
     )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
     # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
