@@ -57,9 +57,11 @@ def with_bar(monkeypatch, index, bar):
 def test_full_preset_run_names_and_flags():
     entries, seeds = benchmark.select("full", None, None, None)
     names = [r.name for r in benchmark.plan(entries, seeds)]
-    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 57
+    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 63
     assert "LunarLander-v3__a2c__2" in names and "Pendulum-v1__ppo_continuous__1" in names
-    assert all(name.count("__") == 2 for name in names)  # no tags
+    # No tags but on the two CartPole-v1 overestimation rows, which must not share the default runs' names.
+    tagged = sorted(name for name in names if name.count("__") != 2)
+    assert tagged == sorted(f"CartPole-v1__{s}__{i}__tnf256" for s in ("dqn", "ddqn") for i in (1, 2, 3))
     a2c_lunar = next(e for e in entries if e.script == "a2c.py" and e.env_id == "LunarLander-v3")
     assert a2c_lunar.flags == ("--total-timesteps", "1000000", "--gamma", "0.995", "--learning-rate", "8.3e-4",
                                "--ent-coef", "1e-5") and a2c_lunar.bar == (150, "mean")
