@@ -67,7 +67,9 @@ def test_full_preset_run_names_and_flags():
                                "--ent-coef", "1e-5") and a2c_lunar.bar == (150, "mean")
     # --scripts / --env-ids keep a subset, --seeds replaces the seeds, --tag is appended.
     entries, seeds = benchmark.select("full", ["dqn.py", "ddqn.py"], ["CartPole-v1"], [7], tag="t")
-    assert [r.name for r in benchmark.plan(entries, seeds)] == ["CartPole-v1__dqn__7__t", "CartPole-v1__ddqn__7__t"]
+    assert [r.name for r in benchmark.plan(entries, seeds)] == [
+        "CartPole-v1__dqn__7__t", "CartPole-v1__ddqn__7__t", "CartPole-v1__dqn__7__tnf256__t",
+        "CartPole-v1__ddqn__7__tnf256__t"]
     quick, quick_seeds = benchmark.select("quick", None, None, None)
     assert quick_seeds == [1] and {("ppo_discrete.py", "CartPole-v1"), ("dqn.py", "CartPole-v1")} <= {
         (e.script, e.env_id) for e in quick}
