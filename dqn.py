@@ -173,9 +173,10 @@ class Args:
     rare huge TD error, but with unclipped rewards those errors are the news: on CartPole-v1 they
     are the steps that run off the end of the track, where Q must fall from near 100 to 1. Huber
     gives each the pull of an ordinary sample, the cliff is not learned, and the greedy policy
-    drifts off the track: with Huber (delta 1) 3 of 14 dqn.py runs on seeds 1-3 over five variants
-    of these settings ended at 475 or more, with MSE 13 of 15. (Nature DQN's Huber loss went with
-    rewards clipped to [-1, 1].) --max-grad-norm still bounds any single update"""
+    drifts off the track. dqn.py on seeds 1-3, flags otherwise alike, final greedy returns: target
+    copies every 512 steps, Huber 284, 130, 261 against MSE 500 x 3; every 1024, Huber 391, 500, 500
+    against 500 x 3; every 256, Huber with delta 10 106, 378, 500 against 500 x 3. (Nature DQN's
+    Huber loss went with rewards clipped to [-1, 1].) --max-grad-norm still bounds any single update"""
     huber_delta: float = 1.0
     """where the Huber loss turns from quadratic to linear (with --loss huber)"""
     max_grad_norm: float = 10.0
