@@ -799,6 +799,10 @@ def train(args: Args) -> dict:
     start_time = last_print = time.time()
     eval_time, start_step = 0.0, global_step
 
+    def training_sps(elapsed: float) -> float:
+        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
+        return (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+
     while global_step < args.total_timesteps:
         # --- Act and store ---
         uniform = rb.size < args.learning_starts
@@ -851,8 +855,7 @@ def train(args: Args) -> dict:
             eval_time += time.time() - eval_start
         if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
             elapsed = time.time() - start_time
-            # Steps per second of training alone: the time spent in evaluation episodes is left out.
-            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            sps = training_sps(elapsed)
             recent_returns.extend(episode_returns)
             row = {
                 "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
@@ -881,7 +884,7 @@ def train(args: Args) -> dict:
         if time.time() - last_print >= args.log_interval or last_step:
             last_print = time.time()
             elapsed = time.time() - start_time
-            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            sps = training_sps(elapsed)
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             explore = "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
             eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
@@ -895,7 +898,7 @@ def train(args: Args) -> dict:
 
     summary = {
         "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / max(wall_time - eval_time, 1e-9)),
+        "wall_time": round(wall_time, 1), "sps": round(training_sps(wall_time)),
         "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
     }
     if evaluation is not None:

@@ -399,9 +399,11 @@ def acting_q_values(q_network: QNetwork, device: torch.device) -> Callable[[np.n
     the parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
     write the parameters in place, so the view always holds the current weights. For one
     observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
-    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
-    environment step, so this alone is a sixth of the training time at CartPole-v1 sizes. On a GPU
-    the parameters are not in host memory, and acting is an ordinary forward pass.
+    wrapping) is several times the arithmetic; numpy's is a fraction of it. On this project's CPU
+    one CartPole-v1 observation through the 256-256 network takes 11 us in numpy against 29 us in
+    torch, and acting runs at every environment step: with sparse gradient steps (one every 10
+    environment steps) the difference is over a tenth of the training time. On a GPU the parameters
+    are not in host memory, and acting is an ordinary forward pass.
     """
     if device.type != "cpu":
         def q_values(obs: np.ndarray) -> np.ndarray:
@@ -791,6 +793,10 @@ def train(args: Args) -> dict:
     start_time = last_print = time.time()
     eval_time, start_step = 0.0, global_step
 
+    def training_sps(elapsed: float) -> float:
+        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
+        return (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+
     while global_step < args.total_timesteps:
         # --- Act and store ---
         epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
@@ -838,8 +844,7 @@ def train(args: Args) -> dict:
             eval_time += time.time() - eval_start
         if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
             elapsed = time.time() - start_time
-            # Steps per second of training alone: the time spent in evaluation episodes is left out.
-            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            sps = training_sps(elapsed)
             recent_returns.extend(episode_returns)
             row = {
                 "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
@@ -869,7 +874,7 @@ def train(args: Args) -> dict:
         if time.time() - last_print >= args.log_interval or last_step:
             last_print = time.time()
             elapsed = time.time() - start_time
-            sps = (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+            sps = training_sps(elapsed)
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             explore = f"epsilon {epsilon:.3f}" if args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
             eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
@@ -883,7 +888,7 @@ def train(args: Args) -> dict:
 
     summary = {
         "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / max(wall_time - eval_time, 1e-9)),
+        "wall_time": round(wall_time, 1), "sps": round(training_sps(wall_time)),
         "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
     }
     if evaluation is not None:
