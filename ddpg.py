@@ -524,7 +524,8 @@ class MetricsLog:
 
     Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
     A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
-    then appends.
+    then appends. A run that is not resumed starts the file afresh, even under a run name used
+    before: appending a second run's rows from step 0 would make one curve out of two runs.
     """
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
@@ -537,8 +538,8 @@ class MetricsLog:
                 writer.writeheader()
                 writer.writerows(kept)
             os.replace(tmp, path)
-        new = not path.exists()
-        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
+        new = resume_step is None or not path.exists()
+        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
         if new:
             self.writer.writeheader()

@@ -391,6 +391,12 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(in_tmp):
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [100, 200, 300, 400]
 
 
+def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(in_tmp):
+    for _ in range(2):  # e.g. benchmark.py restarting an interrupted run
+        dqn.train(tiny_args("--run-name", "again", "--eval-episodes", "0"))
+    assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/again")] == [100, 200, 300, 400]
+
+
 def test_boltzmann_variant_trains_and_logs_temperature(in_tmp):
     dqn.train(tiny_args("--run-name", "boltz", "--exploration", "boltzmann", "--eval-episodes", "0",
                         "--exploration-fraction", "1.0", "--loss", "mse", "--tau", "0.5", "--num-envs", "3"))

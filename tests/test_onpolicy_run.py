@@ -111,6 +111,12 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(algo, in_tmp):
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [128, 256, 384, 512]
 
 
+def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(algo, in_tmp):
+    for _ in range(2):  # e.g. benchmark.py restarting an interrupted run
+        algo.train(tiny_args(algo, "--run-name", "again", "--eval-episodes", "0"))
+    assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/again")] == [128, 256]
+
+
 def test_resume_restores_networks_optimizer_and_statistics(algo, in_tmp):
     algo.train(tiny_args(algo, "--run-name", "r", "--checkpoint-every", "128", "--eval-episodes", "0",
                           "--norm-obs", "--norm-reward"))
