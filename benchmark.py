@@ -6,8 +6,8 @@ Reproduce the README's results table, or a small subset of it for a quick check 
     python benchmark.py --preset full
     python benchmark.py --preset quick
 
-Check finished runs against the table's bars without launching anything (exit code 1 if an
-algorithm fell below its bar or runs are missing, 0 otherwise):
+Check finished runs against the table's bars without launching anything (exit code 1 if a row
+with a bar fell below it or lacks runs, 0 otherwise; rows without a bar are reported only):
 
     python benchmark.py --preset full --check
     python benchmark.py --preset full --check --scripts dqn.py ddqn.py
@@ -22,8 +22,9 @@ Ad-hoc runs (no preset, no bars unless --min-return / --min-mean-return gives on
 Each run is `python <script> --env-id <env> --seed <seed> --run-name <env>__<script>__<seed>[__<tag>]
 <entry flags> <flags after -->` writing to runs/<run-name>/ under the current directory (its
 console output in runs/<run-name>/stdout.log, whose first line is the command). A run whose
-summary.json exists is finished and is not run again, so an interrupted benchmark picks up where it
-stopped, and running the same command again just prints the report. With a preset, --scripts and
+summary.json exists is finished and is not run again, so an interrupted benchmark resumes with the
+runs it had not finished (each starts again from step 0), and running the same command again just
+prints the report. With a preset, --scripts and
 --env-ids pick a subset of its entries and --seeds replaces its seeds. A preset entry whose script
 is not in this checkout is skipped with a message (its row then shows its runs as missing).
 
@@ -136,7 +137,8 @@ class Args:
     tag: str | None = None
     """appended to the run names, to keep runs with other flags apart"""
     check: bool = False
-    """launch nothing: compare the finished runs with the bars, exit 1 if one is missed or runs are missing"""
+    """launch nothing: compare the finished runs with the bars, exit 1 if a row with a bar misses it or
+    lacks runs"""
     min_return: float | None = None
     """bar for every entry: each seed's final evaluation must reach this (overrides the preset's)"""
     min_mean_return: float | None = None
@@ -159,7 +161,7 @@ def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | N
     """The entries and seeds the command line asks for."""
     if preset is None:
         pairs = itertools.product(scripts or ["ppo_continuous.py"], env_ids or ["Pendulum-v1"])
-        entries = [Entry(script, env_id) for script, env_id in pairs]
+        entries = list(dict.fromkeys(Entry(script, env_id) for script, env_id in pairs))  # a repeat would share a run directory
         for entry in entries:
             if not script_path(entry.script).is_file():
                 raise UsageError(f"no script {entry.script} in {ROOT} or the current directory")
@@ -169,13 +171,14 @@ def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | N
             raise UsageError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         entries = list(PRESETS[preset].entries)
         for wanted, attribute, flag in ((scripts, "script", "--scripts"), (env_ids, "env_id", "--env-ids")):
-            unknown = sorted(set(wanted or []) - {getattr(e, attribute) for e in entries})
+            unknown = sorted(set(wanted or []) - {getattr(e, attribute) for e in PRESETS[preset].entries})
             if unknown:
                 raise UsageError(f"{flag} {' '.join(unknown)}: not in preset {preset}")
             entries = [e for e in entries if not wanted or getattr(e, attribute) in wanted]
         if not entries:
             raise UsageError(f"no entry of preset {preset} has both the --scripts and the --env-ids given")
         seeds = seeds or list(PRESETS[preset].seeds)
+    seeds = list(dict.fromkeys(seeds))  # --seeds 1 1 would run two processes in one directory
     if tag:
         entries = [replace(e, tag=f"{e.tag}__{tag}" if e.tag else tag) for e in entries]
     return entries, seeds

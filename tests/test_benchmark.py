@@ -258,3 +258,14 @@ def test_plot_without_matplotlib_or_runs(in_tmp, monkeypatch, capsys):
 
 def test_duration_rounds_before_splitting_minutes_and_seconds():
     assert [benchmark.duration(s) for s in (42.4, 119.6, 359.7, 3725)] == ["42s", "2m00s", "6m00s", "62m05s"]
+
+
+def test_repeated_seeds_and_scripts_plan_each_run_once():
+    entries, seeds = benchmark.select(None, ["dqn.py", "dqn.py"], ["CartPole-v1"], [1, 1, 2])
+    assert [r.name for r in benchmark.plan(entries, seeds)] == ["CartPole-v1__dqn__1", "CartPole-v1__dqn__2"]
+
+
+def test_preset_filters_check_each_flag_against_the_whole_preset():
+    # HalfCheetah-v5 is in the preset (for other scripts): the error says the pair has no entry.
+    with pytest.raises(benchmark.UsageError, match="no entry of preset full has both"):
+        benchmark.select("full", ["dqn.py"], ["HalfCheetah-v5"], None)
