@@ -100,18 +100,29 @@ def curve(entry: Entry, seeds: list[int], runs_dir: Path, smooth: int, points: i
         data = read_run(path, smooth) if path.is_file() else None
         if data is None:
             missing.append(str(run.seed))
-        else:
+        elif run.summary_path.is_file():
             runs.append(data)
-            if not run.summary_path.is_file():
-                unfinished.append(str(run.seed))
+        else:
+            unfinished.append((str(run.seed), data))
     name = f"{entry.script} {entry.env_id}" + (f" [{entry.tag}]" if entry.tag else "")
     if missing:
         print(f"note: {name}: no metrics.csv with returns under {runs_dir} for seed {', '.join(missing)}; skipped")
     if unfinished:
-        print(f"note: {name}: seed {', '.join(unfinished)} not finished (no summary.json); plotted so far")
+        # The mean runs over the steps all seeds share, so a run that stopped early would cut every
+        # seed's curve short: unfinished runs are drawn only when no run has finished yet.
+        seeds_unfinished = ", ".join(seed for seed, _ in unfinished)
+        if runs:
+            print(f"note: {name}: seed {seeds_unfinished} not finished (no summary.json); left out")
+        else:
+            print(f"note: {name}: seed {seeds_unfinished} not finished (no summary.json); plotted so far")
+            runs = [data for _, data in unfinished]
     if not runs:
         return None
-    grid = np.linspace(max(r[0][0] for r in runs), min(r[0][-1] for r in runs), points)
+    first, last = max(r[0][0] for r in runs), min(r[0][-1] for r in runs)
+    if first >= last:
+        print(f"note: {name}: the seeds' logged steps do not overlap; skipped")
+        return None
+    grid = np.linspace(first, last, points)
     returns = np.array([np.interp(grid, steps, smoothed) for steps, smoothed, _, _ in runs])
     seconds = np.array([np.interp(grid, all_steps, times) for _, _, all_steps, times in runs]).mean(axis=0)
     label = Path(entry.script).stem + (f" [{entry.tag}]" if entry.tag else "")

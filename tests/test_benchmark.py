@@ -269,3 +269,25 @@ def test_preset_filters_check_each_flag_against_the_whole_preset():
     # HalfCheetah-v5 is in the preset (for other scripts): the error says the pair has no entry.
     with pytest.raises(benchmark.UsageError, match="no entry of preset full has both"):
         benchmark.select("full", ["dqn.py"], ["HalfCheetah-v5"], None)
+
+
+def test_plot_leaves_out_unfinished_runs_once_one_has_finished(in_tmp, capsys):
+    runs = in_tmp / "runs"
+    write_run(runs, "Plot-v0__algo_a__1", 1, 0.0, returns=[float(i) for i in range(20)])  # 100..2000
+    write_run(runs, "Plot-v0__algo_a__2", 2, 0.0, returns=[50.0] * 3)  # stopped at step 300
+    (runs / "Plot-v0__algo_a__2" / "summary.json").unlink()
+    curve = plot.curve(Entry("algo_a.py", "Plot-v0"), [1, 2], runs, smooth=1, points=20)
+    assert curve.seeds == 1 and "seed 2 not finished (no summary.json); left out" in capsys.readouterr().out
+    np.testing.assert_allclose(curve.steps, np.linspace(100, 2000, 20))  # not cut short at 300
+    # With no finished run yet, the unfinished one is drawn as far as it got.
+    alone = plot.curve(Entry("algo_a.py", "Plot-v0"), [2], runs, smooth=1, points=3)
+    assert alone.seeds == 1 and "plotted so far" in capsys.readouterr().out
+    np.testing.assert_allclose(alone.steps, [100, 200, 300])
+
+
+def test_plot_skips_seeds_whose_steps_do_not_overlap(in_tmp, capsys):
+    runs = in_tmp / "runs"
+    write_run(runs, "Plot-v0__algo_a__1", 1, 0.0, returns=[1.0, 2.0])  # steps 100, 200
+    write_run(runs, "Plot-v0__algo_a__2", 2, 0.0, returns=[None, None, 3.0, 4.0])  # returns at 300, 400
+    assert plot.curve(Entry("algo_a.py", "Plot-v0"), [1, 2], runs, smooth=1, points=5) is None
+    assert "do not overlap" in capsys.readouterr().out
