@@ -327,12 +327,13 @@ class ReplayBuffer:
         )
 
     def state_dict(self) -> dict:
-        filled = slice(0, self.size)
-        return {
-            "pos": self.pos, "size": self.size, "obs": torch.from_numpy(self.obs[filled]),
-            "actions": torch.from_numpy(self.actions[filled]), "rewards": torch.from_numpy(self.rewards[filled]),
-            "next_obs": torch.from_numpy(self.next_obs[filled]),
-            "terminated": torch.from_numpy(self.terminated[filled]),
+        """The filled rows, oldest first (in a full buffer the oldest row is the next to overwrite),
+        so that they load into a buffer of any capacity that holds them, with the next write going
+        after them."""
+        oldest_first = (self.pos + np.arange(self.size)) % self.size if self.size == self.capacity else slice(0, self.size)
+        return {"size": self.size} | {
+            name: torch.from_numpy(getattr(self, name)[oldest_first])
+            for name in ("obs", "actions", "rewards", "next_obs", "terminated")
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -341,7 +342,8 @@ class ReplayBuffer:
                 f"the checkpoint's buffer holds {state['size']} transitions, more than --buffer-size "
                 f"{self.capacity}; keep its --buffer-size or resume with --no-save-buffer"
             )
-        self.pos, self.size = state["pos"] % self.capacity, state["size"]
+        self.size = state["size"]
+        self.pos = self.size % self.capacity
         for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
             getattr(self, name)[: self.size] = state[name].numpy()
 

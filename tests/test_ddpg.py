@@ -134,11 +134,17 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     assert b_obs.shape == (64, 2) and b_actions.shape == (64, 1) and b_actions.dtype == torch.float32
     torch.testing.assert_close(b_actions[:, 0], b_rewards)  # rows stay whole: action and reward match
 
+    # Into a larger buffer: the five rows arrive oldest first (the full buffer's oldest is at its
+    # pos, 3) and the next write goes after them, so no unwritten row is ever sampled.
     restored = ddpg.ReplayBuffer(10, obs_dim=2, act_dim=1)
     restored.load_state_dict(rb.state_dict())
-    assert (restored.pos, restored.size) == (3, 5)
+    assert (restored.pos, restored.size) == (5, 5)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-        np.testing.assert_array_equal(getattr(restored, name)[:5], getattr(rb, name))
+        np.testing.assert_array_equal(getattr(restored, name)[:5], np.roll(getattr(rb, name), -3, axis=0))
+    assert restored.obs[:5].tolist() == [[1, 1], [2, 0], [2, 1], [3, 0], [3, 1]]
+    obs = np.full((2, 2), 4.0, np.float32)
+    restored.add(obs, np.zeros((2, 1)), obs + 10, np.zeros(2), np.zeros(2, bool), np.zeros(2, bool), {})
+    assert (restored.pos, restored.size) == (7, 7) and restored.obs[5:7].tolist() == [[4, 4], [4, 4]]
     with pytest.raises(ddpg.UsageError, match="--buffer-size"):
         ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1).load_state_dict(rb.state_dict())
 
