@@ -14,7 +14,7 @@ whose maximum is known in closed form.)
 
 The loop: act in `num_envs` environments with mu(s) plus exploration noise (uniformly random actions
 for the first `learning_starts` transitions); store every transition (s, a, r, s', terminated) in a
-replay buffer; after each environment step take `updates_per_step` gradient steps of the critic on
+replay buffer; for each transition collected take `updates_per_step` gradient steps of the critic on
 random minibatches, and every `policy_frequency`-th of them one step of the actor and a small move
 of both target networks towards the online ones. Repeat.
 
@@ -36,7 +36,7 @@ from its own estimate at s': chase a label that moves with every gradient step a
 state can feed the label that caused it (dqn.py's docstring has the long version). DQN freezes a
 copy of the Q-network for the label. In DDPG the label has two moving parts: the critic that values
 s' and the actor that picks the action at s'. The actor is updated at every policy step, and it is
-pushed exactly towards the actions the critic currently overrates; if the label took its action from
+pushed towards whatever the critic rates highest, its overestimates included; if the label took its action from
 the online actor, it would move at every actor step even with the critic's copy frozen, and chase
 the critic's own errors. So the actor gets a slow copy as well. It is there to steady the critic's
 label, not the actor: the actor's own objective uses the online networks. Both copies trail their
@@ -121,7 +121,7 @@ class Args:
     save_buffer: bool = True
     """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
     than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
-    1.8 MB per 100k transitions on Pendulum-v1, 16 MB on HalfCheetah-v5)"""
+    3.6 MB per 100k transitions on Pendulum-v1, 17 MB on HalfCheetah-v5)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
@@ -290,7 +290,7 @@ class ReplayBuffer:
 
         s' is the true next state (`true_next_obs`), never the reset observation of the next
         episode; the stored done flag is `terminations` alone, so a truncated transition keeps
-        gamma * Q'(s', mu'(s')) in its target.
+        its bootstrap from s' in the target.
         """
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)

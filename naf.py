@@ -45,7 +45,7 @@ the mean A(s, a) over the sampled transitions, shows it: about -1 in a healthy P
 
 The loop is DQN's and DDPG's: act in `num_envs` environments with mu(s) plus exploration noise
 (uniformly random actions for the first `learning_starts` transitions); store every transition
-(s, a, r, s', terminated) in a replay buffer; after each environment step take `updates_per_step`
+(s, a, r, s', terminated) in a replay buffer; for each transition collected take `updates_per_step`
 gradient steps on random minibatches, each followed by a small move of the target network:
 
     target           y       = r + gamma * (1 - terminated) * V(s'; theta')
@@ -54,7 +54,8 @@ gradient steps on random minibatches, each followed by a small move of the targe
     acting           a       = clip(mu(s) + noise, low, high),  noise Gaussian or Ornstein-Uhlenbeck
 
 One loss trains all three heads: V and L through Q(s, a), and mu through A, which pulls mu towards
-the stored actions that did better than V predicted and away from those that did worse. The target
+the stored actions whose target y exceeds the Q(s, a) predicted for them, and away from those whose
+target falls short (gradient descent moves mu along 2 (y - Q) P (a - mu)). The target
 network is a slow copy for the same reason as in dqn.py: y is built from the network being fitted.
 With no actor there is nothing else to copy: V(s') already is the max over a'.
 
@@ -137,7 +138,7 @@ class Args:
     save_buffer: bool = True
     """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
     than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
-    1.8 MB per 100k transitions on Pendulum-v1, 16 MB on HalfCheetah-v5)"""
+    3.6 MB per 100k transitions on Pendulum-v1, 17 MB on HalfCheetah-v5)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
@@ -311,7 +312,7 @@ class ReplayBuffer:
 
         s' is the true next state (`true_next_obs`), never the reset observation of the next
         episode; the stored done flag is `terminations` alone, so a truncated transition keeps
-        gamma * Q'(s', mu'(s')) in its target.
+        its bootstrap from s' in the target.
         """
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)
