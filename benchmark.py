@@ -29,9 +29,9 @@ prints the report. With a preset, --scripts and
 is not in this checkout is skipped with a message (its row then shows its runs as missing).
 
 While runs go, a progress view shows each running run's step/total and steps per second (read
-from the tail of its stdout.log) and the time left, estimated from those fractions and from the
-durations of finished runs of the same entry; it redraws in place on a terminal and prints a
-block every --progress-interval seconds otherwise. A failed run is reported with the tail of its
+from the tail of its stdout.log) and the time left, estimated from each run's rate over its last
+two minutes and from the durations of finished runs of the same entry; it redraws in place on a
+terminal and prints a block every --progress-interval seconds otherwise. A failed run is reported with the tail of its
 log and does not stop the others.
 
 The report (Markdown) gives, per entry, the mean and std over seeds of the final deterministic
@@ -244,6 +244,34 @@ def read_progress(log: Path) -> tuple[int, int, int] | None:
     return tuple(map(int, matches[-1])) if matches else None
 
 
+RATE_WINDOW = 120.0  # seconds of a run's latest progress that its time left is extrapolated from
+
+
+def observe(samples: dict[str, list[tuple[float, int]]], running: list[tuple["Run", float]], now: float):
+    """Appends (time first seen, step) to each running run's samples whenever its log shows a new step."""
+    for run, started in running:
+        history = samples.setdefault(run.name, [(started, 0)])
+        progress = read_progress(run.log_path)
+        if progress and progress[0] != history[-1][1]:
+            history.append((now, progress[0]))
+
+
+def seconds_left(history: list[tuple[float, int]], steps: int, now: float) -> float | None:
+    """Seconds a run still needs at its rate over its last RATE_WINDOW seconds of progress.
+
+    Not the average rate since the start: the off-policy scripts take their first --learning-starts steps at
+    random, without gradient steps, many times faster than the rest, and the average would promise the rest at
+    that pace. `history` is (time first seen, step) oldest first, from (start time, 0); None before any step.
+    """
+    (t1, s1), earlier = history[-1], history[:-1]
+    if not earlier:
+        return None
+    t0, s0 = next(((t, s) for t, s in earlier if t >= t1 - RATE_WINDOW), earlier[-1])
+    if s1 <= s0 or t1 <= t0:
+        return None
+    return max((steps - s1) * (t1 - t0) / (s1 - s0) - (now - t1), 0.0)
+
+
 def time_left(running_left: list[float], waiting: list[float], workers: int) -> float:
     """Seconds until all runs end: each waiting run starts on whichever worker frees up first."""
     free = [*running_left, *[0.0] * (workers - len(running_left))]  # when each worker frees up
@@ -295,6 +323,7 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
             if wall_time is not None:
                 durations.setdefault(run.entry, []).append(wall_time)
     running: dict[subprocess.Popen, tuple[Run, float]] = {}
+    samples: dict[str, list[tuple[float, int]]] = {}  # each run's progress over time, for its rate
     failed, done, total = [], 0, len(todo)
     view = View()
     start, last_report = time.time(), 0.0
@@ -315,11 +344,12 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
             while todo and len(running) < workers:
                 run = todo.pop(0)
                 running[launch(run, extra)] = (run, time.time())
+            observe(samples, list(running.values()), time.time())
             if running and time.time() - last_report >= (1.0 if view.live else progress_interval):
                 last_report = time.time()
-                view.block(progress_block(list(running.values()), todo, durations, workers, time.time() - start,
-                                          f"{done}/{total} done, {len(running)} running, {len(todo)} waiting, "
-                                          f"{len(failed)} failed"))
+                view.block(progress_block(list(running.values()), todo, durations, samples, workers,
+                                          time.time() - start, f"{done}/{total} done, {len(running)} running, "
+                                          f"{len(todo)} waiting, {len(failed)} failed"))
             time.sleep(0.5)
     except KeyboardInterrupt:
         for process in running:
@@ -327,25 +357,25 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
         for process in running:
             process.wait()
         raise
-    return failed
+    return [run for run in runs if run in failed]  # in the plan's order, not the order they ended in
 
 
-def progress_block(running: list[tuple[Run, float]], todo: list[Run], durations: dict[Entry, list[float]], workers: int,
-                   elapsed: float, counts: str) -> list[str]:
+def progress_block(running: list[tuple[Run, float]], todo: list[Run], durations: dict[Entry, list[float]],
+                   samples: dict[str, list[tuple[float, int]]], workers: int, elapsed: float, counts: str) -> list[str]:
     """One line of counts and time left, then one line per running run."""
     now, lines, running_left = time.time(), [], []
     width = max(len(run.name) for run, _ in running)
-    projected: dict[Entry, list[float]] = {}  # total durations projected from the running runs' fractions
+    projected: dict[Entry, list[float]] = {}  # total durations projected from the running runs' recent rates
     for run, started in running:
         progress = read_progress(run.log_path)
+        left = seconds_left(samples.get(run.name, [(started, 0)]), progress[1], now) if progress else None
+        running_left.append(left)
+        if left is not None:
+            projected.setdefault(run.entry, []).append(now - started + left)
         if progress and progress[0] > 0:
             step, steps, sps = progress
-            fraction = min(step / steps, 1.0)
-            projected.setdefault(run.entry, []).append((now - started) / fraction)
-            running_left.append((now - started) * (1 - fraction) / fraction)
-            state = f"{f'{step:,}/{steps:,}':>19} {fraction:4.0%} {sps:>6,} SPS"
+            state = f"{f'{step:,}/{steps:,}':>19} {min(step / steps, 1.0):4.0%} {sps:>6,} SPS"
         else:
-            running_left.append(None)
             state = f"{'starting':<35}"
         lines.append(f"    {run.name:<{width}}  {state} {duration(now - started):>7}")
 

@@ -146,7 +146,9 @@ def test_a_failing_run_is_reported_with_its_log_and_others_finish(in_tmp, capsys
         run.mkdir(parents=True, exist_ok=True)
         (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
             "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))""")))
-    (in_tmp / "bad.py").write_text(STAND_IN.format(body='print("something broke in", args.env_id); sys.exit(1)'))
+    # Seed 1 fails last; the summary still lists the failures in the plan's order.
+    (in_tmp / "bad.py").write_text(STAND_IN.format(
+        body='time.sleep(1.0 if args.seed == "1" else 0); print("something broke in", args.env_id); sys.exit(1)'))
     argv = ["--scripts", "bad.py", "good.py", "--env-ids", "Env-v0", "--seeds", "1", "2", "--workers", "2",
             "--progress-interval", "0", "--", "--total-timesteps", "1000"]
     assert benchmark.main(argv) == 1
@@ -198,6 +200,30 @@ def test_progress_and_time_left(tmp_path):
     assert benchmark.time_left([10.0], [30.0], 2) == 30.0  # the idle worker takes it
     assert benchmark.time_left([10.0], [30.0, 30.0, 30.0], 3) == 40.0  # the third waits for the busy one
     assert benchmark.time_left([], [], 2) == 0.0
+
+
+def test_time_left_of_a_run_follows_its_recent_rate():
+    # 10,000 random steps in the first 10 s, then 20 steps a second: 286,000 steps left take 14,300 s,
+    # not the ~4,100 s that the average since the start (70 steps a second) would promise.
+    history = [(0.0, 0), (10.0, 10_000), (100.0, 12_000), (200.0, 14_000)]
+    assert benchmark.seconds_left(history, 300_000, now=200.0) == pytest.approx(14_300.0)
+    assert benchmark.seconds_left(history, 300_000, now=230.0) == pytest.approx(14_270.0)  # 30 s since seen
+    # Early on the window reaches back to the start, so the rate is the average.
+    assert benchmark.seconds_left([(0.0, 0), (10.0, 1_000)], 3_000, now=10.0) == pytest.approx(20.0)
+    # No new step for longer than the window: the rate since the step before.
+    assert benchmark.seconds_left([(0.0, 0), (10.0, 100), (500.0, 200)], 300, now=500.0) == pytest.approx(490.0)
+    assert benchmark.seconds_left([(0.0, 0)], 300, now=5.0) is None
+
+
+def test_observe_records_each_new_step_once(tmp_path):
+    run = benchmark.Run(Entry("a.py", "Env-v0"), 1, "r", tmp_path)
+    samples = {}
+    benchmark.observe(samples, [(run, 5.0)], now=6.0)  # no log yet
+    assert samples == {"r": [(5.0, 0)]}
+    run.log_path.write_text("python a.py\nstep       100/1000 |   50 SPS | return -1\n")
+    benchmark.observe(samples, [(run, 5.0)], now=7.0)
+    benchmark.observe(samples, [(run, 5.0)], now=8.0)  # the same step: not a new sample
+    assert samples == {"r": [(5.0, 0), (7.0, 100)]}
 
 
 @pytest.mark.parametrize("argv, message", [
