@@ -801,10 +801,17 @@ def train(args: Args) -> dict:
     evaluation = None
     start_time = last_print = time.time()
     eval_time, start_step = 0.0, global_step
+    learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
 
     def training_sps(elapsed: float) -> float:
         """Steps per second of training alone: the time spent in evaluation episodes is left out."""
         return (global_step - start_step) / max(elapsed - eval_time, 1e-9)
+
+    def time_left() -> float:
+        """Seconds to the end at the pace since the first gradient step, evaluations included. Not
+        the average since the start: the steps before it make no updates and run many times faster."""
+        since_time, since_step = learning_from or (start_time, start_step)
+        return (args.total_timesteps - global_step) * (time.time() - since_time) / max(global_step - since_step, 1)
 
     while global_step < args.total_timesteps:
         # --- Act and store ---
@@ -822,6 +829,7 @@ def train(args: Args) -> dict:
 
         # --- Learn ---
         if rb.size >= args.learning_starts:
+            learning_from = learning_from or (time.time(), global_step)
             for _ in range(args.num_envs * args.updates_per_step):
                 b_obs, b_actions, b_rewards, b_next_obs, b_terminated = rb.sample(args.batch_size, rng, device)
                 with torch.no_grad():
@@ -890,10 +898,9 @@ def train(args: Args) -> dict:
             sps = training_sps(elapsed)
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             explore = "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
-            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
             print(
                 f"step {global_step:>9}/{args.total_timesteps} | {sps:5.0f} SPS | return {recent} "
-                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{time_left():.0f}s left",
                 flush=True,
             )
     envs.close()
