@@ -24,15 +24,15 @@ Each run is `python <script> --env-id <env> --seed <seed> --run-name <env>__<scr
 console output in runs/<run-name>/stdout.log, whose first line is the command). A run whose
 summary.json exists is finished and is not run again, so an interrupted benchmark resumes with the
 runs it had not finished (each starts again from step 0), and running the same command again just
-prints the report. With a preset, --scripts and
---env-ids pick a subset of its entries and --seeds replaces its seeds. A preset entry whose script
-is not in this checkout is skipped with a message (its row then shows its runs as missing).
+prints the report. With a preset, --scripts and --env-ids pick a subset of its entries and --seeds
+replaces its seeds. A preset entry whose script is not in this checkout is skipped with a message
+(its row then shows its runs as missing).
 
 While runs go, a progress view shows each running run's step/total and steps per second (read
 from the tail of its stdout.log) and the time left, estimated from each run's rate over its last
 two minutes and from the durations of finished runs of the same entry; it redraws in place on a
-terminal and prints a block every --progress-interval seconds otherwise. A failed run is reported with the tail of its
-log and does not stop the others.
+terminal and prints a block every --progress-interval seconds otherwise. A failed run is reported
+with the tail of its log and does not stop the others.
 
 The report (Markdown) gives, per entry, the mean and std over seeds of the final deterministic
 evaluation, each seed's, the steps, the steps per second and the wall time, and, where the entry
@@ -247,7 +247,7 @@ def read_progress(log: Path) -> tuple[int, int, int] | None:
 RATE_WINDOW = 120.0  # seconds of a run's latest progress that its time left is extrapolated from
 
 
-def observe(samples: dict[str, list[tuple[float, int]]], running: list[tuple["Run", float]], now: float):
+def observe(samples: dict[str, list[tuple[float, int]]], running: list[tuple[Run, float]], now: float):
     """Appends (time first seen, step) to each running run's samples whenever its log shows a new step."""
     for run, started in running:
         history = samples.setdefault(run.name, [(started, 0)])

@@ -92,6 +92,11 @@ def read_run(path: Path, smooth: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return steps, smoothed, all_steps, times
 
 
+def algorithm_label(entry: Entry) -> str:
+    """One line (and color) per script, and per tag: a tagged entry runs the script with other flags."""
+    return Path(entry.script).stem + (f" [{entry.tag}]" if entry.tag else "")
+
+
 def curve(entry: Entry, seeds: list[int], runs_dir: Path, smooth: int, points: int) -> Curve | None:
     """The mean and min..max band over the seeds whose runs have logged returns."""
     runs, missing, unfinished = [], [], []
@@ -125,8 +130,7 @@ def curve(entry: Entry, seeds: list[int], runs_dir: Path, smooth: int, points: i
     grid = np.linspace(first, last, points)
     returns = np.array([np.interp(grid, steps, smoothed) for steps, smoothed, _, _ in runs])
     seconds = np.array([np.interp(grid, all_steps, times) for _, _, all_steps, times in runs]).mean(axis=0)
-    label = Path(entry.script).stem + (f" [{entry.tag}]" if entry.tag else "")
-    return Curve(label, len(runs), grid, seconds, returns.mean(axis=0), returns.min(axis=0), returns.max(axis=0))
+    return Curve(algorithm_label(entry), len(runs), grid, seconds, returns.mean(axis=0), returns.min(axis=0), returns.max(axis=0))
 
 
 def steps_axis(ax):
@@ -152,7 +156,7 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    labels = sorted({Path(e.script).stem + (f" [{e.tag}]" if e.tag else "") for e in entries})
+    labels = sorted({algorithm_label(e) for e in entries})
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}  # one color per algorithm everywhere
     curves: dict[str, list[Curve]] = {}
     for entry in entries:
