@@ -319,7 +319,7 @@ class ReplayBuffer:
 
         s' is the true next state (`true_next_obs`), never the reset observation of the next
         episode; the stored done flag is `terminations` alone, so a truncated transition keeps
-        gamma * max Q(s') in its target.
+        its bootstrap term gamma * Q(s', .) in its target.
         """
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)
@@ -605,15 +605,13 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 
 def check_args(args: Args) -> None:
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every"):
+                 "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every", "learning_rate",
+                 "max_grad_norm", "log_interval", "start_temperature", "end_temperature", "huber_delta"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    for name in ("learning_rate", "max_grad_norm", "log_interval", "start_temperature", "end_temperature"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
@@ -749,7 +747,11 @@ def train(args: Args) -> dict:
     global_step, num_updates = 0, 0
 
     if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=True)
+        # Onto the CPU: the replay buffer and the RNG state live on the host;
+        # load_state_dict moves the weights and optimizer state onto the device.
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         q_network.load_state_dict(ckpt["q_network"])
         target_network.load_state_dict(ckpt["target_network"])
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -372,6 +372,19 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
     assert float(rows[-1]["epsilon"]) == pytest.approx(0.04)
 
 
+def test_resume_refuses_a_model_or_another_scripts_checkpoint(in_tmp, capsys):
+    dqn.train(tiny_args("--run-name", "m", "--checkpoint-every", "200", "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/m/checkpoint.pt", weights_only=True)
+    torch.save(ckpt | {"algorithm": "ddqn"}, in_tmp / "ddqn_checkpoint.pt")
+    capsys.readouterr()
+    for path in ("runs/m/model.pt", "ddqn_checkpoint.pt"):
+        with pytest.raises(SystemExit) as exit_info:
+            dqn.main(["--resume", str(in_tmp / path)])
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f"{in_tmp / path} is not a checkpoint.pt of dqn.py" in lines[0], lines
+
+
 def test_resume_without_buffer_refills_before_training(in_tmp):
     dqn.train(tiny_args("--run-name", "nb", "--checkpoint-every", "400", "--eval-episodes", "0", "--no-save-buffer"))
     assert torch.load(in_tmp / "runs/nb/checkpoint.pt", weights_only=True)["buffer"] is None
@@ -423,6 +436,7 @@ def test_boltzmann_variant_trains_and_logs_temperature(in_tmp):
     (["--tau", "1.5"], "--tau must be in (0, 1]"),
     (["--end-e", "2"], "--end-e must be in [0, 1]"),
     (["--hidden-sizes", "64", "0"], "--hidden-sizes needs one or more positive"),
+    (["--loss", "huber", "--huber-delta", "0"], "--huber-delta must be positive"),
     (["--resume", "no/such/checkpoint.pt"], "no file at no/such/checkpoint.pt"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, flags, message):
