@@ -162,11 +162,13 @@ def test_a_failing_run_is_reported_with_its_log_and_others_finish(in_tmp, capsys
                                "--total-timesteps 1000")  # the command, with the flags after --
     assert "something broke in Env-v0" in out  # the log's tail
     assert "| good.py | Env-v0 | 2 | 1,000 | 7.0 ± 0.0 |" in out
+    assert out.index("FAILED Env-v0__bad__2") < out.index("FAILED Env-v0__bad__1")  # ended in that order
     assert "2 run(s) failed: Env-v0__bad__1" in out
     # A rerun skips the finished runs and tries the failed ones again.
     assert benchmark.main(argv) == 1
     out = capsys.readouterr().out
     assert "2 of 4 runs already finished; skipping them" in out and "done   Env-v0__good" not in out
+    assert out.count("FAILED Env-v0__bad__") == 2
 
 
 def test_a_preset_entry_without_its_script_is_skipped_and_reported_missing(in_tmp, monkeypatch, capsys):

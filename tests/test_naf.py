@@ -220,7 +220,9 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
     naf.train(tiny_args("--run-name", "ck", "--checkpoint-every", "200", "--eval-episodes", "0"))
     ckpt = torch.load(in_tmp / "runs/ck/checkpoint.pt", weights_only=True)
     assert ckpt["global_step"] == 400 and ckpt["num_updates"] == 301 and ckpt["buffer"]["size"] == 400
-    assert ckpt["optimizer"]["state"] and set(ckpt["target_network"]) == set(ckpt["q_network"])
+    assert ckpt["optimizer"]["state"]
+    # The target is a Polyak average, saved as such: it lags the online network.
+    assert not all(torch.equal(ckpt["target_network"][k], ckpt["q_network"][k]) for k in ckpt["q_network"])
     summary = naf.train(naf.parse_args(["--resume", str(in_tmp / "runs/ck/checkpoint.pt"), "--total-timesteps", "500"]))
     assert summary["global_step"] == 500
     rows = read_metrics(in_tmp / "runs/ck")
