@@ -326,15 +326,11 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["size"] > self.capacity:
-            raise UsageError(
-                f"the checkpoint's buffer holds {state['size']} transitions, more than --buffer-size "
-                f"{self.capacity}; keep its --buffer-size or resume with --no-save-buffer"
-            )
-        self.size = state["size"]
+        # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
+        self.size = min(state["size"], self.capacity)
         self.pos = self.size % self.capacity
         for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-            getattr(self, name)[: self.size] = state[name].numpy()
+            getattr(self, name)[: self.size] = state[name][state["size"] - self.size:].numpy()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,8 +145,12 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     obs = np.full((2, 2), 4.0, np.float32)
     restored.add(obs, np.zeros((2, 1)), obs + 10, np.zeros(2), np.zeros(2, bool), np.zeros(2, bool), {})
     assert (restored.pos, restored.size) == (7, 7) and restored.obs[5:7].tolist() == [[4, 4], [4, 4]]
-    with pytest.raises(ddpg.UsageError, match="--buffer-size"):
-        ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1).load_state_dict(rb.state_dict())
+    # Into a smaller buffer: the newest four of the five, oldest first; the next write replaces the oldest.
+    smaller = ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1)
+    smaller.load_state_dict(rb.state_dict())
+    assert (smaller.pos, smaller.size) == (0, 4)
+    assert smaller.obs.tolist() == [[2, 0], [2, 1], [3, 0], [3, 1]]
+    np.testing.assert_array_equal(smaller.next_obs, smaller.obs + 10)
 
 
 # --- Networks: action scaling, acting ---

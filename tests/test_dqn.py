@@ -141,8 +141,12 @@ def test_buffer_state_dict_round_trip():
     assert (restored.pos, restored.size) == (rb.pos, rb.size) == (10, 10)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(rb, name))
-    with pytest.raises(dqn.UsageError, match="--buffer-size"):
-        dqn.ReplayBuffer(4, obs_dim=1).load_state_dict(rb.state_dict())
+    # A smaller buffer keeps the newest rows, and writes next over the oldest of them.
+    smaller = dqn.ReplayBuffer(4, obs_dim=1)
+    smaller.load_state_dict(rb.state_dict())
+    assert (smaller.pos, smaller.size) == (0, 4)
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        np.testing.assert_array_equal(getattr(smaller, name), getattr(rb, name)[6:10])
 
 
 def test_vector_env_gives_true_final_observation_on_truncation():
