@@ -678,6 +678,9 @@ def train(args: Args) -> dict:
         if reward_scaler is not None:
             reward_scaler.rms.load_state_dict(ckpt["reward_rms"])
         global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
+        if start_iteration > num_iterations:  # nothing to train; going on would overwrite its summary
+            raise UsageError(f"{args.resume} ends at step {global_step}, already the end of --total-timesteps "
+                             f"{args.total_timesteps}; pass a larger --total-timesteps to train on")
         torch.set_rng_state(ckpt["torch_rng"])
         run_dir = Path(args.resume).parent
         print(f"resumed from {args.resume} at step {global_step}")

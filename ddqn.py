@@ -754,6 +754,9 @@ def train(args: Args) -> dict:
         if ckpt["buffer"] is not None:
             rb.load_state_dict(ckpt["buffer"])
         global_step, num_updates = ckpt["global_step"], ckpt["num_updates"]
+        if global_step >= args.total_timesteps:  # nothing to train; going on would overwrite its summary
+            raise UsageError(f"{args.resume} ends at step {global_step}, already the end of --total-timesteps "
+                             f"{args.total_timesteps}; pass a larger --total-timesteps to train on")
         rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         run_dir = Path(args.resume).parent

@@ -376,7 +376,7 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
     assert float(rows[-1]["epsilon"]) == pytest.approx(0.04)
 
 
-def test_resume_refuses_a_model_or_another_scripts_checkpoint(in_tmp, capsys):
+def test_resume_refuses_a_model_another_scripts_checkpoint_or_a_finished_run(in_tmp, capsys):
     dqn.train(tiny_args("--run-name", "m", "--checkpoint-every", "200", "--eval-episodes", "0"))
     ckpt = torch.load(in_tmp / "runs/m/checkpoint.pt", weights_only=True)
     torch.save(ckpt | {"algorithm": "ddqn"}, in_tmp / "ddqn_checkpoint.pt")
@@ -387,6 +387,13 @@ def test_resume_refuses_a_model_or_another_scripts_checkpoint(in_tmp, capsys):
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and f"{in_tmp / path} is not a checkpoint.pt of dqn.py" in lines[0], lines
+    # The run's own checkpoint, at its end: nothing to train, and its summary stays as it was.
+    summary = (in_tmp / "runs/m/summary.json").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main(["--resume", str(in_tmp / "runs/m/checkpoint.pt")])
+    assert exit_info.value.code == 2
+    assert "ends at step 400, already the end of --total-timesteps 400" in capsys.readouterr().err
+    assert (in_tmp / "runs/m/summary.json").read_text() == summary
 
 
 def test_resume_without_buffer_refills_before_training(in_tmp):

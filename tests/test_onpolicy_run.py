@@ -88,6 +88,9 @@ def test_checkpoint_then_resume_continues_the_run(algo, in_tmp):
     ckpt = torch.load(in_tmp / "runs/ck/checkpoint.pt", weights_only=True)
     assert ckpt["global_step"] == 512 and ckpt["iteration"] == 4
     assert not (in_tmp / "runs/ck/checkpoint.pt.tmp").exists()
+    # At its end already: refused, so the finished run's summary is not overwritten.
+    with pytest.raises(algo.UsageError, match="ends at step 512, already the end of --total-timesteps 512"):
+        algo.train(algo.parse_args(["--resume", str(in_tmp / "runs/ck/checkpoint.pt")]))
 
     args = algo.parse_args(["--resume", str(in_tmp / "runs/ck/checkpoint.pt"), "--total-timesteps", "768"])
     assert args.num_steps == 64 and args.num_envs == 2  # settings come from the checkpoint
