@@ -437,12 +437,16 @@ def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_save(obj: dict, path: Path) -> None:
+def atomic_save(obj: dict | str, path: Path) -> None:
     """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
-    the previous file whole, never a truncated one."""
+    the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
+    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        if isinstance(obj, str):
+            f.write(obj.encode())
+        else:
+            torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -686,7 +690,7 @@ def train(args: Args) -> dict:
         run_name = args.run_name or f"{args.env_id}__ppo_continuous__{args.seed}__{int(time.time())}"
         run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    atomic_save(json.dumps(dataclasses.asdict(args), indent=2), run_dir / "args.json")
     log = MetricsLog(
         run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
         resume_step=global_step if args.resume else None,
@@ -873,7 +877,7 @@ def train(args: Args) -> dict:
     if args.save_model:
         atomic_save(model_state(), run_dir / "model.pt")
         print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python ppo_continuous.py --evaluate {run_dir / 'model.pt'}")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_save(json.dumps(summary, indent=2), run_dir / "summary.json")
     log.close()
     return summary
 

@@ -149,6 +149,21 @@ def test_buffer_state_dict_round_trip():
         np.testing.assert_array_equal(getattr(smaller, name), getattr(rb, name)[6:10])
 
 
+@pytest.mark.parametrize("new", [json.dumps({"eval_mean": 2.0}), {"eval_mean": 2.0}], ids=["text", "torch"])
+def test_atomic_save_leaves_the_old_file_whole_when_interrupted(tmp_path, monkeypatch, new):
+    path = tmp_path / "summary.json"
+    dqn.atomic_save(json.dumps({"eval_mean": 1.0}), path)
+    assert json.loads(path.read_text()) == {"eval_mean": 1.0} and not path.with_name("summary.json.tmp").exists()
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dqn.os, "fsync", interrupted)  # Ctrl-C after the bytes went out, before the rename
+    with pytest.raises(KeyboardInterrupt):
+        dqn.atomic_save(new, path)
+    assert json.loads(path.read_text()) == {"eval_mean": 1.0}
+
+
 def test_vector_env_gives_true_final_observation_on_truncation():
     """The buffer relies on SAME_STEP autoreset: the step that truncates CartPole-v1 at 500 returns
     the next episode's first observation and puts the true last one in info["final_obs"]."""
