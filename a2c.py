@@ -674,7 +674,8 @@ def train(args: Args) -> dict:
         # load_state_dict moves the weights and optimizer state onto the device.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         if ckpt.get("algorithm") != "a2c" or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of a2c.py; resume from that run's checkpoint.pt")
+            raise UsageError(f"{args.resume} is not a checkpoint.pt of a2c.py; "
+                             "resume from that run's checkpoint.pt")
         agent.load_state_dict(ckpt["agent"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if obs_rms is not None:

@@ -738,8 +738,8 @@ def train(args: Args) -> dict:
     target_critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
     target_actor.load_state_dict(actor.state_dict())
     target_critic.load_state_dict(critic.state_dict())
-    # fused: one kernel for all parameters instead of a loop over them, a real share of each
-    # gradient step's time at these network sizes.
+    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
+    # ops are a real share of each gradient step's time at these network sizes.
     actor_params = list(actor.parameters())
     actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, fused=True)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
@@ -752,7 +752,8 @@ def train(args: Args) -> dict:
         # load_state_dict moves the weights and optimizer state onto the device.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
+                             "resume from that run's checkpoint.pt")
         actor.load_state_dict(ckpt["actor"])
         critic.load_state_dict(ckpt["critic"])
         target_actor.load_state_dict(ckpt["target_actor"])
@@ -850,9 +851,8 @@ def train(args: Args) -> dict:
                 if num_updates % args.policy_frequency == 0:
                     loss = actor_loss(actor, critic, b_obs)
                     actor_optimizer.zero_grad(set_to_none=True)
-                    # inputs=actor_params: autograd computes dQ/da through the critic but not the
-                    # gradients of the critic's weights, which this step must not use (nor leave in
-                    # .grad for the critic's next step): less work, and no cross-talk.
+                    # inputs=actor_params: autograd goes through the critic for dQ/da but skips the
+                    # gradients of the critic's own weights, which this step has no use for.
                     loss.backward(inputs=actor_params)
                     actor_optimizer.step()
                     actor_losses.append(loss.detach())

@@ -720,8 +720,8 @@ def train(args: Args) -> dict:
     q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
     target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    # fused: one kernel for all parameters instead of a loop over them, a real share of each
-    # gradient step's time at these network sizes.
+    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
+    # ops are a real share of each gradient step's time at these network sizes.
     params = list(q_network.parameters())
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim)
@@ -732,7 +732,8 @@ def train(args: Args) -> dict:
         # load_state_dict moves the weights and optimizer state onto the device.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
+                             "resume from that run's checkpoint.pt")
         q_network.load_state_dict(ckpt["q_network"])
         target_network.load_state_dict(ckpt["target_network"])
         optimizer.load_state_dict(ckpt["optimizer"])
