@@ -89,6 +89,12 @@ import tyro
 
 ALGORITHM = "ddqn"
 
+# =============================================================================================
+# Part 1: the algorithm
+# =============================================================================================
+# The flags, the environments, the replay buffer, the network, the math, its steps and train();
+# what follows Part 2's banner only runs it (checks, files, checkpoints, evaluation, command line).
+
 
 @dataclass
 class Args:
@@ -100,45 +106,8 @@ class Args:
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 100_000
     """environment steps to train for, summed over all envs"""
-    run_name: str | None = None
-    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
-    torch_threads: int = 1
-    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
-    seeds run side by side without fighting over cores"""
-    track: bool = False
-    """log to Weights & Biases; without a network wandb runs offline and says so"""
-    wandb_project_name: str = "glassbox-rl"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team or user)"""
-    capture_video: bool = False
-    """record the final evaluation episodes to runs/<run-name>/videos/"""
-    save_model: bool = True
-    """save the final Q-network and args to runs/<run-name>/model.pt"""
-    eval_episodes: int = 10
-    """episodes of greedy evaluation (argmax_a Q, no exploration) at the end and every
-    --eval-frequency steps; 0 skips evaluation"""
-    eval_frequency: int = 10_000
-    """evaluate every this many environment steps during training (0: only at the end). Each
-    evaluation logs, beside the returns, the Q value the network predicts for each episode's first
-    state and the discounted return the episode then earned: the gap is the overestimation"""
-    checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
-    save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
-    than refilling an empty one (about buffer_size * (2 * obs_dim + 4) * 4 bytes: 5 MB for
-    CartPole-v1 with the default size)"""
-    resume: str | None = None
-    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
-    evaluate: str | None = None
-    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
-    log_interval: float = 5.0
-    """seconds between progress lines on the console"""
-    metrics_every: int = 1_000
-    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
 
     # --- Environment and replay ---
     num_envs: int = 1
@@ -219,9 +188,44 @@ class Args:
     end_temperature: float = 0.1
     """Boltzmann temperature after the decay, kept to the end; near 0 it is greedy"""
 
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+    # --- Running the experiment: files, tracking, evaluation, threads ---
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the final evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final Q-network and args to runs/<run-name>/model.pt"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    save_buffer: bool = True
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
+    than refilling an empty one (about buffer_size * (2 * obs_dim + 4) * 4 bytes: 5 MB for
+    CartPole-v1 with the default size)"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    eval_episodes: int = 10
+    """episodes of greedy evaluation (argmax_a Q, no exploration) at the end and every
+    --eval-frequency steps; 0 skips evaluation"""
+    eval_frequency: int = 10_000
+    """evaluate every this many environment steps during training (0: only at the end). Each
+    evaluation logs, beside the returns, the Q value the network predicts for each episode's first
+    state and the discounted return the episode then earned: the gap is the overestimation"""
+    metrics_every: int = 1_000
+    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    torch_threads: int = 1
+    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
+    seeds run side by side without fighting over cores"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,30 +233,12 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     try:
         env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
     except gym.error.Error as e:
-        raise UsageError(f"cannot make {env_id}: {e}")
-    if not isinstance(env.action_space, gym.spaces.Discrete) or env.action_space.start != 0:
-        env.close()
-        raise UsageError(
-            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
-            "Discrete one (actions 0..n-1); for continuous actions use ddpg.py or naf.py"
-        )
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        env.close()
-        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+        raise env_error(env_id, e)
+    check_spaces(env, env_id)  # Discrete actions, flat observations; one error line otherwise
     return env
 
 
@@ -467,6 +453,17 @@ def boltzmann_probabilities(q_values: np.ndarray, temperature: float) -> np.ndar
     return p / p.sum(axis=1, keepdims=True)
 
 
+def steps_crossed(every: int, step: int, previous_step: int) -> int:
+    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
+    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
+    return step // every - previous_step // every if every > 0 else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm's steps
+# ---------------------------------------------------------------------------------------------
+
+
 def select_actions(
     q_values: Callable[[np.ndarray], np.ndarray], n_actions: int, obs: np.ndarray, exploration: str,
     epsilon: float, temperature: float, rng: np.random.Generator,
@@ -487,6 +484,24 @@ def select_actions(
     return actions
 
 
+def gradient_step(
+    q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, ...], args: Args,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step on the TD loss of a minibatch (s, a, r, s', terminated). Returns the loss
+    and Q(s, a), detached and left as tensors: averaged once per metrics row, no sync per step."""
+    obs, actions, rewards, next_obs, terminated = batch
+    with torch.no_grad():  # y is a label: no gradient flows into the target network
+        target = td_target(q_network, target_network, rewards, next_obs, terminated, args.gamma)  # y, above
+    q = q_network(obs).gather(1, actions[:, None]).squeeze(1)  # Q(s, a; theta)
+    loss = td_loss(q, target, args.loss, args.huber_delta)  # L = mean of (Q(s, a) - y)^2, or Huber
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # dL/dtheta
+    nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)  # ||g|| <= max_grad_norm
+    optimizer.step()  # theta <- Adam's update of theta with g
+    return loss.detach(), q.detach()
+
+
 @torch.no_grad()
 def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
     """theta^- <- tau * theta + (1 - tau) * theta^-, in place; tau = 1 copies exactly."""
@@ -497,10 +512,155 @@ def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -
             target_param.lerp_(param, tau)
 
 
-def steps_crossed(every: int, step: int, previous_step: int) -> int:
-    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
-    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
-    return step // every - previous_step // every if every > 0 else 0
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
+    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    n_actions = int(envs.single_action_space.n)
+
+    q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
+    target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
+    # ops are a real share of each gradient step's time at these network sizes.
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    rb = ReplayBuffer(args.buffer_size, obs_dim)
+    # A checkpoint holds the state of these objects, the two counters and the random generators:
+    # Run (Part 2) saves them, and with --resume restores them, going by this one dict.
+    checkpointed = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer, "buffer": rb}
+    run = Run(args, device, checkpointed, rng, obs_dim, n_actions)
+    global_step, num_updates = run.start_step, run.start_updates
+
+    q_values = acting_q_values(q_network, device)
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    exploration_steps = args.exploration_fraction * args.total_timesteps
+    losses, q_taken = [], []  # one entry per gradient step since the last metrics row
+
+    while global_step < args.total_timesteps:
+        # --- Act and store ---
+        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+        temperature = linear_schedule(args.start_temperature, args.end_temperature, exploration_steps, global_step)
+        actions = select_actions(q_values, n_actions, obs, args.exploration, epsilon, temperature, rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
+        obs = next_obs
+        previous_step, global_step = global_step, global_step + args.num_envs
+        run.record_episodes(infos)
+
+        # --- Learn ---
+        if rb.size >= args.learning_starts:
+            run.learning_started(global_step)
+            if steps_crossed(args.target_network_frequency, global_step, previous_step):
+                update_target(target_network, q_network, args.tau)
+            rounds = steps_crossed(args.train_frequency, global_step, previous_step)
+            if rounds and args.anneal_lr:
+                optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
+            for _ in range(rounds * args.gradient_steps):
+                loss, q = gradient_step(q_network, target_network, optimizer, rb.sample(args.batch_size, rng, device), args)
+                losses.append(loss)
+                q_taken.append(q)
+                num_updates += 1
+
+        # --- Evaluate, log, checkpoint: Run's bookkeeping (Part 2) ---
+        if run.evaluation_due(global_step, previous_step):
+            run.evaluate(q_network, global_step)
+        if run.row_due(global_step, previous_step):
+            run.log({
+                "global_step": global_step, "gradient_steps": num_updates,
+                "td_loss": torch.stack(losses).mean().item() if losses else "",
+                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
+                "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
+                "temperature": temperature if args.exploration == "boltzmann" else "",
+            })
+            losses, q_taken = [], []
+        if run.checkpoint_due(global_step, previous_step):
+            run.save_checkpoint(global_step, num_updates)
+        run.progress(global_step, epsilon, temperature)
+    envs.close()
+    return run.finish(global_step)
+
+
+# =============================================================================================
+# Part 2: running it
+# =============================================================================================
+# Checks of the input, the run's files (metrics, checkpoints, summary, model), evaluation and
+# the command line.
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+def env_error(env_id: str, error: gym.error.Error) -> UsageError:
+    """make_env's error line for an env gymnasium cannot make."""
+    if isinstance(error, gym.error.DependencyNotInstalled):
+        return UsageError(f"{env_id} needs a missing package ({error}); pip install -r requirements.txt")
+    return UsageError(f"cannot make {env_id}: {error}")
+
+
+def check_spaces(env: gym.Env, env_id: str) -> None:
+    """This file's network needs a Discrete action space and a flat Box observation space."""
+    if not isinstance(env.action_space, gym.spaces.Discrete) or env.action_space.start != 0:
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
+            "Discrete one (actions 0..n-1); for continuous actions use ddpg.py or naf.py"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
+                 "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every", "learning_rate",
+                 "max_grad_norm", "log_interval", "start_temperature", "end_temperature", "huber_delta"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
+        raise UsageError("--gamma and --tau must be in (0, 1]")
+    for name in ("start_e", "end_e", "exploration_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(
+            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+            "the buffer could never hold enough transitions to start training"
+        )
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+            f"{args.learning_starts}: training would never start"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,40 +759,194 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks, evaluation, saving and loading
+# The run: its directory, metrics, console, checkpoints, summary and model
 # ---------------------------------------------------------------------------------------------
 
 
-def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every", "learning_rate",
-                 "max_grad_norm", "log_interval", "start_temperature", "end_temperature", "huber_delta"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
-        raise UsageError("--gamma and --tau must be in (0, 1]")
-    for name in ("start_e", "end_e", "exploration_fraction"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    if args.learning_starts > args.buffer_size:
-        raise UsageError(
-            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
-            "the buffer could never hold enough transitions to start training"
+class Run:
+    """The files and the console of one training run, so that train() needs a few calls for them.
+
+    runs/<run-name>/ gets args.json, metrics.csv (and wandb/ with --track), checkpoint.pt,
+    summary.json and model.pt. The object keeps the clock (steps per second, time left), the
+    episodes finished since the last metrics row and the latest evaluation. `checkpointed` names
+    the objects whose state a checkpoint holds; checkpoint() and resume() both go by it.
+    """
+
+    def __init__(self, args: Args, device: torch.device, checkpointed: dict, rng: np.random.Generator,
+                 obs_dim: int, n_actions: int):
+        self.args, self.device, self.checkpointed, self.rng = args, device, checkpointed, rng
+        self.shapes = {"obs_dim": obs_dim, "n_actions": n_actions}
+        self.start_step, self.start_updates = self.resume(args.resume) if args.resume else (0, 0)
+        if args.resume:
+            self.dir = Path(args.resume).parent
+        else:
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(
+            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
+            resume_step=self.start_step if args.resume else None,
         )
-    if args.total_timesteps <= args.learning_starts:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
-            f"{args.learning_starts}: training would never start"
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[int] = []
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.evaluation: tuple[list[float], list[float], list[float]] | None = None
+        self.eval_time = 0.0
+        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
+        self.start_time = self.last_print = time.time()
+
+    # --- What a checkpoint holds, for saving and for resuming ---
+
+    def model_state(self, step: int) -> dict:
+        """model.pt: the Q-network and what rebuilding it needs."""
+        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes,
+                "q_network": self.checkpointed["q_network"].state_dict(), "global_step": step}
+
+    def checkpoint(self, step: int, num_updates: int) -> dict:
+        """checkpoint.pt: model.pt's contents, the state of every checkpointed object (the buffer's
+        only with --save-buffer), the update counter and both random generators."""
+        states = {name: None if name == "buffer" and not self.args.save_buffer else obj.state_dict()
+                  for name, obj in self.checkpointed.items()}
+        return self.model_state(step) | states | {
+            "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def resume(self, path: str) -> tuple[int, int]:
+        """Loads what checkpoint() saved back into the same objects; returns (global_step, num_updates)."""
+        # Onto the CPU: the replay buffer and the RNG state live on the host;
+        # load_state_dict moves the weights and optimizer state onto the device.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+        for name, obj in self.checkpointed.items():
+            if ckpt[name] is not None:  # None: a buffer left out by --no-save-buffer
+                obj.load_state_dict(ckpt[name])
+        step = ckpt["global_step"]
+        if step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
+            raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps "
+                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
+        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"resumed from {path} at step {step} with {self.checkpointed['buffer'].size} transitions in the buffer")
+        return step, ckpt["num_updates"]
+
+    # --- Called from the training loop ---
+
+    def record_episodes(self, infos: dict) -> None:
+        """Keeps the return and length of every episode that ended in this vector step."""
+        if "episode" in infos:
+            done = infos["_episode"]
+            self.episode_returns.extend(infos["episode"]["r"][done].tolist())
+            self.episode_lengths.extend(infos["episode"]["l"][done].tolist())
+
+    def learning_started(self, step: int) -> None:
+        """Marks where the time-left estimate starts counting (see time_left)."""
+        self.learning_from = self.learning_from or (time.time(), step)
+
+    def evaluation_due(self, step: int, previous_step: int) -> bool:
+        last_step = step >= self.args.total_timesteps
+        return self.args.eval_episodes > 0 and (last_step or steps_crossed(self.args.eval_frequency, step, previous_step))
+
+    def evaluate(self, q_network: QNetwork, step: int) -> None:
+        """Greedy evaluation episodes; their results go into the next metrics row (and the summary
+        after the last step). Their time is left out of the steps per second."""
+        eval_start = time.time()
+        video_dir = self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
+        self.evaluation = evaluate(
+            q_network, self.args.env_id, self.args.eval_episodes, eval_seed(self.args.seed), self.args.gamma,
+            self.device, video_dir,
         )
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+        self.eval_time += time.time() - eval_start
+
+    def row_due(self, step: int, previous_step: int) -> bool:
+        return (step >= self.args.total_timesteps or self.evaluation is not None
+                or steps_crossed(self.args.metrics_every, step, previous_step))
+
+    def log(self, row: dict) -> None:
+        """One row of metrics.csv (and wandb): the caller's learning values, plus the time, steps per
+        second, the episodes finished since the last row and this step's evaluation, if any."""
+        elapsed = time.time() - self.start_time
+        self.recent_returns.extend(self.episode_returns)
+        row = row | {
+            "time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed)),
+            "episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
+            "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+        }
+        if self.evaluation is not None:
+            returns, discounted, start_q = self.evaluation
+            row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
+                    "eval_start_q": np.mean(start_q)}
+            print(
+                f"eval at step {row['global_step']}: return {np.mean(returns):.1f} | Q(first state) "
+                f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
+                flush=True,
+            )
+        self.metrics.write(row)
+        self.episode_returns, self.episode_lengths = [], []
+        if row["global_step"] < self.args.total_timesteps:  # the last evaluation goes into the summary
+            self.evaluation = None
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:
+        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0
+
+    def save_checkpoint(self, step: int, num_updates: int) -> None:
+        atomic_save(self.checkpoint(step, num_updates), self.dir / "checkpoint.pt")
+
+    def progress(self, step: int, epsilon: float, temperature: float) -> None:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+            return
+        self.last_print = time.time()
+        elapsed = time.time() - self.start_time
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        explore = f"epsilon {epsilon:.3f}" if self.args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
+        print(
+            f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | "
+            f"return {recent} (last {len(self.recent_returns)} episodes) | {explore} | "
+            f"{elapsed:5.0f}s elapsed, ~{self.time_left(step):.0f}s left",
+            flush=True,
+        )
+
+    def finish(self, step: int) -> dict:
+        """summary.json, model.pt (with --save-model) and the final evaluation's lines; returns the summary."""
+        wall_time = time.time() - self.start_time
+        summary = {
+            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+        }
+        if self.evaluation is not None:
+            returns, discounted, start_q = self.evaluation
+            print_eval(returns, discounted, start_q)
+            summary |= {
+                "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+                "eval_discounted_returns": discounted, "eval_start_q": start_q,
+            }
+        if self.args.save_model:
+            path = self.dir / "model.pt"
+            atomic_save(self.model_state(step), path)
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+    # --- The clock ---
+
+    def training_sps(self, step: int, elapsed: float) -> float:
+        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
+        return (step - self.start_step) / max(elapsed - self.eval_time, 1e-9)
+
+    def time_left(self, step: int) -> float:
+        """Seconds to the end at the pace since the first gradient step, evaluations included. Not
+        the average since the start: the steps before it make no updates and run many times faster."""
+        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
+        return (self.args.total_timesteps - step) * (time.time() - since_time) / max(step - since_step, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
 
 
 def eval_seed(seed: int) -> int:
@@ -677,6 +991,14 @@ def evaluate(
     return returns, discounted_returns, start_q
 
 
+def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
+    print(
+        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
+    )
+
+
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     """Rebuilds the Q-network from model.pt or checkpoint.pt."""
     state = torch.load(path, map_location=device, weights_only=True)
@@ -685,14 +1007,6 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     q_network = QNetwork(state["obs_dim"], state["n_actions"], state["args"]["hidden_sizes"]).to(device)
     q_network.load_state_dict(state["q_network"])
     return q_network, state
-
-
-def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
-    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
-    print(
-        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
-        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
-    )
 
 
 def run_evaluation(args: Args) -> dict:
@@ -715,211 +1029,8 @@ def run_evaluation(args: Args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The command line
 # ---------------------------------------------------------------------------------------------
-
-
-def train(args: Args) -> dict:
-    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
-    check_args(args)
-
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
-    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args)
-    obs_dim = envs.single_observation_space.shape[0]
-    n_actions = int(envs.single_action_space.n)
-
-    q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
-    target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
-    target_network.load_state_dict(q_network.state_dict())
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
-    # ops are a real share of each gradient step's time at these network sizes.
-    params = list(q_network.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, fused=True)
-    rb = ReplayBuffer(args.buffer_size, obs_dim)
-    global_step, num_updates = 0, 0
-
-    if args.resume:
-        # Onto the CPU: the replay buffer and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
-                             "resume from that run's checkpoint.pt")
-        q_network.load_state_dict(ckpt["q_network"])
-        target_network.load_state_dict(ckpt["target_network"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["buffer"] is not None:
-            rb.load_state_dict(ckpt["buffer"])
-        global_step, num_updates = ckpt["global_step"], ckpt["num_updates"]
-        if global_step >= args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{args.resume} ends at step {global_step}, already the end of --total-timesteps "
-                             f"{args.total_timesteps}; pass a larger --total-timesteps to train on")
-        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        run_dir = Path(args.resume).parent
-        print(f"resumed from {args.resume} at step {global_step} with {rb.size} transitions in the buffer")
-    else:
-        run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(json.dumps(dataclasses.asdict(args), indent=2), run_dir / "args.json")
-    log = MetricsLog(
-        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
-        resume_step=global_step if args.resume else None,
-    )
-
-    def model_state() -> dict:
-        return {
-            "algorithm": ALGORITHM, "args": dataclasses.asdict(args), "obs_dim": obs_dim,
-            "n_actions": n_actions, "q_network": q_network.state_dict(), "global_step": global_step,
-        }
-
-    def save_checkpoint() -> None:
-        atomic_save(
-            model_state() | {
-                "target_network": target_network.state_dict(), "optimizer": optimizer.state_dict(),
-                "num_updates": num_updates, "buffer": rb.state_dict() if args.save_buffer else None,
-                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-            },
-            run_dir / "checkpoint.pt",
-        )
-
-    q_values = acting_q_values(q_network, device)
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    exploration_steps = args.exploration_fraction * args.total_timesteps
-    recent_returns: deque[float] = deque(maxlen=20)
-    episode_returns, episode_lengths, losses, q_taken = [], [], [], []
-    evaluation = None
-    start_time = last_print = time.time()
-    eval_time, start_step = 0.0, global_step
-    learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-
-    def training_sps(elapsed: float) -> float:
-        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
-        return (global_step - start_step) / max(elapsed - eval_time, 1e-9)
-
-    def time_left() -> float:
-        """Seconds to the end at the pace since the first gradient step, evaluations included. Not
-        the average since the start: the steps before it make no updates and run many times faster."""
-        since_time, since_step = learning_from or (start_time, start_step)
-        return (args.total_timesteps - global_step) * (time.time() - since_time) / max(global_step - since_step, 1)
-
-    while global_step < args.total_timesteps:
-        # --- Act and store ---
-        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
-        temperature = linear_schedule(args.start_temperature, args.end_temperature, exploration_steps, global_step)
-        actions = select_actions(q_values, n_actions, obs, args.exploration, epsilon, temperature, rng)
-        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
-        obs = next_obs
-        previous_step, global_step = global_step, global_step + args.num_envs
-        if "episode" in infos:
-            done = infos["_episode"]
-            episode_returns.extend(infos["episode"]["r"][done].tolist())
-            episode_lengths.extend(infos["episode"]["l"][done].tolist())
-
-        # --- Learn ---
-        if rb.size >= args.learning_starts:
-            learning_from = learning_from or (time.time(), global_step)
-            if steps_crossed(args.target_network_frequency, global_step, previous_step):
-                update_target(target_network, q_network, args.tau)
-            rounds = steps_crossed(args.train_frequency, global_step, previous_step)
-            if rounds and args.anneal_lr:
-                optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
-            for _ in range(rounds * args.gradient_steps):
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = rb.sample(args.batch_size, rng, device)
-                with torch.no_grad():
-                    target = td_target(q_network, target_network, b_rewards, b_next_obs, b_terminated, args.gamma)
-                q = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
-                loss = td_loss(q, target, args.loss, args.huber_delta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                num_updates += 1
-                # Kept as tensors and averaged once per metrics row: no .item() sync per update.
-                losses.append(loss.detach())
-                q_taken.append(q.detach())
-
-        # --- Evaluate, log, checkpoint ---
-        last_step = global_step >= args.total_timesteps
-        if args.eval_episodes and (last_step or steps_crossed(args.eval_frequency, global_step, previous_step)):
-            eval_start = time.time()
-            video_dir = run_dir / "videos" if args.capture_video and last_step else None
-            evaluation = evaluate(
-                q_network, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
-            )
-            eval_time += time.time() - eval_start
-        if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
-            elapsed = time.time() - start_time
-            sps = training_sps(elapsed)
-            recent_returns.extend(episode_returns)
-            row = {
-                "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
-                "gradient_steps": num_updates,
-                "td_loss": torch.stack(losses).mean().item() if losses else "",
-                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
-                "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
-                "temperature": temperature if args.exploration == "boltzmann" else "",
-                "episodic_return": np.mean(episode_returns) if episode_returns else "",
-                "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-            }
-            if evaluation is not None:
-                returns, discounted, start_q = evaluation
-                row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
-                        "eval_start_q": np.mean(start_q)}
-                print(
-                    f"eval at step {global_step}: return {np.mean(returns):.1f} | Q(first state) "
-                    f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
-                    flush=True,
-                )
-            log.write(row)
-            episode_returns, episode_lengths, losses, q_taken = [], [], [], []
-            if not last_step:
-                evaluation = None
-        if steps_crossed(args.checkpoint_every, global_step, previous_step):
-            save_checkpoint()
-        if time.time() - last_print >= args.log_interval or last_step:
-            last_print = time.time()
-            elapsed = time.time() - start_time
-            sps = training_sps(elapsed)
-            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            explore = f"epsilon {epsilon:.3f}" if args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
-            print(
-                f"step {global_step:>9}/{args.total_timesteps} | {sps:5.0f} SPS | return {recent} "
-                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{time_left():.0f}s left",
-                flush=True,
-            )
-    envs.close()
-    wall_time = time.time() - start_time
-
-    summary = {
-        "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-        "wall_time": round(wall_time, 1), "sps": round(training_sps(wall_time)),
-        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
-    }
-    if evaluation is not None:
-        returns, discounted, start_q = evaluation
-        print_eval(returns, discounted, start_q)
-        summary |= {
-            "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
-            "eval_discounted_returns": discounted, "eval_start_q": start_q,
-        }
-    if args.save_model:
-        atomic_save(model_state(), run_dir / "model.pt")
-        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python {ALGORITHM}.py --evaluate {run_dir / 'model.pt'}")
-    atomic_save(json.dumps(summary, indent=2), run_dir / "summary.json")
-    log.close()
-    return summary
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

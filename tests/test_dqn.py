@@ -1,6 +1,7 @@
-"""dqn.py: the replay buffer, target, loss and exploration against hand-computed values; then
-train() on a tiny budget and the script as a user runs it."""
+"""dqn.py: the replay buffer, target, loss, gradient step and exploration against hand-computed
+values and plain references; then train() on a tiny budget and the script as a user runs it."""
 
+import copy
 import csv
 import json
 import math
@@ -206,6 +207,45 @@ def test_td_loss_huber_and_mse_hand_computed():
     np.testing.assert_allclose(q.grad.numpy(), [0.5 / 3, 1 / 3, -1 / 3], rtol=1e-6)  # capped at +-1
     assert dqn.td_loss(q, y, "mse").item() == pytest.approx((0.25 + 9 + 4) / 3)
     assert dqn.td_loss(q, y, "huber", delta=2.0).item() == pytest.approx((0.125 + 2 * (3 - 1) + 0.5 * 4) / 3)
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_gradient_step_matches_a_plain_reference(loss):
+    torch.manual_seed(0)
+    online, target = dqn.QNetwork(3, 2, [8]), dqn.QNetwork(3, 2, [8])
+    reference, target_before = copy.deepcopy(online), copy.deepcopy(target.state_dict())
+    obs, next_obs = torch.randn(5, 3), torch.randn(5, 3)
+    actions = torch.tensor([0, 1, 1, 0, 1])
+    rewards = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
+    terminated = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0])
+    args = dqn.Args(gamma=0.9, loss=loss, huber_delta=0.5, max_grad_norm=0.3)
+    optimizer = torch.optim.SGD(online.parameters(), lr=0.1)
+    loss_value, q = dqn.gradient_step(online, target, optimizer, (obs, actions, rewards, next_obs, terminated), args)
+
+    # The reference, one transition at a time: y from the target network's max over plain floats,
+    # the loss written out, then the global-norm clip and an SGD step by hand.
+    total, q_reference = 0.0, []
+    for i in range(5):
+        with torch.no_grad():
+            y = rewards[i].item() + 0.9 * (1 - terminated[i].item()) * max(target(next_obs[i : i + 1])[0].tolist())
+        q_i = reference(obs[i : i + 1])[0, actions[i]]
+        d = q_i - y
+        if loss == "mse":
+            total = total + d**2 / 5
+        else:
+            total = total + (0.5 * d**2 if abs(d.item()) <= 0.5 else 0.5 * (abs(d) - 0.25)) / 5
+        q_reference.append(q_i.item())
+    total.backward()
+    norm = math.sqrt(sum((p.grad**2).sum().item() for p in reference.parameters()))
+    assert norm > 0.3  # the clip is active, and brings the step down to norm 0.3
+    for p, p_ref in zip(online.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, p_ref - 0.1 * (0.3 / norm) * p_ref.grad, rtol=1e-5, atol=1e-6)
+    assert loss_value.item() == pytest.approx(total.item(), rel=1e-5)
+    np.testing.assert_allclose(q.numpy(), q_reference, rtol=1e-6)
+    assert not loss_value.requires_grad and not q.requires_grad
+    # The target network is only read: same weights, no gradients.
+    assert all(torch.equal(target.state_dict()[k], target_before[k]) for k in target_before)
+    assert all(p.grad is None for p in target.parameters())
 
 
 def test_update_target_hard_copy_and_polyak():
