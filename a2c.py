@@ -32,13 +32,14 @@ pole after 500 steps) the state it stopped in still has a future, so the target 
 V(true final observation). Only *termination* (the pole fell) means the future is worth zero.
 Treating truncation as termination teaches the critic that balancing well leads to a value of
 zero at step 500, which it cannot predict from the observation. This file keeps the two apart
-everywhere (see `compute_gae` and the rollout in `train`).
+everywhere (see `collect_rollout` and `compute_gae`).
 
 Run it:       python a2c.py --env-id CartPole-v1      (or LunarLander-v3, Pendulum-v1, ...)
 Evaluate:     python a2c.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python a2c.py --help
 """
 
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -61,6 +62,13 @@ import torch
 import torch.nn as nn
 import tyro
 
+ALGORITHM = "a2c"
+
+# =============================================================================================
+# Part 1: the algorithm
+# =============================================================================================
+# Everything that decides what is learned, ending in train(). Part 2 only runs it.
+
 
 @dataclass
 class Args:
@@ -73,34 +81,8 @@ class Args:
     total_timesteps: int = 500_000
     """environment steps to train for, summed over all envs: 500k for CartPole-v1; LunarLander-v3
     and Pendulum-v1 want 1M"""
-    run_name: str | None = None
-    """directory name under runs/ (default: <env-id>__a2c__<seed>__<unix-time>)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
-    torch_threads: int = 1
-    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
-    seeds run side by side without fighting over cores"""
-    track: bool = False
-    """log to Weights & Biases; without a network wandb runs offline and says so"""
-    wandb_project_name: str = "glassbox-rl"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team or user)"""
-    capture_video: bool = False
-    """record the evaluation episodes to runs/<run-name>/videos/"""
-    save_model: bool = True
-    """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation (the mean action, or the most likely) at the end; 0 skips it"""
-    checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
-    resume: str | None = None
-    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
-    evaluate: str | None = None
-    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
-    log_interval: float = 5.0
-    """seconds between progress lines on the console"""
 
     # --- Environment and rollout ---
     num_envs: int = 8
@@ -142,9 +124,33 @@ class Args:
     max_grad_norm: float = 0.5
     """clip the global gradient norm of all parameters to this"""
 
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+    # --- Running the experiment: files, tracking, evaluation, threads ---
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__a2c__<seed>__<unix-time>)"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation (the mean action, or the most likely) at the end; 0 skips it"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    torch_threads: int = 1
+    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
+    seeds run side by side without fighting over cores"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,33 +158,10 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    try:
+    with env_errors(env_id):  # a missing package or a bad id: one error line (Part 2)
         env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
-    except gym.error.Error as e:
-        raise UsageError(f"cannot make {env_id}: {e}")
-    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box)):
-        env.close()
-        raise UsageError(
-            f"{env_id} has a {type(env.action_space).__name__} action space; a2c.py needs a Discrete, "
-            "MultiDiscrete or Box one"
-        )
-    if isinstance(env.action_space, gym.spaces.Box) and len(env.action_space.shape) != 1:
-        env.close()
-        raise UsageError(f"{env_id} needs a flat Box action space, got {env.action_space}")
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        env.close()
-        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    check_spaces(env, env_id)  # its action and observation spaces, or one error line (Part 2)
     return env
 
 
@@ -429,10 +412,247 @@ def value_loss(new_values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     return 0.5 * (new_values - returns).pow(2).mean()
 
 
-def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
-    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
-    var = np.var(target)
-    return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+# ---------------------------------------------------------------------------------------------
+# The algorithm's steps
+# ---------------------------------------------------------------------------------------------
+
+
+class Rollout:
+    """The storage of one rollout, row t holding step t of every env: [num_steps, num_envs, ...].
+    numpy on the host: one cheap write per step, one copy to the device per update."""
+
+    def __init__(self, num_steps: int, num_envs: int, obs_dim: int, act_dim: int, action_dtype: type):
+        shape = (num_steps, num_envs)
+        self.obs = np.zeros(shape + (obs_dim,), np.float64)  # s_t as the env gave it, not normalised
+        self.actions = np.zeros(shape + (act_dim,), action_dtype)  # a_t ~ pi(.|s_t): unclipped, or choices
+        self.rewards = np.zeros(shape, np.float32)  # r_t
+        self.terminations = np.zeros(shape, np.float32)  # s_{t+1} is terminal: no bootstrap
+        self.episode_ends = np.zeros(shape, np.float32)  # terminated or truncated: the GAE recursion stops
+        self.truncated = np.zeros(shape, bool)  # truncated, not terminated: bootstrap from final_obs
+        self.final_obs = np.zeros(shape + (obs_dim,), np.float64)  # true last observation where truncated
+
+
+def collect_rollout(
+    envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
+    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None, device: torch.device,
+) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """Steps the envs num_steps times with the current policy, filling `rollout`; returns the observation
+    it stopped in (the next rollout starts there) and the (return, length) of each episode that ended.
+    Step by step only the action is needed: V(s) comes after, for the whole batch in one pass. The
+    normalisation statistics stay fixed during a rollout (updated after it)."""
+    space = envs.single_action_space
+    # A discrete env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) else.
+    env_action_shape = (envs.num_envs,) + space.shape
+    episodes = []
+    for step in range(len(rollout.rewards)):
+        rollout.obs[step] = obs
+        with torch.inference_mode():
+            action = agent.act(torch.from_numpy(normalize_obs(obs, obs_rms)).to(device)).cpu().numpy()
+        # The unclipped sample goes into the rollout (its log-prob is what the policy assigned);
+        # only the env sees it clipped to the bounds.
+        rollout.actions[step] = action
+        env_action = np.clip(action, space.low, space.high) if agent.continuous else action.reshape(env_action_shape)
+        obs, rewards, terminations, truncations, infos = envs.step(env_action)
+        episode_ends = terminations | truncations
+        rollout.rewards[step] = rewards
+        rollout.terminations[step] = terminations
+        rollout.episode_ends[step] = episode_ends
+        if reward_scaler is not None:
+            reward_scaler.observe(step, rewards, episode_ends)
+        # obs of an env whose episode ended is already the *next* episode's first observation.
+        # A truncated episode bootstraps from its true last one, kept here.
+        truncated = rollout.truncated[step] = truncations & ~terminations
+        if truncated.any():
+            rollout.final_obs[step, truncated] = np.stack(infos["final_obs"][truncated])
+        if "episode" in infos:
+            done = infos["_episode"]
+            episodes.extend(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+    return obs, episodes
+
+
+def compute_advantages(
+    agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
+    reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float, device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The critic's values of the whole rollout in one batched pass, then the n-step returns (GAE with
+    lambda = 1). The networks have not changed since the rollout, so these are the values of the
+    critic that was current while it ran. Returns the update's batch, one row per transition."""
+    num_steps, num_envs, obs_dim = rollout.obs.shape
+    b_obs = torch.from_numpy(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms)).to(device)
+    b_actions = torch.from_numpy(rollout.actions.reshape(num_steps * num_envs, -1)).to(device)
+    with torch.inference_mode():
+        b_values = agent.value(b_obs)  # V(s_t)
+        last_values = agent.value(torch.from_numpy(normalize_obs(next_obs, obs_rms)).to(device)).cpu().numpy()
+        final_values = np.zeros((num_steps, num_envs), np.float32)  # V(true final obs) where truncated
+        if rollout.truncated.any():
+            final_obs = torch.from_numpy(normalize_obs(rollout.final_obs[rollout.truncated], obs_rms)).to(device)
+            final_values[rollout.truncated] = agent.value(final_obs).cpu().numpy()
+    values = b_values.cpu().numpy().reshape(num_steps, num_envs)
+    if obs_rms is not None:
+        obs_rms.update(rollout.obs.reshape(-1, obs_dim))
+    rewards = rollout.rewards
+    if reward_scaler is not None:
+        # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
+        rewards = reward_scaler.scale(rewards)
+    next_values = successor_values(values, last_values, final_values, rollout.episode_ends)  # V(s_{t+1})
+    advantages, returns = compute_gae(
+        rewards, values, next_values, rollout.terminations, rollout.episode_ends, gamma, gae_lambda
+    )
+    return {"obs": b_obs, "actions": b_actions, "values": b_values,
+            "advantages": torch.from_numpy(advantages.reshape(-1)).to(device),  # A_t
+            "returns": torch.from_numpy(returns.reshape(-1)).to(device)}  # R_t = A_t + V(s_t), the value target
+
+
+def update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args
+) -> dict[str, float]:
+    """One gradient step on the whole batch, which is then thrown away. Returns the losses of the
+    metrics row."""
+    advantages = batch["advantages"]
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    # The log-probs are taken with gradients now; the policy is still the one that acted.
+    new_logprob, entropy = agent.log_prob_entropy(batch["obs"], batch["actions"])  # log pi(a|s)
+    pg_loss = policy_gradient_loss(new_logprob, advantages)  # -E[log pi(a|s) A]
+    v_loss = value_loss(agent.value(batch["obs"]), batch["returns"])  # 0.5 E[(V(s) - R)^2]
+    entropy = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    pg_loss, v_loss, entropy = torch.stack([pg_loss, v_loss, entropy]).tolist()
+    return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy}
+
+
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    space = envs.single_action_space
+    continuous = isinstance(space, gym.spaces.Box)
+    dims = [space.shape[0]] if continuous else action_dims(space)
+    act_dim = dims[0] if continuous else len(dims)
+
+    agent = Agent(obs_dim, dims, continuous).to(device)
+    # eps 1e-5 rather than the default 1e-8: when a parameter's gradients are tiny, the update
+    # g / (sqrt(v) + eps) would otherwise blow up to a full learning-rate step of noise.
+    if args.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=1e-5)
+    else:
+        optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
+    reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
+
+    # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
+    run = Run(args, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "dims": dims, "continuous": continuous},
+              model={"agent": agent, "obs_rms": obs_rms},
+              training={"optimizer": optimizer, "reward_rms": reward_scaler.rms if reward_scaler else None},
+              counters={"global_step": 0, "iteration": 0})
+    global_step = run.counters["global_step"]
+    rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim, np.float32 if continuous else np.int64)
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+
+    for iteration in range(run.counters["iteration"] + 1, num_iterations + 1):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
+        obs, episodes = collect_rollout(envs, agent, rollout, obs, obs_rms, reward_scaler, device)
+        global_step += batch_size
+        batch = compute_advantages(agent, rollout, obs, obs_rms, reward_scaler, args.gamma, args.gae_lambda, device)
+        stats = update(agent, optimizer, batch, args)
+
+        run.log({
+            "global_step": global_step, "iteration": iteration, "learning_rate": optimizer.param_groups[0]["lr"],
+            "policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"], "entropy": stats["entropy"],
+            "explained_variance": explained_variance(batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()),
+        }, episodes)
+        if run.checkpoint_due(global_step, global_step - batch_size):
+            run.save_checkpoint(global_step=global_step, iteration=iteration)
+        run.progress(global_step, done=iteration == num_iterations)
+    envs.close()
+    return run.finish(global_step, device)
+
+
+# =============================================================================================
+# Part 2: running it
+# =============================================================================================
+# Checks of the input, files (metrics, checkpoints, the model), evaluation and the command line.
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+@contextlib.contextmanager
+def env_errors(env_id: str):
+    """gymnasium's errors while making an env, as one UsageError line."""
+    try:
+        yield
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+
+
+def check_spaces(env: gym.Env, env_id: str) -> None:
+    """This script needs a Discrete, MultiDiscrete or flat Box action space and a flat Box observation space."""
+    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box)):
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a Discrete, "
+            "MultiDiscrete or Box one"
+        )
+    if isinstance(env.action_space, gym.spaces.Box) and len(env.action_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box action space, got {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("learning_rate", "max_grad_norm", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0):
+        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    batch = args.num_envs * args.num_steps
+    if args.total_timesteps < batch:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
+            "raise it or lower --num-envs / --num-steps"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +679,12 @@ METRICS = [
     "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
     "entropy", "explained_variance", "episodic_return", "episodic_length",
 ]
+
+
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
+    var = np.var(target)
+    return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
 
 
 class MetricsLog:
@@ -531,32 +757,138 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks, evaluation, saving and loading
+# The run: its directory, metrics, progress line, checkpoints and summary
 # ---------------------------------------------------------------------------------------------
 
 
-def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "num_steps", "torch_threads"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "checkpoint_every"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    for name in ("learning_rate", "max_grad_norm", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0):
-        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    batch = args.num_envs * args.num_steps
-    if args.total_timesteps < batch:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
-            "raise it or lower --num-envs / --num-steps"
+def state_dicts(objects: dict) -> dict:
+    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
+
+
+class Run:
+    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
+
+    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and
+    wandb with --track), checkpoint.pt every --checkpoint-every steps, and at the end summary.json
+    and model.pt. What a checkpoint holds is named once, by train(): `model` and `training` map
+    checkpoint keys to the objects whose state_dict is saved there (None for one switched off),
+    `counters` the plain numbers with their starting values. Saving and resuming both go by these
+    names, so the two cannot drift apart. model.pt holds `shapes` and `model` alone.
+    """
+
+    def __init__(self, args: Args, num_iterations: int, batch_size: int, shapes: dict, model: dict,
+                 training: dict, counters: dict):
+        self.args, self.shapes, self.model, self.training = args, shapes, model, training
+        self.total_steps = num_iterations * batch_size
+        self.counters = dict(counters)
+        if args.resume:
+            self.counters = self.resume(num_iterations)
+            self.dir = Path(args.resume).parent
+        else:
+            run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+            self.dir = Path("runs") / run_name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(
+            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
+            resume_step=self.counters["global_step"] if args.resume else None,
         )
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.start_step = self.counters["global_step"]
+        self.start_time = self.last_print = time.time()
+
+    def resume(self, num_iterations: int) -> dict:
+        """Restores every object and counter a checkpoint holds, and the torch RNG state."""
+        # Onto the CPU: the normalisation statistics and the RNG state live on the host;
+        # load_state_dict moves the weights and optimizer state onto the device.
+        ckpt = torch.load(self.args.resume, map_location="cpu", weights_only=True)
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{self.args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
+                             "resume from that run's checkpoint.pt")
+        for key, obj in (self.model | self.training).items():
+            if obj is not None:
+                obj.load_state_dict(ckpt[key])
+        counters = {key: ckpt[key] for key in self.counters}
+        if counters["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
+            raise UsageError(f"{self.args.resume} ends at step {counters['global_step']}, already the end of "
+                             f"--total-timesteps {self.args.total_timesteps}; "
+                             "pass a larger --total-timesteps to train on")
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"resumed from {self.args.resume} at step {counters['global_step']}")
+        return counters
+
+    def model_state(self, global_step: int) -> dict:
+        """model.pt: what --evaluate and load_model need to rebuild the policy."""
+        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes,
+                **state_dicts(self.model), "global_step": global_step}
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:
+        """True when a multiple of --checkpoint-every lies in (previous_step, step]."""
+        every = self.args.checkpoint_every
+        return bool(every) and step // every > previous_step // every
+
+    def save_checkpoint(self, **counters) -> None:
+        counters = {key: counters[key] for key in self.counters}  # exactly the counters named in train()
+        atomic_save(
+            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
+            | {"torch_rng": torch.get_rng_state()},
+            self.dir / "checkpoint.pt",
+        )
+
+    def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
+        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended."""
+        episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
+        self.recent_returns.extend(episode_returns)
+        elapsed = time.time() - self.start_time
+        self.metrics.write(row | {
+            "time": round(elapsed, 2), "sps": round((row["global_step"] - self.start_step) / elapsed),
+            "episodic_return": np.mean(episode_returns) if episode_returns else "",
+            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+        })
+
+    def progress(self, global_step: int, done: bool) -> None:
+        """The progress line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and not done:
+            return
+        self.last_print = time.time()
+        elapsed = self.last_print - self.start_time
+        sps = (global_step - self.start_step) / elapsed
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        eta = (self.total_steps - global_step) / max(sps, 1e-9)
+        print(
+            f"step {global_step:>9}/{self.total_steps} | {sps:5.0f} SPS | return {recent} "
+            f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+            flush=True,
+        )
+
+    def finish(self, global_step: int, device: torch.device) -> dict:
+        """Evaluates the final policy, writes model.pt and summary.json, closes the log; returns the summary."""
+        wall_time = time.time() - self.start_time
+        args = self.args
+        summary = {
+            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+            "wall_time": round(wall_time, 1), "sps": round((global_step - self.start_step) / wall_time),
+            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+        }
+        if args.eval_episodes:
+            video_dir = self.dir / "videos" if args.capture_video else None
+            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.eval_episodes,
+                               eval_seed(args.seed), device, video_dir)
+            print_eval(returns)
+            summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
+                        "eval_returns": returns}
+        if args.save_model:
+            atomic_save(self.model_state(global_step), self.dir / "model.pt")
+            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
+                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
 
 
 def eval_seed(seed: int) -> int:
@@ -598,8 +930,8 @@ def evaluate(
 def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
     """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt."""
     state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("algorithm") != "a2c":
-        raise UsageError(f"{path} is not an a2c.py model (algorithm: {state.get('algorithm')})")
+    if state.get("algorithm") != ALGORITHM:
+        raise UsageError(f"{path} is not an {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
     agent = Agent(state["obs_dim"], state["dims"], state["continuous"]).to(device)
     agent.load_state_dict(state["agent"])
     obs_rms = None
@@ -631,227 +963,8 @@ def run_evaluation(args: Args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The command line
 # ---------------------------------------------------------------------------------------------
-
-
-def train(args: Args) -> dict:
-    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
-    check_args(args)
-    batch_size = args.num_envs * args.num_steps
-    num_iterations = args.total_timesteps // batch_size
-
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset.
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args)
-    obs_dim = envs.single_observation_space.shape[0]
-    space = envs.single_action_space
-    continuous = isinstance(space, gym.spaces.Box)
-    dims = [space.shape[0]] if continuous else action_dims(space)
-    act_dim = dims[0] if continuous else len(dims)
-    # A discrete env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) else.
-    env_action_shape = (args.num_envs,) + space.shape
-
-    agent = Agent(obs_dim, dims, continuous).to(device)
-    # eps 1e-5 rather than the default 1e-8: when a parameter's gradients are tiny, the update
-    # g / (sqrt(v) + eps) would otherwise blow up to a full learning-rate step of noise.
-    params = list(agent.parameters())
-    if args.optimizer == "rmsprop":
-        optimizer = torch.optim.RMSprop(params, lr=args.learning_rate, alpha=0.99, eps=1e-5)
-    else:
-        optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=True)
-    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
-    reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-    global_step, start_iteration = 0, 1
-
-    if args.resume:
-        # Onto the CPU: the normalisation statistics and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if ckpt.get("algorithm") != "a2c" or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of a2c.py; "
-                             "resume from that run's checkpoint.pt")
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if obs_rms is not None:
-            obs_rms.load_state_dict(ckpt["obs_rms"])
-        if reward_scaler is not None:
-            reward_scaler.rms.load_state_dict(ckpt["reward_rms"])
-        global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
-        if start_iteration > num_iterations:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{args.resume} ends at step {global_step}, already the end of --total-timesteps "
-                             f"{args.total_timesteps}; pass a larger --total-timesteps to train on")
-        torch.set_rng_state(ckpt["torch_rng"])
-        run_dir = Path(args.resume).parent
-        print(f"resumed from {args.resume} at step {global_step}")
-    else:
-        run_name = args.run_name or f"{args.env_id}__a2c__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(json.dumps(dataclasses.asdict(args), indent=2), run_dir / "args.json")
-    log = MetricsLog(
-        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
-        resume_step=global_step if args.resume else None,
-    )
-
-    def model_state() -> dict:
-        return {
-            "algorithm": "a2c", "args": dataclasses.asdict(args), "obs_dim": obs_dim,
-            "dims": dims, "continuous": continuous, "agent": agent.state_dict(), "global_step": global_step,
-            "obs_rms": obs_rms.state_dict() if obs_rms is not None else None,
-        }
-
-    def save_checkpoint(iteration: int) -> None:
-        atomic_save(
-            model_state() | {
-                "optimizer": optimizer.state_dict(), "iteration": iteration,
-                "reward_rms": reward_scaler.rms.state_dict() if reward_scaler is not None else None,
-                "torch_rng": torch.get_rng_state(),
-            },
-            run_dir / "checkpoint.pt",
-        )
-
-    # Rollout storage lives in numpy on the host: one cheap write per step, one copy to the
-    # device per update. Row t holds step t of every env.
-    shape = (args.num_steps, args.num_envs)
-    raw_obs_buf = np.zeros(shape + (obs_dim,), np.float64)
-    actions_buf = np.zeros(shape + (act_dim,), np.float32 if continuous else np.int64)
-    rewards_buf = np.zeros(shape, np.float32)
-    terminations_buf = np.zeros(shape, np.float32)
-    episode_ends_buf = np.zeros(shape, np.float32)
-    # The true last observation of an episode truncated at step t (rows of other steps unused).
-    final_obs_buf = np.zeros(shape + (obs_dim,), np.float64)
-
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    raw_obs, _ = envs.reset(seed=args.seed + global_step)
-    recent_returns: deque[float] = deque(maxlen=20)
-    start_time = last_print = time.time()
-    start_step = global_step
-
-    for iteration in range(start_iteration, num_iterations + 1):
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
-        episode_returns, episode_lengths = [], []
-
-        # --- Rollout with the current policy ---
-        # Step by step only the action is needed. V(s) is computed for the whole batch after the
-        # rollout, in one pass: the networks do not change until the update.
-        # The normalisation statistics also stay fixed during a rollout (updated after it), so every
-        # input of a batch, bootstrap states included, is normalised the same way.
-        truncated_buf = np.zeros(shape, bool)
-        for step in range(args.num_steps):
-            raw_obs_buf[step] = raw_obs
-            with torch.inference_mode():
-                action = agent.act(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
-            # The unclipped sample goes into the buffer (its log-prob is what the policy assigned);
-            # only the env sees it clipped to the bounds.
-            actions_buf[step] = action
-            env_action = np.clip(action, space.low, space.high) if continuous else action.reshape(env_action_shape)
-            raw_obs, rewards, terminations, truncations, infos = envs.step(env_action)
-            global_step += args.num_envs
-            episode_ends = terminations | truncations
-            rewards_buf[step] = rewards
-            terminations_buf[step] = terminations
-            episode_ends_buf[step] = episode_ends
-            if reward_scaler is not None:
-                reward_scaler.observe(step, rewards, episode_ends)
-            # raw_obs of an env whose episode ended is already the *next* episode's first
-            # observation. A truncated episode bootstraps from its true last one, kept here.
-            truncated_only = truncations & ~terminations
-            if truncated_only.any():
-                truncated_buf[step] = truncated_only
-                final_obs_buf[step, truncated_only] = np.stack(infos["final_obs"][truncated_only])
-            if "episode" in infos:
-                done = infos["_episode"]
-                episode_returns.extend(infos["episode"]["r"][done].tolist())
-                episode_lengths.extend(infos["episode"]["l"][done].tolist())
-
-        # --- Values, then n-step returns and advantages ---
-        b_obs = torch.from_numpy(normalize_obs(raw_obs_buf.reshape(batch_size, obs_dim), obs_rms)).to(device)
-        b_actions = torch.from_numpy(actions_buf.reshape(batch_size, act_dim)).to(device)
-        with torch.inference_mode():
-            b_values = agent.value(b_obs)
-            last_values = agent.value(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
-            final_values = np.zeros(shape, np.float32)
-            if truncated_buf.any():
-                final_obs = torch.from_numpy(normalize_obs(final_obs_buf[truncated_buf], obs_rms)).to(device)
-                final_values[truncated_buf] = agent.value(final_obs).cpu().numpy()
-        values = b_values.cpu().numpy().reshape(shape)
-        if obs_rms is not None:
-            obs_rms.update(raw_obs_buf.reshape(-1, obs_dim))
-        if reward_scaler is not None:
-            # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
-            rewards_buf = reward_scaler.scale(rewards_buf)
-        next_values = successor_values(values, last_values, final_values, episode_ends_buf)
-        advantages, returns = compute_gae(
-            rewards_buf, values, next_values, terminations_buf, episode_ends_buf, args.gamma, args.gae_lambda
-        )
-
-        # --- One gradient step on the whole batch ---
-        b_advantages = torch.from_numpy(advantages.reshape(-1)).to(device)
-        b_returns = torch.from_numpy(returns.reshape(-1)).to(device)
-        if args.norm_adv:
-            b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
-        # The log-probs are taken with gradients now; the policy is still the one that acted.
-        new_logprob, entropy = agent.log_prob_entropy(b_obs, b_actions)
-        pg_loss = policy_gradient_loss(new_logprob, b_advantages)
-        v_loss = value_loss(agent.value(b_obs), b_returns)
-        entropy = entropy.mean()
-        loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
-
-        pg_loss, v_loss, entropy = torch.stack([pg_loss, v_loss, entropy]).tolist()
-        recent_returns.extend(episode_returns)
-        elapsed = time.time() - start_time
-        sps = (global_step - start_step) / elapsed
-        log.write({
-            "global_step": global_step, "iteration": iteration, "time": round(elapsed, 2), "sps": round(sps),
-            "learning_rate": optimizer.param_groups[0]["lr"], "policy_loss": pg_loss, "value_loss": v_loss,
-            "entropy": entropy, "explained_variance": explained_variance(values, returns),
-            "episodic_return": np.mean(episode_returns) if episode_returns else "",
-            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-        })
-        if args.checkpoint_every and (
-            global_step // args.checkpoint_every > (global_step - batch_size) // args.checkpoint_every
-        ):
-            save_checkpoint(iteration)
-        if time.time() - last_print >= args.log_interval or iteration == num_iterations:
-            last_print = time.time()
-            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            eta = (num_iterations - iteration) * batch_size / max(sps, 1e-9)
-            print(
-                f"step {global_step:>9}/{num_iterations * batch_size} | {sps:5.0f} SPS | return {recent} "
-                f"(last {len(recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
-                flush=True,
-            )
-    envs.close()
-    wall_time = time.time() - start_time
-
-    summary = {
-        "algorithm": "a2c", "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / wall_time),
-        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
-    }
-    if args.eval_episodes:
-        video_dir = run_dir / "videos" if args.capture_video else None
-        returns = evaluate(agent, obs_rms, args.env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
-        print_eval(returns)
-        summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
-    if args.save_model:
-        atomic_save(model_state(), run_dir / "model.pt")
-        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python a2c.py --evaluate {run_dir / 'model.pt'}")
-    atomic_save(json.dumps(summary, indent=2), run_dir / "summary.json")
-    log.close()
-    return summary
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

@@ -7,7 +7,8 @@ https://arxiv.org/abs/1506.02438) and the implementation details that make it wo
 
 The loop: collect `num_steps` steps from `num_envs` environments with the current policy
 pi_old, estimate advantages, then improve the policy for `update_epochs` passes over that batch
-in minibatches, keeping pi_new close to pi_old. Repeat.
+in minibatches, keeping pi_new close to pi_old. Repeat. `train()` reads as this loop:
+`collect_rollout`, `compute_advantages`, `update`.
 
 Key equations (t indexes time, s_t the state, a_t the action):
 
@@ -24,13 +25,14 @@ pole after 500 steps) the state it stopped in still has a future, so the target 
 V(true final observation). Only *termination* (the pole fell) means the future is worth zero.
 Treating truncation as termination teaches the critic that balancing well leads to a value of
 zero at step 500, which it cannot predict from the observation. This file keeps the two apart
-everywhere (see `compute_gae` and the rollout in `train`).
+everywhere (see `collect_rollout` and `compute_gae`).
 
 Run it:       python ppo_discrete.py --env-id CartPole-v1
 Evaluate:     python ppo_discrete.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python ppo_discrete.py --help
 """
 
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -52,6 +54,13 @@ import torch
 import torch.nn as nn
 import tyro
 
+ALGORITHM = "ppo_discrete"
+
+# =============================================================================================
+# Part 1: the algorithm
+# =============================================================================================
+# Everything that decides what is learned, ending in train(). Part 2 only runs it.
+
 
 @dataclass
 class Args:
@@ -64,34 +73,8 @@ class Args:
     total_timesteps: int = 500_000
     """environment steps to train for, summed over all envs. 500k solves CartPole-v1 and Acrobot-v1
     in about a minute on a 2-core CPU; LunarLander-v3 wants 1M"""
-    run_name: str | None = None
-    """directory name under runs/ (default: <env-id>__ppo_discrete__<seed>__<unix-time>)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
-    torch_threads: int = 1
-    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
-    seeds run side by side without fighting over cores"""
-    track: bool = False
-    """log to Weights & Biases; without a network wandb runs offline and says so"""
-    wandb_project_name: str = "glassbox-rl"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team or user)"""
-    capture_video: bool = False
-    """record the evaluation episodes to runs/<run-name>/videos/"""
-    save_model: bool = True
-    """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation (the most likely action) at the end; 0 skips it"""
-    checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
-    resume: str | None = None
-    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
-    evaluate: str | None = None
-    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
-    log_interval: float = 5.0
-    """seconds between progress lines on the console"""
 
     # --- Environment and rollout ---
     num_envs: int = 8
@@ -145,9 +128,33 @@ class Args:
     """KL the penalty aims for: beta doubles when the KL of an update exceeds 1.5x this and halves
     when it is below this/1.5 (with --ppo-penalty)"""
 
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+    # --- Running the experiment: files, tracking, evaluation, threads ---
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__ppo_discrete__<seed>__<unix-time>)"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation (the most likely action) at the end; 0 skips it"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    torch_threads: int = 1
+    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
+    seeds run side by side without fighting over cores"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,30 +162,10 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    try:
+    with env_errors(env_id):  # a missing package or a bad id: one error line (Part 2)
         env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
-    except gym.error.Error as e:
-        raise UsageError(f"cannot make {env_id}: {e}")
-    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
-        env.close()
-        raise UsageError(
-            f"{env_id} has a {type(env.action_space).__name__} action space; ppo_discrete.py "
-            "needs a Discrete or MultiDiscrete one; use ppo_continuous.py for continuous (Box) actions"
-        )
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        env.close()
-        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    check_spaces(env, env_id)  # (Multi)Discrete actions, flat Box observations, or one error line (Part 2)
     return env
 
 
@@ -453,10 +440,277 @@ def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
     return beta
 
 
-def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
-    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
-    var = np.var(target)
-    return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+# ---------------------------------------------------------------------------------------------
+# The algorithm's steps
+# ---------------------------------------------------------------------------------------------
+
+
+class Rollout:
+    """The storage of one rollout, row t holding step t of every env: [num_steps, num_envs, ...].
+    numpy on the host: one cheap write per step, one copy to the device per update."""
+
+    def __init__(self, num_steps: int, num_envs: int, obs_dim: int, act_dim: int):
+        shape = (num_steps, num_envs)
+        self.obs = np.zeros(shape + (obs_dim,), np.float64)  # s_t as the env gave it, not normalised
+        self.actions = np.zeros(shape + (act_dim,), np.int64)  # a_t ~ pi_old(.|s_t), one choice per dimension
+        self.rewards = np.zeros(shape, np.float32)  # r_t
+        self.terminations = np.zeros(shape, np.float32)  # s_{t+1} is terminal: no bootstrap
+        self.episode_ends = np.zeros(shape, np.float32)  # terminated or truncated: the GAE recursion stops
+        self.truncated = np.zeros(shape, bool)  # truncated, not terminated: bootstrap from final_obs
+        self.final_obs = np.zeros(shape + (obs_dim,), np.float64)  # true last observation where truncated
+
+
+def collect_rollout(
+    envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
+    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None, device: torch.device,
+) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """Steps the envs num_steps times with pi_old, filling `rollout`; returns the observation it
+    stopped in (the next rollout starts there) and the (return, length) of each episode that ended.
+    Step by step only the action is needed: log pi_old(a|s) and V(s) come after, for the whole batch
+    in one pass. The normalisation statistics stay fixed during a rollout (updated after it)."""
+    # The env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) otherwise.
+    env_action_shape = (envs.num_envs,) + envs.single_action_space.shape
+    episodes = []
+    for step in range(len(rollout.rewards)):
+        rollout.obs[step] = obs
+        with torch.inference_mode():
+            action = agent.act(torch.from_numpy(normalize_obs(obs, obs_rms)).to(device)).cpu().numpy()
+        rollout.actions[step] = action
+        obs, rewards, terminations, truncations, infos = envs.step(action.reshape(env_action_shape))
+        episode_ends = terminations | truncations
+        rollout.rewards[step] = rewards
+        rollout.terminations[step] = terminations
+        rollout.episode_ends[step] = episode_ends
+        if reward_scaler is not None:
+            reward_scaler.observe(step, rewards, episode_ends)
+        # obs of an env whose episode ended is already the *next* episode's first observation.
+        # A truncated episode bootstraps from its true last one, kept here.
+        truncated = rollout.truncated[step] = truncations & ~terminations
+        if truncated.any():
+            rollout.final_obs[step, truncated] = np.stack(infos["final_obs"][truncated])
+        if "episode" in infos:
+            done = infos["_episode"]
+            episodes.extend(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+    return obs, episodes
+
+
+def compute_advantages(
+    agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
+    reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float, device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """pi_old's log-probs and values of the whole rollout in one batched pass, then GAE. The networks
+    have not changed since the rollout, so these are exactly pi_old's numbers, at a fraction of the
+    cost of computing them step by step. Returns the update's batch, one row per transition."""
+    num_steps, num_envs, obs_dim = rollout.obs.shape
+    b_obs = torch.from_numpy(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms)).to(device)
+    b_actions = torch.from_numpy(rollout.actions.reshape(num_steps * num_envs, -1)).to(device)
+    with torch.inference_mode():
+        b_logprobs, _ = agent.log_prob_entropy(b_obs, b_actions)  # log pi_old(a_t | s_t)
+        b_values = agent.value(b_obs)  # V(s_t)
+        last_values = agent.value(torch.from_numpy(normalize_obs(next_obs, obs_rms)).to(device)).cpu().numpy()
+        final_values = np.zeros((num_steps, num_envs), np.float32)  # V(true final obs) where truncated
+        if rollout.truncated.any():
+            final_obs = torch.from_numpy(normalize_obs(rollout.final_obs[rollout.truncated], obs_rms)).to(device)
+            final_values[rollout.truncated] = agent.value(final_obs).cpu().numpy()
+    values = b_values.cpu().numpy().reshape(num_steps, num_envs)
+    if obs_rms is not None:
+        obs_rms.update(rollout.obs.reshape(-1, obs_dim))
+    rewards = rollout.rewards
+    if reward_scaler is not None:
+        # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
+        rewards = reward_scaler.scale(rewards)
+    next_values = successor_values(values, last_values, final_values, rollout.episode_ends)  # V(s_{t+1})
+    advantages, returns = compute_gae(
+        rewards, values, next_values, rollout.terminations, rollout.episode_ends, gamma, gae_lambda
+    )
+    # inference_mode tensors cannot enter autograd; clone() makes ordinary ones.
+    return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs.clone(), "values": b_values.clone(),
+            "advantages": torch.from_numpy(advantages.reshape(-1)).to(device),  # A_t
+            "returns": torch.from_numpy(returns.reshape(-1)).to(device)}  # R_t = A_t + V(s_t), the value target
+
+
+def update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args, kl_beta: float
+) -> dict[str, float]:
+    """update_epochs passes over the batch, each shuffled into num_minibatches minibatches with one
+    gradient step on each. With --target-kl the epochs stop after the first one whose KL exceeds it.
+    Returns the losses and diagnostics of the metrics row (means over the minibatches) and the
+    number of epochs run."""
+    batch_size = len(batch["obs"])
+    minibatch_size = batch_size // args.num_minibatches
+    losses, log_ratios = [], []  # per minibatch, detached: diagnostics are computed once per update
+    for epoch in range(args.update_epochs):
+        # One shuffle per epoch, then contiguous slices: cheaper than gathering each minibatch.
+        perm = torch.randperm(batch_size, device=batch["obs"].device)
+        shuffled = {key: value[perm] for key, value in batch.items()}
+        for start in range(0, batch_size, minibatch_size):
+            mb = {key: value[start : start + minibatch_size] for key, value in shuffled.items()}
+            new_logprob, entropy = agent.log_prob_entropy(mb["obs"], mb["actions"])  # log pi_new(a|s)
+            advantages = mb["advantages"]
+            if args.norm_adv:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+            if args.ppo_penalty:  # -E[rho A] + beta KL
+                pg_loss = kl_penalty_policy_loss(new_logprob, mb["logprobs"], advantages, kl_beta)
+            else:  # -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]
+                pg_loss = clipped_policy_loss(new_logprob, mb["logprobs"], advantages, args.clip_coef)
+            v_loss = value_loss(  # 0.5 E[(V(s) - R)^2]
+                agent.value(mb["obs"]), mb["values"], mb["returns"], args.clip_coef if args.clip_vloss else None
+            )
+            entropy = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            losses.append(torch.stack([pg_loss, v_loss, entropy]).detach())
+            log_ratios.append((new_logprob - mb["logprobs"]).detach())
+
+        # KL of the epoch's minibatches, each measured before its own gradient step.
+        epoch_log_ratio = torch.cat(log_ratios[-args.num_minibatches:])
+        if args.target_kl is not None and approx_kl(epoch_log_ratio).item() > args.target_kl:
+            break
+
+    pg_loss, v_loss, entropy = torch.stack(losses).mean(0).tolist()
+    all_log_ratios = torch.cat(log_ratios)
+    return {
+        "policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy,
+        "approx_kl": approx_kl(all_log_ratios).item(),
+        "clip_frac": ((all_log_ratios.exp() - 1.0).abs() > args.clip_coef).float().mean().item(),
+        "epochs": epoch + 1,
+    }
+
+
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    dims = action_dims(envs.single_action_space)
+    act_dim = len(dims)
+
+    agent = Agent(obs_dim, dims).to(device)
+    # eps 1e-5 rather than Adam's 1e-8: when a parameter's gradients are tiny, the default lets
+    # the update m / (sqrt(v) + eps) blow up to a full learning-rate step of noise.
+    # fused: one kernel for all parameters instead of a loop over them; a third of each minibatch
+    # step's time at these network sizes.
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
+    reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
+
+    # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
+    run = Run(args, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "dims": dims},
+              model={"agent": agent, "obs_rms": obs_rms},
+              training={"optimizer": optimizer, "reward_rms": reward_scaler.rms if reward_scaler else None},
+              counters={"global_step": 0, "iteration": 0, "kl_beta": args.kl_beta})
+    global_step, kl_beta = run.counters["global_step"], run.counters["kl_beta"]
+    rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim)
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+
+    for iteration in range(run.counters["iteration"] + 1, num_iterations + 1):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
+        obs, episodes = collect_rollout(envs, agent, rollout, obs, obs_rms, reward_scaler, device)
+        global_step += batch_size
+        batch = compute_advantages(agent, rollout, obs, obs_rms, reward_scaler, args.gamma, args.gae_lambda, device)
+        stats = update(agent, optimizer, batch, args, kl_beta)
+        if args.ppo_penalty:  # beta for the next update, from this update's KL
+            kl_beta = adapt_kl_beta(kl_beta, stats["approx_kl"], args.kl_beta_target)
+
+        run.log({
+            "global_step": global_step, "iteration": iteration, "learning_rate": optimizer.param_groups[0]["lr"],
+            "policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"], "entropy": stats["entropy"],
+            "approx_kl": stats["approx_kl"], "clip_frac": stats["clip_frac"], "kl_beta": kl_beta,
+            "explained_variance": explained_variance(batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()),
+        }, episodes)
+        if run.checkpoint_due(global_step, global_step - batch_size):
+            run.save_checkpoint(global_step=global_step, iteration=iteration, kl_beta=kl_beta)
+        run.progress(global_step, done=iteration == num_iterations)
+    envs.close()
+    return run.finish(global_step, device)
+
+
+# =============================================================================================
+# Part 2: running it
+# =============================================================================================
+# Checks of the input, files (metrics, checkpoints, the model), evaluation and the command line.
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+@contextlib.contextmanager
+def env_errors(env_id: str):
+    """gymnasium's errors while making an env, as one UsageError line."""
+    try:
+        yield
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+
+
+def check_spaces(env: gym.Env, env_id: str) -> None:
+    """This script needs a Discrete or MultiDiscrete action space and a flat Box observation space."""
+    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        env.close()
+        raise UsageError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py "
+            "needs a Discrete or MultiDiscrete one; use ppo_continuous.py for continuous (Box) actions"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("learning_rate", "clip_coef", "kl_beta", "kl_beta_target", "max_grad_norm", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0):
+        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise UsageError(
+            f"the rollout batch num_envs * num_steps = {args.num_envs} * {args.num_steps} = {batch} does not "
+            f"divide into --num-minibatches {args.num_minibatches}; pick a divisor of {batch}"
+        )
+    if args.total_timesteps < batch:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
+            "raise it or lower --num-envs / --num-steps"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,6 +738,12 @@ METRICS = [
     "entropy", "approx_kl", "clip_frac", "explained_variance", "kl_beta",
     "episodic_return", "episodic_length",
 ]
+
+
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
+    var = np.var(target)
+    return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
 
 
 class MetricsLog:
@@ -556,37 +816,138 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks, evaluation, saving and loading
+# The run: its directory, metrics, progress line, checkpoints and summary
 # ---------------------------------------------------------------------------------------------
 
 
-def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "checkpoint_every"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    for name in ("learning_rate", "clip_coef", "kl_beta", "kl_beta_target", "max_grad_norm", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0):
-        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches:
-        raise UsageError(
-            f"the rollout batch num_envs * num_steps = {args.num_envs} * {args.num_steps} = {batch} does not "
-            f"divide into --num-minibatches {args.num_minibatches}; pick a divisor of {batch}"
+def state_dicts(objects: dict) -> dict:
+    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
+
+
+class Run:
+    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
+
+    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and
+    wandb with --track), checkpoint.pt every --checkpoint-every steps, and at the end summary.json
+    and model.pt. What a checkpoint holds is named once, by train(): `model` and `training` map
+    checkpoint keys to the objects whose state_dict is saved there (None for one switched off),
+    `counters` the plain numbers with their starting values. Saving and resuming both go by these
+    names, so the two cannot drift apart. model.pt holds `shapes` and `model` alone.
+    """
+
+    def __init__(self, args: Args, num_iterations: int, batch_size: int, shapes: dict, model: dict,
+                 training: dict, counters: dict):
+        self.args, self.shapes, self.model, self.training = args, shapes, model, training
+        self.total_steps = num_iterations * batch_size
+        self.counters = dict(counters)
+        if args.resume:
+            self.counters = self.resume(num_iterations)
+            self.dir = Path(args.resume).parent
+        else:
+            run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+            self.dir = Path("runs") / run_name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(
+            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
+            resume_step=self.counters["global_step"] if args.resume else None,
         )
-    if args.total_timesteps < batch:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
-            "raise it or lower --num-envs / --num-steps"
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.start_step = self.counters["global_step"]
+        self.start_time = self.last_print = time.time()
+
+    def resume(self, num_iterations: int) -> dict:
+        """Restores every object and counter a checkpoint holds, and the torch RNG state."""
+        # Onto the CPU: the normalisation statistics and the RNG state live on the host;
+        # load_state_dict moves the weights and optimizer state onto the device.
+        ckpt = torch.load(self.args.resume, map_location="cpu", weights_only=True)
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{self.args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
+                             "resume from that run's checkpoint.pt")
+        for key, obj in (self.model | self.training).items():
+            if obj is not None:
+                obj.load_state_dict(ckpt[key])
+        counters = {key: ckpt[key] for key in self.counters}
+        if counters["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
+            raise UsageError(f"{self.args.resume} ends at step {counters['global_step']}, already the end of "
+                             f"--total-timesteps {self.args.total_timesteps}; "
+                             "pass a larger --total-timesteps to train on")
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"resumed from {self.args.resume} at step {counters['global_step']}")
+        return counters
+
+    def model_state(self, global_step: int) -> dict:
+        """model.pt: what --evaluate and load_model need to rebuild the policy."""
+        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes,
+                **state_dicts(self.model), "global_step": global_step}
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:
+        """True when a multiple of --checkpoint-every lies in (previous_step, step]."""
+        every = self.args.checkpoint_every
+        return bool(every) and step // every > previous_step // every
+
+    def save_checkpoint(self, **counters) -> None:
+        counters = {key: counters[key] for key in self.counters}  # exactly the counters named in train()
+        atomic_save(
+            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
+            | {"torch_rng": torch.get_rng_state()},
+            self.dir / "checkpoint.pt",
         )
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+
+    def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
+        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended."""
+        episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
+        self.recent_returns.extend(episode_returns)
+        elapsed = time.time() - self.start_time
+        self.metrics.write(row | {
+            "time": round(elapsed, 2), "sps": round((row["global_step"] - self.start_step) / elapsed),
+            "episodic_return": np.mean(episode_returns) if episode_returns else "",
+            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+        })
+
+    def progress(self, global_step: int, done: bool) -> None:
+        """The progress line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and not done:
+            return
+        self.last_print = time.time()
+        elapsed = self.last_print - self.start_time
+        sps = (global_step - self.start_step) / elapsed
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        eta = (self.total_steps - global_step) / max(sps, 1e-9)
+        print(
+            f"step {global_step:>9}/{self.total_steps} | {sps:5.0f} SPS | return {recent} "
+            f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
+            flush=True,
+        )
+
+    def finish(self, global_step: int, device: torch.device) -> dict:
+        """Evaluates the final policy, writes model.pt and summary.json, closes the log; returns the summary."""
+        wall_time = time.time() - self.start_time
+        args = self.args
+        summary = {
+            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+            "wall_time": round(wall_time, 1), "sps": round((global_step - self.start_step) / wall_time),
+            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+        }
+        if args.eval_episodes:
+            video_dir = self.dir / "videos" if args.capture_video else None
+            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.eval_episodes,
+                               eval_seed(args.seed), device, video_dir)
+            print_eval(returns)
+            summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
+                        "eval_returns": returns}
+        if args.save_model:
+            atomic_save(self.model_state(global_step), self.dir / "model.pt")
+            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
+                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
 
 
 def eval_seed(seed: int) -> int:
@@ -625,8 +986,8 @@ def evaluate(
 def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
     """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt."""
     state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("algorithm") != "ppo_discrete":
-        raise UsageError(f"{path} is not a ppo_discrete.py model (algorithm: {state.get('algorithm')})")
+    if state.get("algorithm") != ALGORITHM:
+        raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
     agent = Agent(state["obs_dim"], state["dims"]).to(device)
     agent.load_state_dict(state["agent"])
     obs_rms = None
@@ -658,255 +1019,8 @@ def run_evaluation(args: Args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The command line
 # ---------------------------------------------------------------------------------------------
-
-
-def train(args: Args) -> dict:
-    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
-    check_args(args)
-    batch_size = args.num_envs * args.num_steps
-    minibatch_size = batch_size // args.num_minibatches
-    num_iterations = args.total_timesteps // batch_size
-
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset.
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args)
-    obs_dim = envs.single_observation_space.shape[0]
-    dims = action_dims(envs.single_action_space)
-    act_dim = len(dims)
-    # The env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) otherwise.
-    env_action_shape = (args.num_envs,) + envs.single_action_space.shape
-
-    agent = Agent(obs_dim, dims).to(device)
-    # eps 1e-5 rather than Adam's 1e-8: when a parameter's gradients are tiny, the default lets
-    # the update m / (sqrt(v) + eps) blow up to a full learning-rate step of noise.
-    # fused: one kernel for all parameters instead of a loop over them; a third of each minibatch
-    # step's time at these network sizes.
-    params = list(agent.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=True)
-    obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
-    reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-    kl_beta = args.kl_beta
-    global_step, start_iteration = 0, 1
-
-    if args.resume:
-        # Onto the CPU: the normalisation statistics and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if ckpt.get("algorithm") != "ppo_discrete" or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of ppo_discrete.py; "
-                             "resume from that run's checkpoint.pt")
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if obs_rms is not None:
-            obs_rms.load_state_dict(ckpt["obs_rms"])
-        if reward_scaler is not None:
-            reward_scaler.rms.load_state_dict(ckpt["reward_rms"])
-        global_step, start_iteration, kl_beta = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
-        if start_iteration > num_iterations:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{args.resume} ends at step {global_step}, already the end of --total-timesteps "
-                             f"{args.total_timesteps}; pass a larger --total-timesteps to train on")
-        torch.set_rng_state(ckpt["torch_rng"])
-        run_dir = Path(args.resume).parent
-        print(f"resumed from {args.resume} at step {global_step}")
-    else:
-        run_name = args.run_name or f"{args.env_id}__ppo_discrete__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(json.dumps(dataclasses.asdict(args), indent=2), run_dir / "args.json")
-    log = MetricsLog(
-        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
-        resume_step=global_step if args.resume else None,
-    )
-
-    def model_state() -> dict:
-        return {
-            "algorithm": "ppo_discrete", "args": dataclasses.asdict(args), "obs_dim": obs_dim,
-            "dims": dims, "agent": agent.state_dict(), "global_step": global_step,
-            "obs_rms": obs_rms.state_dict() if obs_rms is not None else None,
-        }
-
-    def save_checkpoint(iteration: int) -> None:
-        atomic_save(
-            model_state() | {
-                "optimizer": optimizer.state_dict(), "iteration": iteration, "kl_beta": kl_beta,
-                "reward_rms": reward_scaler.rms.state_dict() if reward_scaler is not None else None,
-                "torch_rng": torch.get_rng_state(),
-            },
-            run_dir / "checkpoint.pt",
-        )
-
-    # Rollout storage lives in numpy on the host: one cheap write per step, one copy to the
-    # device per update. Row t holds step t of every env.
-    shape = (args.num_steps, args.num_envs)
-    raw_obs_buf = np.zeros(shape + (obs_dim,), np.float64)
-    actions_buf = np.zeros(shape + (act_dim,), np.int64)
-    rewards_buf = np.zeros(shape, np.float32)
-    terminations_buf = np.zeros(shape, np.float32)
-    episode_ends_buf = np.zeros(shape, np.float32)
-    # The true last observation of an episode truncated at step t (rows of other steps unused).
-    final_obs_buf = np.zeros(shape + (obs_dim,), np.float64)
-
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    raw_obs, _ = envs.reset(seed=args.seed + global_step)
-    recent_returns: deque[float] = deque(maxlen=20)
-    start_time = last_print = time.time()
-    start_step = global_step
-
-    for iteration in range(start_iteration, num_iterations + 1):
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
-        episode_returns, episode_lengths = [], []
-
-        # --- Rollout with pi_old ---
-        # Step by step only the action is needed. log pi_old(a|s) and V(s) are computed for the
-        # whole batch after the rollout, in one pass: the networks do not change until the update,
-        # so these are exactly pi_old's numbers, at a fraction of the cost.
-        # The normalisation statistics also stay fixed during a rollout (updated after it), so every
-        # input of a batch, bootstrap states included, is normalised the same way.
-        truncated_buf = np.zeros(shape, bool)
-        for step in range(args.num_steps):
-            raw_obs_buf[step] = raw_obs
-            with torch.inference_mode():
-                action = agent.act(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
-            actions_buf[step] = action
-            raw_obs, rewards, terminations, truncations, infos = envs.step(action.reshape(env_action_shape))
-            global_step += args.num_envs
-            episode_ends = terminations | truncations
-            rewards_buf[step] = rewards
-            terminations_buf[step] = terminations
-            episode_ends_buf[step] = episode_ends
-            if reward_scaler is not None:
-                reward_scaler.observe(step, rewards, episode_ends)
-            # raw_obs of an env whose episode ended is already the *next* episode's first
-            # observation. A truncated episode bootstraps from its true last one, kept here.
-            truncated_only = truncations & ~terminations
-            if truncated_only.any():
-                truncated_buf[step] = truncated_only
-                final_obs_buf[step, truncated_only] = np.stack(infos["final_obs"][truncated_only])
-            if "episode" in infos:
-                done = infos["_episode"]
-                episode_returns.extend(infos["episode"]["r"][done].tolist())
-                episode_lengths.extend(infos["episode"]["l"][done].tolist())
-
-        # --- pi_old's log-probs and values, then advantages ---
-        b_obs = torch.from_numpy(normalize_obs(raw_obs_buf.reshape(batch_size, obs_dim), obs_rms)).to(device)
-        b_actions = torch.from_numpy(actions_buf.reshape(batch_size, act_dim)).to(device)
-        with torch.inference_mode():
-            b_logprobs, _ = agent.log_prob_entropy(b_obs, b_actions)
-            b_values = agent.value(b_obs)
-            last_values = agent.value(torch.from_numpy(normalize_obs(raw_obs, obs_rms)).to(device)).cpu().numpy()
-            final_values = np.zeros(shape, np.float32)
-            if truncated_buf.any():
-                final_obs = torch.from_numpy(normalize_obs(final_obs_buf[truncated_buf], obs_rms)).to(device)
-                final_values[truncated_buf] = agent.value(final_obs).cpu().numpy()
-        values = b_values.cpu().numpy().reshape(shape)
-        if obs_rms is not None:
-            obs_rms.update(raw_obs_buf.reshape(-1, obs_dim))
-        if reward_scaler is not None:
-            # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
-            rewards_buf = reward_scaler.scale(rewards_buf)
-        next_values = successor_values(values, last_values, final_values, episode_ends_buf)
-        advantages, returns = compute_gae(
-            rewards_buf, values, next_values, terminations_buf, episode_ends_buf, args.gamma, args.gae_lambda
-        )
-
-        # --- Optimise the surrogate for update_epochs over minibatches ---
-        # inference_mode tensors cannot enter autograd; clone() makes ordinary ones.
-        b_logprobs, b_values = b_logprobs.clone(), b_values.clone()
-        b_advantages = torch.from_numpy(advantages.reshape(-1)).to(device)
-        b_returns = torch.from_numpy(returns.reshape(-1)).to(device)
-
-        losses, log_ratios = [], []  # per minibatch, detached: diagnostics are computed once per epoch
-        for epoch in range(args.update_epochs):
-            # One shuffle per epoch, then contiguous slices: cheaper than gathering each minibatch.
-            perm = torch.randperm(batch_size, device=device)
-            e_obs, e_actions, e_logprobs = b_obs[perm], b_actions[perm], b_logprobs[perm]
-            e_advantages, e_returns, e_values = b_advantages[perm], b_returns[perm], b_values[perm]
-            for start in range(0, batch_size, minibatch_size):
-                mb = slice(start, start + minibatch_size)
-                new_logprob, entropy = agent.log_prob_entropy(e_obs[mb], e_actions[mb])
-                mb_advantages = e_advantages[mb]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                if args.ppo_penalty:
-                    pg_loss = kl_penalty_policy_loss(new_logprob, e_logprobs[mb], mb_advantages, kl_beta)
-                else:
-                    pg_loss = clipped_policy_loss(new_logprob, e_logprobs[mb], mb_advantages, args.clip_coef)
-                v_loss = value_loss(
-                    agent.value(e_obs[mb]), e_values[mb], e_returns[mb], args.clip_coef if args.clip_vloss else None
-                )
-                entropy = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
-
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                losses.append(torch.stack([pg_loss, v_loss, entropy]).detach())
-                log_ratios.append((new_logprob - e_logprobs[mb]).detach())
-
-            # KL of the epoch's minibatches, each measured before its own gradient step.
-            epoch_log_ratio = torch.cat(log_ratios[-args.num_minibatches:])
-            if args.target_kl is not None and approx_kl(epoch_log_ratio).item() > args.target_kl:
-                break
-
-        pg_loss, v_loss, entropy = torch.stack(losses).mean(0).tolist()
-        all_log_ratios = torch.cat(log_ratios)
-        kl = approx_kl(all_log_ratios).item()
-        clip_frac = ((all_log_ratios.exp() - 1.0).abs() > args.clip_coef).float().mean().item()
-        if args.ppo_penalty:
-            kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_beta_target)
-        recent_returns.extend(episode_returns)
-        elapsed = time.time() - start_time
-        sps = (global_step - start_step) / elapsed
-        log.write({
-            "global_step": global_step, "iteration": iteration, "time": round(elapsed, 2), "sps": round(sps),
-            "learning_rate": optimizer.param_groups[0]["lr"], "policy_loss": pg_loss, "value_loss": v_loss,
-            "entropy": entropy, "approx_kl": kl, "clip_frac": clip_frac,
-            "explained_variance": explained_variance(values, returns), "kl_beta": kl_beta,
-            "episodic_return": np.mean(episode_returns) if episode_returns else "",
-            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-        })
-        if args.checkpoint_every and (
-            global_step // args.checkpoint_every > (global_step - batch_size) // args.checkpoint_every
-        ):
-            save_checkpoint(iteration)
-        if time.time() - last_print >= args.log_interval or iteration == num_iterations:
-            last_print = time.time()
-            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            eta = (num_iterations - iteration) * batch_size / max(sps, 1e-9)
-            print(
-                f"step {global_step:>9}/{num_iterations * batch_size} | {sps:5.0f} SPS | return {recent} "
-                f"(last {len(recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
-                flush=True,
-            )
-    envs.close()
-    wall_time = time.time() - start_time
-
-    summary = {
-        "algorithm": "ppo_discrete", "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-        "wall_time": round(wall_time, 1), "sps": round((global_step - start_step) / wall_time),
-        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
-    }
-    if args.eval_episodes:
-        video_dir = run_dir / "videos" if args.capture_video else None
-        returns = evaluate(agent, obs_rms, args.env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
-        print_eval(returns)
-        summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
-    if args.save_model:
-        atomic_save(model_state(), run_dir / "model.pt")
-        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python ppo_discrete.py --evaluate {run_dir / 'model.pt'}")
-    atomic_save(json.dumps(summary, indent=2), run_dir / "summary.json")
-    log.close()
-    return summary
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

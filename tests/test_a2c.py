@@ -70,3 +70,37 @@ def test_one_file_picks_the_head_from_the_action_space():
         assert box.act(obs).dtype == torch.float32 and box.act(obs).shape == (5, 2)
         assert cat.act(obs).dtype == torch.int64 and cat.act(obs).shape == (5, 1)
         assert cat.greedy(obs).shape == (5, 1)
+
+
+@pytest.mark.parametrize("norm_adv", [False, True])
+def test_update_is_one_step_on_the_policy_gradient_value_and_entropy_loss(norm_adv):
+    """a2c.update against the same step written from torch.distributions: one RMSprop step on
+    L = -E[log pi(a|s) A] + vf_coef * 0.5 E[(V(s) - R)^2] - ent_coef * E[H], gradients clipped."""
+    import copy
+
+    torch.manual_seed(0)
+    agent = a2c.Agent(obs_dim=3, dims=[4], continuous=False)
+    reference = copy.deepcopy(agent)
+    obs = torch.randn(40, 3)
+    batch = {"obs": obs, "actions": torch.randint(0, 4, (40, 1)), "values": torch.zeros(40),
+             "advantages": torch.randn(40) * 3 + 1, "returns": torch.randn(40) * 2}
+    args = a2c.Args(ent_coef=0.05, vf_coef=0.7, max_grad_norm=0.5, norm_adv=norm_adv)
+    optimizer = torch.optim.RMSprop(agent.parameters(), lr=1e-2, alpha=0.99, eps=1e-5)
+    stats = a2c.update(agent, optimizer, batch, args)
+
+    dist = torch.distributions.Categorical(logits=reference.actor(obs))
+    advantages = batch["advantages"]
+    if norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg = -(advantages * dist.log_prob(batch["actions"][:, 0])).mean()
+    v = 0.5 * ((reference.critic(obs)[:, 0] - batch["returns"]) ** 2).mean()
+    entropy = dist.entropy().mean()
+    ref_optimizer = torch.optim.RMSprop(reference.parameters(), lr=1e-2, alpha=0.99, eps=1e-5)
+    (pg + 0.7 * v - 0.05 * entropy).backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    ref_optimizer.step()
+
+    assert stats == pytest.approx({"policy_loss": pg.item(), "value_loss": v.item(), "entropy": entropy.item()}, rel=1e-5, abs=1e-6)
+    for p, q in zip(agent.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+    assert {int(s["step"]) for s in optimizer.state.values()} == {1}

@@ -233,3 +233,187 @@ def test_vector_env_gives_true_final_observation_on_truncation(name, env_id):
     # (the final observation 5 went to info), and the new episode counts on from there.
     assert [row[0] for row in seen] == [0, 1, 2, 3, 4, 0, 1, 2]
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+
+
+# --- The algorithm's steps: collect_rollout, compute_advantages, update ---
+
+
+def make_agent(module, obs_dim: int, continuous: bool):
+    """A policy of the script's own kind: a 2-dimensional Gaussian, or one categorical of 4 choices."""
+    dims = [2] if continuous else [4]
+    if module.__name__ == "a2c":
+        return module.Agent(obs_dim, dims, continuous)
+    return module.Agent(obs_dim, dims[0] if continuous else dims)
+
+
+def make_rollout(module, num_steps: int, num_envs: int, obs_dim: int, continuous: bool):
+    act_dim = 2 if continuous else 1
+    if module.__name__ == "a2c":
+        return module.Rollout(num_steps, num_envs, obs_dim, act_dim, np.float32 if continuous else np.int64)
+    return module.Rollout(num_steps, num_envs, obs_dim, act_dim)
+
+
+KINDS = [("ppo_continuous", True), ("ppo_discrete", False), ("a2c", True), ("a2c", False)]
+
+
+@pytest.mark.parametrize("name, continuous", KINDS)
+def test_collect_rollout_keeps_the_final_observation_and_the_unclipped_action(name, continuous):
+    algo = importlib.import_module(name)
+    torch.manual_seed(0)
+    env_id = "ToyCounterBox-v0" if continuous else "ToyCounterDiscrete-v0"
+    envs = algo.make_vector_env(algo.Args(env_id=env_id, num_envs=2))
+    sent = []  # what the envs were given, beside what the rollout keeps
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(envs, name)
+
+        def step(self, action):
+            sent.append(np.array(action))
+            return envs.step(action)
+
+    agent = make_agent(algo, 1, continuous)
+    if continuous:
+        with torch.no_grad():
+            agent.actor_logstd.fill_(math.log(3.0))  # most samples fall outside the bounds [-1, 1]
+    rollout = make_rollout(algo, 7, 2, 1, continuous)
+    scaler = algo.RewardScaler(num_envs=2, num_steps=7, gamma=0.5)
+    rms = algo.RunningMeanStd((1,))
+    obs, _ = envs.reset(seed=0)
+    obs, episodes = algo.collect_rollout(Recording(), agent, rollout, obs, rms, scaler, torch.device("cpu"))
+    envs.close()
+
+    # The time limit is 5 steps: the 5th step (row 4) truncates, returns the next episode's first
+    # observation (0), and keeps the true last one (5) for the bootstrap.
+    np.testing.assert_array_equal(rollout.obs[:, :, 0].T, [[0, 1, 2, 3, 4, 0, 1]] * 2)
+    np.testing.assert_array_equal(obs[:, 0], [2, 2])
+    np.testing.assert_array_equal(rollout.truncated, np.arange(7)[:, None].repeat(2, 1) == 4)
+    np.testing.assert_array_equal(rollout.episode_ends, rollout.truncated.astype(np.float32))
+    assert not rollout.terminations.any()
+    np.testing.assert_array_equal(rollout.final_obs[4, :, 0], [5.0, 5.0])
+    np.testing.assert_array_equal(rollout.rewards, np.ones((7, 2)))
+    assert episodes == [(5.0, 5), (5.0, 5)]
+    # The reward scaler saw every step (discounted return with gamma 0.5, reset after the truncation);
+    # the observation statistics did not move during the rollout.
+    np.testing.assert_allclose(scaler.history[:, 0], [1, 1.5, 1.75, 1.875, 1.9375, 1, 1.5])
+    assert rms.count == pytest.approx(1e-4)
+    if continuous:
+        # The rollout keeps the unclipped sample (its log-prob is pi_old's); the env got it clipped.
+        assert (np.abs(rollout.actions) > 1).any()
+        np.testing.assert_array_equal(np.stack(sent), np.clip(rollout.actions, -1.0, 1.0))
+    else:
+        np.testing.assert_array_equal(np.stack(sent), rollout.actions[..., 0])
+
+
+@pytest.mark.parametrize("name, continuous", KINDS)
+@pytest.mark.parametrize("scale_rewards", [False, True])
+def test_compute_advantages_matches_a_plain_reference(name, continuous, scale_rewards):
+    algo = importlib.import_module(name)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    T, N, obs_dim = 6, 2, 3
+    agent = make_agent(algo, obs_dim, continuous)
+    rollout = make_rollout(algo, T, N, obs_dim, continuous)
+    rollout.obs[:] = rng.normal(2.0, 3.0, size=(T, N, obs_dim))
+    rollout.actions[:] = rng.normal(size=(T, N, 2)) if continuous else rng.integers(0, 4, size=(T, N, 1))
+    rollout.rewards[:] = rng.normal(size=(T, N))
+    terminated = np.zeros((T, N), bool)
+    terminated[3, 0] = True
+    truncated = np.zeros((T, N), bool)
+    truncated[1, 0] = truncated[4, 1] = True
+    rollout.terminations[:], rollout.episode_ends[:], rollout.truncated[:] = terminated, terminated | truncated, truncated
+    rollout.final_obs[truncated] = rng.normal(size=(2, obs_dim))
+    next_obs = rng.normal(size=(N, obs_dim))
+    rms = algo.RunningMeanStd((obs_dim,))
+    rms.update(rng.normal(1.0, 2.0, size=(50, obs_dim)))
+    mean, std = rms.mean.copy(), np.sqrt(rms.var + 1e-8)
+    scaler = None
+    if scale_rewards:
+        scaler = algo.RewardScaler(N, T, 0.9)
+        scaler.history[:] = rng.normal(size=(T, N)) * 4.0
+
+    batch = algo.compute_advantages(agent, rollout, next_obs, rms, scaler, 0.9, 0.8, torch.device("cpu"))
+
+    # The batch is normalised with the statistics from before this rollout; they move only after.
+    normalise = lambda x: np.clip((x - mean) / std, -10, 10).astype(np.float32)  # noqa: E731
+    np.testing.assert_allclose(batch["obs"].numpy(), normalise(rollout.obs.reshape(-1, obs_dim)), rtol=1e-6)
+    assert rms.count == pytest.approx(50 + T * N, abs=1e-3)
+    with torch.no_grad():
+        value = lambda x: agent.value(torch.from_numpy(normalise(x))).numpy().astype(float)  # noqa: E731
+        values = value(rollout.obs.reshape(-1, obs_dim)).reshape(T, N)
+        last, final = value(next_obs), value(rollout.final_obs[truncated])
+        if "logprobs" in batch:  # PPO: log pi_old(a|s) of the rollout's actions
+            expected_logprobs, _ = agent.log_prob_entropy(batch["obs"], torch.from_numpy(rollout.actions.reshape(T * N, -1)))
+            torch.testing.assert_close(batch["logprobs"], expected_logprobs)
+    final_at = dict(zip(map(tuple, np.argwhere(truncated)), final))
+    rewards = rollout.rewards / (np.sqrt(scaler.rms.var + 1e-8) if scaler else 1.0)
+    for n in range(N):
+        bootstrap = [final_at.get((t, n), 0.0) if (terminated | truncated)[t, n] else (values[t + 1, n] if t < T - 1 else last[n])
+                     for t in range(T)]
+        expected = reference_advantages(rewards[:, n].tolist(), values[:, n].tolist(), bootstrap,
+                                        terminated[:, n].tolist(), (terminated | truncated)[:, n].tolist(), 0.9, 0.8)
+        np.testing.assert_allclose(batch["advantages"].numpy().reshape(T, N)[:, n], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batch["values"].numpy(), values.reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batch["returns"].numpy(), (batch["advantages"] + batch["values"]).numpy(), rtol=1e-6)
+
+
+def ppo_update_fixture(ppo, seed: int = 0, lr: float = 3e-3):
+    """A fresh agent, optimizer and batch, the same for the same seed."""
+    torch.manual_seed(seed)
+    agent = make_agent(ppo, 3, ppo.__name__ == "ppo_continuous")
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        actions = agent.act(obs)
+        logprobs, _ = agent.log_prob_entropy(obs, actions)
+        values = agent.value(obs)
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
+             "advantages": torch.randn(64), "returns": torch.randn(64)}
+    optimizer = torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5)
+    return agent, optimizer, batch
+
+
+def adam_steps(optimizer) -> set[int]:
+    return {int(state["step"]) for state in optimizer.state.values()}
+
+
+def test_ppo_update_runs_every_epoch_and_minibatch_without_a_target_kl(ppo):
+    agent, optimizer, batch = ppo_update_fixture(ppo)
+    stats = ppo.update(agent, optimizer, batch, ppo.Args(num_minibatches=4, update_epochs=3), kl_beta=1.0)
+    assert stats["epochs"] == 3 and adam_steps(optimizer) == {12}
+    assert stats["approx_kl"] > 0 and 0 <= stats["clip_frac"] <= 1
+
+
+def test_ppo_update_first_kl_is_zero_it_is_taken_before_the_step(ppo):
+    """Each minibatch's KL is measured before its own gradient step, so the very first is exactly 0."""
+    agent, optimizer, batch = ppo_update_fixture(ppo)
+    stats = ppo.update(agent, optimizer, batch, ppo.Args(num_minibatches=1, update_epochs=1), kl_beta=1.0)
+    assert stats["approx_kl"] == 0.0 and stats["clip_frac"] == 0.0 and adam_steps(optimizer) == {1}
+
+
+def test_ppo_target_kl_stops_after_the_epoch_whose_kl_exceeds_it(ppo, monkeypatch):
+    calls = []  # (samples, KL) of each approx_kl call: one per epoch, then one over every epoch run
+    approx_kl = ppo.approx_kl
+
+    def recording(log_ratio):
+        kl = approx_kl(log_ratio)
+        calls.append((len(log_ratio), kl.item()))
+        return kl
+
+    monkeypatch.setattr(ppo, "approx_kl", recording)
+    args = lambda target: ppo.Args(num_minibatches=4, update_epochs=5, target_kl=target)  # noqa: E731
+    agent, optimizer, batch = ppo_update_fixture(ppo)
+    torch.manual_seed(1)
+    assert ppo.update(agent, optimizer, batch, args(math.inf), kl_beta=1.0)["epochs"] == 5
+    assert [n for n, _ in calls] == [64] * 5 + [5 * 64]  # each epoch's KL covers its 4 minibatches
+    kls = [kl for _, kl in calls[:5]]
+    assert kls[0] < kls[1] < kls[2]  # the policy drifts further from pi_old epoch by epoch
+
+    for target, epochs in [((kls[1] + kls[2]) / 2, 3), ((kls[0] + kls[1]) / 2, 2), (kls[0] / 2, 1)]:
+        calls.clear()
+        agent, optimizer, batch = ppo_update_fixture(ppo)
+        torch.manual_seed(1)
+        stats = ppo.update(agent, optimizer, batch, args(target), kl_beta=1.0)
+        # The epoch that crossed the target still ran all its minibatches; no epoch after it ran.
+        assert stats["epochs"] == epochs and adam_steps(optimizer) == {4 * epochs}
+        assert [n for n, _ in calls] == [64] * epochs + [epochs * 64]
+        assert [kl for _, kl in calls[:epochs]] == pytest.approx(kls[:epochs], rel=1e-6)

@@ -130,6 +130,56 @@ def test_resume_restores_networks_optimizer_and_statistics(algo, in_tmp):
     assert ckpt["optimizer"]["state"] and ckpt["reward_rms"]["count"] > 1
 
 
+def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_names(algo, in_tmp):
+    """Run saves and restores by the one list train() gives it: objects with a state_dict, and counters."""
+    def objects(filled: bool):
+        agent, stats = algo.RunningMeanStd((2,)), algo.RunningMeanStd()  # any object with a state_dict
+        if filled:
+            agent.update(np.arange(6.0).reshape(3, 2))
+            stats.update(np.array([5.0, 7.0, 11.0]))
+        return {"agent": agent, "obs_rms": None}, {"optimizer": stats}
+
+    model, training = objects(True)
+    args = tiny_args(algo, "--run-name", "names", "--eval-episodes", "0")
+    counters = {"global_step": 0, "iteration": 0, "beta": 1.0}
+    run = algo.Run(args, 4, 128, shapes={"obs_dim": 2}, model=model, training=training, counters=counters)
+    with pytest.raises(KeyError):  # a counter left out of the save is an error, not a silent gap
+        run.save_checkpoint(global_step=256, iteration=2)
+    run.save_checkpoint(global_step=256, iteration=2, beta=0.25)
+    run.metrics.close()
+    after_save = torch.rand(3)  # drawn from the RNG state the checkpoint holds
+    path = in_tmp / "runs/names/checkpoint.pt"
+    assert set(torch.load(path, weights_only=True)) == {
+        "algorithm", "args", "obs_dim", "agent", "obs_rms", "optimizer", "global_step", "iteration", "beta", "torch_rng"}
+
+    model2, training2 = objects(False)
+    torch.manual_seed(123)
+    resumed = algo.Run(algo.parse_args(["--resume", str(path)]), 4, 128, shapes={"obs_dim": 2},
+                       model=model2, training=training2, counters=counters)
+    resumed.metrics.close()
+    assert resumed.counters == {"global_step": 256, "iteration": 2, "beta": 0.25}
+    assert resumed.dir == in_tmp / "runs/names"
+    for before, after in [(model["agent"], model2["agent"]), (training["optimizer"], training2["optimizer"])]:
+        np.testing.assert_array_equal(after.mean, before.mean)
+        np.testing.assert_array_equal(after.var, before.var)
+        assert after.count == before.count
+    assert torch.equal(torch.rand(3), after_save)
+
+
+def test_checkpoint_cadence(algo, in_tmp):
+    """A checkpoint is due when a multiple of --checkpoint-every lies in (previous step, step]."""
+    def run(every: int):
+        r = algo.Run(tiny_args(algo, "--checkpoint-every", str(every), "--run-name", f"c{every}"), 4, 128,
+                     shapes={}, model={}, training={}, counters={"global_step": 0, "iteration": 0})
+        r.metrics.close()
+        return r
+
+    r = run(256)
+    assert [r.checkpoint_due(step, step - 128) for step in (128, 256, 384, 512, 640)] == [False, True, False, True, False]
+    assert r.checkpoint_due(300, 200) and not r.checkpoint_due(511, 300) and r.checkpoint_due(600, 100)
+    assert not any(run(0).checkpoint_due(step, step - 128) for step in (128, 256, 512))
+
+
 def test_ppo_penalty_variant_trains_and_adapts_beta(ppo, in_tmp):
     ppo.train(tiny_args(ppo, "--run-name", "pen", "--ppo-penalty", "--eval-episodes", "0"))
     betas = [float(r["kl_beta"]) for r in read_metrics(in_tmp / "runs/pen")]
