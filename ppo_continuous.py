@@ -16,7 +16,7 @@ Key equations (t indexes time, s_t the state, a_t the action):
     value target      R_t     = A_t + V(s_t)
     ratio             rho_t   = pi_new(a_t | s_t) / pi_old(a_t | s_t)
     clipped objective L_clip  = E[ min(rho_t * A_t, clip(rho_t, 1 - eps, 1 + eps) * A_t) ]
-    penalty objective L_kl    = E[ rho_t * A_t ] - beta * KL(pi_old || pi_new)    (the paper's PPO1)
+    penalty objective L_kl    = E[ rho_t * A_t ] - beta * KL(pi_old || pi_new)    (the paper's L^KLPEN)
     loss              L       = -L_policy + vf_coef * L_value - ent_coef * entropy
 
 Time limits are the classic trap. When an episode is *truncated* (Pendulum-v1 stops every
@@ -117,7 +117,8 @@ class Args:
     target_kl: float | None = None
     """stop the epochs of an update early once the approximate KL(pi_old || pi_new) exceeds this"""
     ppo_penalty: bool = False
-    """use the adaptive KL-penalty objective (the paper's PPO1) instead of the clipped one"""
+    """use the adaptive KL-penalty objective (the paper's L^KLPEN, "PPO1" in some lecture notes) instead
+    of the clipped one"""
     kl_beta: float = 1.0
     """initial KL penalty coefficient beta (with --ppo-penalty)"""
     kl_beta_target: float = 0.01
@@ -375,7 +376,12 @@ def kl_penalty_policy_loss(
     new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """-L_kl = -E[ rho A ] + beta * KL(pi_old || pi_new), with the KL estimated from the samples
-    (see `approx_kl`). beta is adapted between updates by `adapt_kl_beta`."""
+    (see `approx_kl`). beta is adapted between updates by `adapt_kl_beta`.
+
+    The paper calls this the adaptive KL penalty objective, L^KLPEN, and numbers neither variant.
+    "PPO1" (with "PPO2" for the clipped objective) is lecture-note naming, used in notes that follow
+    Hung-yi Lee's PPO lecture; OpenAI baselines' ppo1, despite the name, optimises the clipped objective.
+    """
     log_ratio = new_logprob - old_logprob
     return -(advantages * torch.exp(log_ratio)).mean() + beta * approx_kl(log_ratio)
 
