@@ -74,16 +74,14 @@ ALGORITHM = "dqn"
 # =============================================================================================
 # Part 1: the algorithm
 # =============================================================================================
-# The flags, the environments, the replay buffer, the network, the math, its steps and train();
-# what follows Part 2's banner only runs it (checks, files, checkpoints, evaluation, command line).
+# What comes after train() (Part 2) only runs it: checks, files, checkpoints, evaluation, command line.
 
 
 @dataclass
 class Args:
     # --- Experiment ---
     env_id: str = "CartPole-v1"
-    """gymnasium id of an environment with a Discrete action space (CartPole-v1, Acrobot-v1,
-    LunarLander-v3, ...)"""
+    """gymnasium id of an env with a Discrete action space (CartPole-v1, Acrobot-v1, LunarLander-v3, ...)"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 100_000
@@ -98,9 +96,9 @@ class Args:
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 100_000
-    """transitions the replay buffer holds before the oldest are overwritten. The default keeps every
-    transition of a default run, so the failures of the early episodes are never overwritten by the
-    long, uneventful episodes of a policy that has learned to balance"""
+    """transitions the replay buffer holds before the oldest are overwritten. The default keeps all of
+    a default run's transitions: the early episodes' failures are never overwritten by the long,
+    uneventful episodes of a policy that balances"""
     batch_size: int = 64
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
@@ -114,38 +112,29 @@ class Args:
     """Adam learning rate: high for DQN; Stable-Baselines3's tuned CartPole-v1 value, together with
     the bursts of updates of --train-frequency and --gradient-steps"""
     anneal_lr: bool = True
-    """decay the learning rate linearly to 0 over training. DQN's greedy policy can swing between
-    good and bad long after it first gets good; small final steps make the end of training (what
-    the final evaluation and model.pt see) settle instead of swing"""
+    """decay the learning rate linearly to 0 over training: DQN's greedy policy can swing long after
+    it first gets good, and small final steps let the network that is evaluated and saved settle"""
     gamma: float = 0.99
     """discount factor"""
     train_frequency: int = 256
-    """train every this many environment steps. With --gradient-steps 128 this alternates 256 steps
-    of collection with bursts of 128 updates, one update per two transitions on average
-    (Stable-Baselines3's tuned CartPole-v1 setting)"""
+    """train every this many environment steps: with --gradient-steps 128, a burst of 128 updates
+    every 256 steps, one update per two transitions (Stable-Baselines3's tuned CartPole-v1 setting)"""
     gradient_steps: int = 128
     """gradient steps per training round"""
     target_network_frequency: int = 768
     """update the target network every this many environment steps (after every third burst). This
-    sets how fast values travel back in time: each copy carries them one more step of the Bellman
-    recursion, so 100k steps make 130 copies, and Q(first state) ends near 80, below the 99.3 that a
-    perfect episode earns (see the eval lines). Copying more often let Q reach 100 (every 512) or
-    pass it (every 256: 107-136), and the greedy policy kept swinging between balancing and drifting
-    off the track. ddqn.py on seeds 1-3: every 256, one seed ended at 154; every 512, seed 1 held
-    500 from 60k to 90k and ended at 171; every 768, all six dqn.py and ddqn.py runs ended at 500;
-    every 1024 was too slow, one seed had not learned by 100k"""
+    sets how fast values travel back in time: each copy carries them about one more step of the
+    Bellman recursion. Copying more often lets Q outrun what the policy earns, less often learns
+    too slowly; the README has the runs behind 768"""
     tau: float = 1.0
     """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy; below 1 (e.g.
     0.005 with --target-network-frequency 1) a Polyak average that moves a little at every step"""
     loss: Literal["mse", "huber"] = "mse"
-    """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) bounds the pull of a
+    """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) caps the pull of a
     rare huge TD error, but with unclipped rewards those errors are the news: on CartPole-v1 they
-    are the steps that run off the end of the track, where Q must fall from near 100 to 1. Huber
-    gives each the pull of an ordinary sample, the cliff is not learned, and the greedy policy
-    drifts off the track. dqn.py on seeds 1-3, flags otherwise alike, final greedy returns: target
-    copies every 512 steps, Huber 284, 130, 261 against MSE 500 x 3; every 1024, Huber 391, 500, 500
-    against 500 x 3; every 256, Huber with delta 10 106, 378, 500 against 500 x 3. (Nature DQN's
-    Huber loss went with rewards clipped to [-1, 1].) --max-grad-norm still bounds any single update"""
+    are the episodes' last steps, whose target y = 1 lies far below the Q values around them. MSE
+    lets them pull in full (the README has the runs); Nature DQN's Huber loss went with rewards
+    clipped to [-1, 1]. --max-grad-norm still bounds any single update"""
     huber_delta: float = 1.0
     """where the Huber loss turns from quadratic to linear (with --loss huber)"""
     max_grad_norm: float = 10.0
@@ -184,19 +173,17 @@ class Args:
     save_model: bool = True
     """save the final Q-network and args to runs/<run-name>/model.pt"""
     checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
+    """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps (0: none)"""
     save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
-    than refilling an empty one (about buffer_size * (2 * obs_dim + 4) * 4 bytes: 5 MB for
-    CartPole-v1 with the default size)"""
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather than
+    refilling an empty one (up to buffer_size * (2 * obs_dim + 4) * 4 bytes: 5 MB on CartPole-v1)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
     """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
     eval_episodes: int = 10
-    """episodes of greedy evaluation (argmax_a Q, no exploration) at the end and every
-    --eval-frequency steps; 0 skips evaluation"""
+    """greedy evaluation episodes (argmax_a Q, no exploration) at the end and every --eval-frequency
+    steps; 0 skips evaluation"""
     eval_frequency: int = 10_000
     """evaluate every this many environment steps during training (0: only at the end). Each
     evaluation logs, beside the returns, the Q value the network predicts for each episode's first
@@ -206,8 +193,8 @@ class Args:
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
-    seeds run side by side without fighting over cores"""
+    """CPU threads for torch: the networks are tiny, so one thread is fastest and lets several seeds
+    run side by side without fighting over cores"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,14 +230,10 @@ def make_vector_env(args: Args) -> gym.vector.VectorEnv:
 
 
 def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -> np.ndarray:
-    """The state each env really reached in this step: s' of the transition to store.
-
-    For an env whose episode just ended (terminated or truncated), the vector env has already reset
-    it and `next_obs` holds the next episode's first observation; the state the episode ended in is
-    in infos["final_obs"]. Storing the reset observation would record a transition the env never
-    made. (After a termination s' is multiplied by zero in the target anyway; after a truncation it
-    is exactly what the target bootstraps from.)
-    """
+    """The state each env really reached in this step, s' of the transition to store. An env whose
+    episode just ended has already been reset: `next_obs` holds the next episode's first observation
+    and infos["final_obs"] the state the episode ended in (after a termination s' is multiplied by
+    zero in the target anyway; after a truncation the target bootstraps from it)."""
     if not episode_ends.any():
         return next_obs
     real = next_obs.copy()
@@ -270,7 +253,6 @@ class ReplayBuffer:
     to s rather than read from row i + 1, because with several envs the rows of one env are not
     adjacent, and after an autoreset the next row belongs to another episode. That costs one more
     copy of each observation and removes every question about which rows follow which.
-    `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
     """
 
     def __init__(self, capacity: int, obs_dim: int):
@@ -283,12 +265,8 @@ class ReplayBuffer:
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
-        """Stores one step of the vector env, as it returned it: row k of each array is env k's.
-
-        s' is the true next state (`true_next_obs`), never the reset observation of the next
-        episode; the stored done flag is `terminations` alone, so a truncated transition keeps
-        its bootstrap term gamma * Q(s', .) in its target.
-        """
+        """Stores one step of the vector env, as it returned it (row k of each array is env k's),
+        with s' = true_next_obs(...) and done = terminations alone: truncations keep their bootstrap."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)
         # A slice when the rows do not wrap around the end: much cheaper than an index array.
@@ -307,27 +285,8 @@ class ReplayBuffer:
     def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
         """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors."""
         rows = rng.integers(0, self.size, batch_size)
-        return tuple(
-            torch.from_numpy(a[rows]).to(device)
-            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
-        )
-
-    def state_dict(self) -> dict:
-        """The filled rows, oldest first (in a full buffer the oldest row is the next to overwrite),
-        so that they load into a buffer of any capacity that holds them, with the next write going
-        after them."""
-        oldest_first = (self.pos + np.arange(self.size)) % self.size if self.size == self.capacity else slice(0, self.size)
-        return {"size": self.size} | {
-            name: torch.from_numpy(getattr(self, name)[oldest_first])
-            for name in ("obs", "actions", "rewards", "next_obs", "terminated")
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
-        self.size = min(state["size"], self.capacity)
-        self.pos = self.size % self.capacity
-        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-            getattr(self, name)[: self.size] = state[name][state["size"] - self.size:].numpy()
+        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        return tuple(torch.from_numpy(a[rows]).to(device) for a in arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,18 +295,15 @@ class ReplayBuffer:
 
 
 class QNetwork(nn.Module):
-    """An MLP from an observation to one Q value per action: Q(s, .) in a single forward pass.
-
-    ReLU hidden layers with PyTorch's default initialisation; a linear last layer, since Q values
-    are unbounded.
-    """
+    """An MLP from an observation to one Q value per action, Q(s, .) in a single forward pass: ReLU
+    hidden layers with PyTorch's default initialisation, a linear last layer (Q is unbounded)."""
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int]):
         super().__init__()
         sizes = [obs_dim, *hidden_sizes]
         self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
         self.out = nn.Linear(sizes[-1], n_actions)
-        self.n_actions = n_actions
+        self.obs_dim, self.n_actions = obs_dim, n_actions
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # F.linear on the layers' parameters rather than calling each nn.Linear: the module call's
@@ -424,11 +380,8 @@ def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, delta: float
 
 
 def boltzmann_probabilities(q_values: np.ndarray, temperature: float) -> np.ndarray:
-    """P(a|s) = exp(Q(s, a) / T) / sum_b exp(Q(s, b) / T), row by row.
-
-    Subtracting each row's max first changes nothing mathematically (it cancels in the ratio) but
-    keeps exp() from overflowing when Q / T is large.
-    """
+    """P(a|s) = exp(Q(s, a) / T) / sum_b exp(Q(s, b) / T), row by row. Subtracting each row's max
+    first changes nothing (it cancels in the ratio) but keeps exp() from overflowing at large Q / T."""
     z = (q_values - q_values.max(axis=1, keepdims=True)) / temperature
     p = np.exp(z)
     return p / p.sum(axis=1, keepdims=True)
@@ -513,14 +466,12 @@ def train(args: Args) -> dict:
     q_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
     target_network = QNetwork(obs_dim, n_actions, args.hidden_sizes).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
-    # ops are a real share of each gradient step's time at these network sizes.
+    # fused: Adam's update of each tensor in one pass instead of several small ops on it.
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim)
-    # A checkpoint holds the state of these objects, the two counters and the random generators:
-    # Run (Part 2) saves them, and with --resume restores them, going by this one dict.
-    checkpointed = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer, "buffer": rb}
-    run = Run(args, device, checkpointed, rng, obs_dim, n_actions)
+    # A checkpoint holds these state_dicts, the buffer, the counters and the generators (Run, Part 2).
+    checkpointed = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
+    run = Run(args, device, checkpointed, rb, rng)
     global_step, num_updates = run.start_step, run.start_updates
 
     q_values = acting_q_values(q_network, device)
@@ -549,7 +500,8 @@ def train(args: Args) -> dict:
             if rounds and args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
             for _ in range(rounds * args.gradient_steps):
-                loss, q = gradient_step(q_network, target_network, optimizer, rb.sample(args.batch_size, rng, device), args)
+                batch = rb.sample(args.batch_size, rng, device)
+                loss, q = gradient_step(q_network, target_network, optimizer, batch, args)
                 losses.append(loss)
                 q_taken.append(q)
                 num_updates += 1
@@ -578,6 +530,11 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Checks of the input, the run's files (metrics, checkpoints, summary, model), evaluation and
 # the command line.
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: bad input is one error line
+# ---------------------------------------------------------------------------------------------
 
 
 class UsageError(Exception):
@@ -749,14 +706,13 @@ class Run:
 
     runs/<run-name>/ gets args.json, metrics.csv (and wandb/ with --track), checkpoint.pt,
     summary.json and model.pt. The object keeps the clock (steps per second, time left), the
-    episodes finished since the last metrics row and the latest evaluation. `checkpointed` names
-    the objects whose state a checkpoint holds; checkpoint() and resume() both go by it.
+    episodes finished since the last metrics row and the latest evaluation. checkpoint() and
+    resume() both go by `checkpointed`, the objects whose state_dict a checkpoint holds.
     """
 
-    def __init__(self, args: Args, device: torch.device, checkpointed: dict, rng: np.random.Generator,
-                 obs_dim: int, n_actions: int):
-        self.args, self.device, self.checkpointed, self.rng = args, device, checkpointed, rng
-        self.shapes = {"obs_dim": obs_dim, "n_actions": n_actions}
+    def __init__(self, args: Args, device: torch.device, checkpointed: dict, rb: ReplayBuffer,
+                 rng: np.random.Generator):
+        self.args, self.device, self.checkpointed, self.rb, self.rng = args, device, checkpointed, rb, rng
         self.start_step, self.start_updates = self.resume(args.resume) if args.resume else (0, 0)
         if args.resume:
             self.dir = Path(args.resume).parent
@@ -780,17 +736,16 @@ class Run:
 
     def model_state(self, step: int) -> dict:
         """model.pt: the Q-network and what rebuilding it needs."""
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes,
-                "q_network": self.checkpointed["q_network"].state_dict(), "global_step": step}
+        q_network = self.checkpointed["q_network"]
+        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), "obs_dim": q_network.obs_dim,
+                "n_actions": q_network.n_actions, "q_network": q_network.state_dict(), "global_step": step}
 
     def checkpoint(self, step: int, num_updates: int) -> dict:
-        """checkpoint.pt: model.pt's contents, the state of every checkpointed object (the buffer's
-        only with --save-buffer), the update counter and both random generators."""
-        states = {name: None if name == "buffer" and not self.args.save_buffer else obj.state_dict()
-                  for name, obj in self.checkpointed.items()}
-        return self.model_state(step) | states | {
-            "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
+        """checkpoint.pt: model.pt's contents, the state of every checkpointed object, the buffer's
+        rows (None with --no-save-buffer), the update counter and both random generators."""
+        return self.model_state(step) | {name: obj.state_dict() for name, obj in self.checkpointed.items()} | {
+            "buffer": buffer_state(self.rb) if self.args.save_buffer else None, "num_updates": num_updates,
+            "numpy_rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
         }
 
     def resume(self, path: str) -> tuple[int, int]:
@@ -801,15 +756,16 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         for name, obj in self.checkpointed.items():
-            if ckpt[name] is not None:  # None: a buffer left out by --no-save-buffer
-                obj.load_state_dict(ckpt[name])
+            obj.load_state_dict(ckpt[name])
+        if ckpt["buffer"] is not None:  # None: left out by --no-save-buffer
+            load_buffer_state(self.rb, ckpt["buffer"])
         step = ckpt["global_step"]
         if step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
             raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps "
                              f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
-        print(f"resumed from {path} at step {step} with {self.checkpointed['buffer'].size} transitions in the buffer")
+        print(f"resumed from {path} at step {step} with {self.rb.size} transitions in the buffer")
         return step, ckpt["num_updates"]
 
     # --- Called from the training loop ---
@@ -923,6 +879,25 @@ class Run:
         the average since the start: the steps before it make no updates and run many times faster."""
         since_time, since_step = self.learning_from or (self.start_time, self.start_step)
         return (self.args.total_timesteps - step) * (time.time() - since_time) / max(step - since_step, 1)
+
+
+def buffer_state(rb: ReplayBuffer) -> dict:
+    """The buffer's filled rows for a checkpoint, oldest first (in a full buffer the oldest row is
+    the next to overwrite), so that they load into a buffer of any capacity that holds them, with
+    the next write going after them."""
+    oldest_first = (rb.pos + np.arange(rb.size)) % rb.size if rb.size == rb.capacity else slice(0, rb.size)
+    return {"size": rb.size} | {
+        name: torch.from_numpy(getattr(rb, name)[oldest_first])
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated")
+    }
+
+
+def load_buffer_state(rb: ReplayBuffer, state: dict) -> None:
+    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
+    rb.size = min(state["size"], rb.capacity)
+    rb.pos = rb.size % rb.capacity
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].numpy()
 
 
 # ---------------------------------------------------------------------------------------------

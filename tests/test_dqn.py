@@ -135,16 +135,16 @@ def test_buffer_wraps_around_and_samples_only_filled_rows():
     torch.testing.assert_close(b_terminated, (b_rewards == 5.0).float())
 
 
-def test_buffer_state_dict_round_trip():
+def test_buffer_state_round_trip():
     rb = fill_from_counting_envs([[0, 1]] * 5)
     restored = dqn.ReplayBuffer(100, obs_dim=1)
-    restored.load_state_dict(rb.state_dict())
+    dqn.load_buffer_state(restored, dqn.buffer_state(rb))
     assert (restored.pos, restored.size) == (rb.pos, rb.size) == (10, 10)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(rb, name))
     # A smaller buffer keeps the newest rows, and writes next over the oldest of them.
     smaller = dqn.ReplayBuffer(4, obs_dim=1)
-    smaller.load_state_dict(rb.state_dict())
+    dqn.load_buffer_state(smaller, dqn.buffer_state(rb))
     assert (smaller.pos, smaller.size) == (0, 4)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(smaller, name), getattr(rb, name)[6:10])
