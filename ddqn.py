@@ -40,9 +40,12 @@ Why a target network. The target y is built from the very function being fitted.
 the online weights, every gradient step on Q(s, a) would also move Q(s', .) (the two states share
 all the weights), so the label moves while we regress onto it; an increase of Q at one state can
 raise the targets that produced it, and the errors feed on themselves. Freezing a copy theta^- for
-C steps turns each period into ordinary supervised regression onto fixed labels, which converges;
-the labels then jump to the improved estimate. Polyak averaging (tau < 1) is the smooth version of
-the same idea: the labels drift slowly instead of jumping.
+C steps makes each period a regression onto labels that hold still; the labels then jump to the
+improved estimate. A period is not fitted to convergence (by default it is 384 gradient steps on
+a buffer that keeps growing), and with function approximation nothing guarantees that the
+sequence of fits converges: the DQN paper says the frozen copy makes oscillations and divergence
+much less likely, not impossible. Polyak averaging (tau < 1) is the smooth version of the same
+idea: the labels drift slowly instead of jumping.
 
 Why a replay buffer. Consecutive transitions are strongly correlated and all come from the current
 policy's corner of the state space; training on them in order overfits to the recent past and
