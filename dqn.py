@@ -132,7 +132,11 @@ class Args:
     three seeds); with 768 both scripts ended at 500 on seeds 1-3 (README, default rows)"""
     tau: float = 1.0
     """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy; below 1 (e.g.
-    0.005 with --target-network-frequency 1) a Polyak average that moves a little at every step"""
+    0.005 with --target-network-frequency 1) a Polyak average. It is counted in environment steps,
+    not gradient steps: with --target-network-frequency 1 it moves once per vector env step, so
+    with the default --train-frequency 256 it moves 256 times towards the same weights between two
+    bursts of updates and not at all during one. (naf.py averages after every gradient step,
+    ddpg.py after every actor step)"""
     loss: Literal["mse", "huber"] = "mse"
     """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) caps the pull of a
     rare huge TD error, but with unclipped rewards those errors are the news: on CartPole-v1 they
