@@ -177,8 +177,8 @@ class Args:
     """epsilon after the decay, kept to the end (epsilon-greedy)"""
     exploration_fraction: float = 0.16
     """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly from its
-    start to its end value (16k steps by default; 0.16 and --end-e 0.04 are Stable-Baselines3's
-    tuned CartPole-v1 values)"""
+    start to its end value: 16k steps by default. 0.16 and --end-e 0.04 are Stable-Baselines3's
+    tuned CartPole-v1 values, but for a 50k-step budget, where the decay spans 8k steps"""
     start_temperature: float = 10.0
     """Boltzmann temperature at the start, in units of Q (rewards): large compared to the gaps
     between actions' Q values means nearly uniform"""
