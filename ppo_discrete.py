@@ -119,15 +119,16 @@ class Args:
     max_grad_norm: float = 0.5
     """clip the global gradient norm of all parameters to this"""
     target_kl: float | None = None
-    """stop the epochs of an update early once the approximate KL(pi_old || pi_new) exceeds this"""
+    """stop the epochs of an update after the first epoch whose approximate KL(pi_old || pi_new), the
+    mean over its minibatches each taken before its own step, exceeds this"""
     ppo_penalty: bool = False
     """use the adaptive KL-penalty objective (the paper's L^KLPEN, "PPO1" in some lecture notes) instead
     of the clipped one"""
     kl_beta: float = 1.0
     """initial KL penalty coefficient beta (with --ppo-penalty)"""
     kl_beta_target: float = 0.01
-    """KL the penalty aims for: beta doubles when the KL of an update exceeds 1.5x this and halves
-    when it is below this/1.5 (with --ppo-penalty)"""
+    """KL the penalty aims for: beta doubles when the update's measured KL (see adapt_kl_beta) exceeds
+    1.5x this and halves when it is below this/1.5 (with --ppo-penalty)"""
 
     # --- Running the experiment: files, tracking, evaluation, threads ---
     run_name: str | None = None
@@ -438,7 +439,17 @@ def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
 
 
 def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
-    """The PPO paper's rule: double beta when the policy moved too far, halve it when too little."""
+    """The PPO paper's rule on d, the KL of an update: double beta when d > 1.5 * target (the policy
+    moved too far), halve it when d < target / 1.5 (too little).
+
+    The d given here is not quite the paper's. The paper measures d once the update's epochs are
+    done: KL(pi_old || pi_new) with the final pi_new. `update` passes instead the mean of the KLs it
+    measured along the way, one per minibatch, each taken just before that minibatch's own gradient
+    step: the first is exactly 0 (pi_new still is pi_old) and each later one misses the step about
+    to be taken, so d lags the paper's and runs below it, and beta halves more readily. It reuses
+    numbers the update has anyway; the paper's d would cost one more pass over the batch. The
+    logged approx_kl is this same mean.
+    """
     if kl > 1.5 * kl_target:
         return beta * 2.0
     if kl < kl_target / 1.5:
@@ -579,6 +590,8 @@ def update(
             break
 
     pg_loss, v_loss, entropy = torch.stack(losses).mean(0).tolist()
+    # approx_kl (logged, and adapt_kl_beta's d): the mean of the minibatches' KLs, each measured
+    # before its own step, so it lags the KL the update ends at (see adapt_kl_beta); clip_frac too.
     all_log_ratios = torch.cat(log_ratios)
     return {
         "policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy,
@@ -632,13 +645,14 @@ def train(args: Args) -> dict:
         global_step += batch_size
         batch = compute_advantages(agent, rollout, obs, obs_rms, reward_scaler, args.gamma, args.gae_lambda, device)
         stats = update(agent, optimizer, batch, args, kl_beta)
-        if args.ppo_penalty:  # beta for the next update, from this update's KL
+        if args.ppo_penalty:  # beta for the next update, from this update's measured KL
             kl_beta = adapt_kl_beta(kl_beta, stats["approx_kl"], args.kl_beta_target)
 
         run.log({
             "global_step": global_step, "iteration": iteration, "learning_rate": optimizer.param_groups[0]["lr"],
             "policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"], "entropy": stats["entropy"],
-            "approx_kl": stats["approx_kl"], "clip_frac": stats["clip_frac"], "kl_beta": kl_beta,
+            "approx_kl": stats["approx_kl"],  # measured before each minibatch's step: lags (see adapt_kl_beta)
+            "clip_frac": stats["clip_frac"], "kl_beta": kl_beta,
             "explained_variance": explained_variance(batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()),
         }, episodes)
         if run.checkpoint_due(global_step, global_step - batch_size):
