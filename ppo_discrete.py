@@ -107,7 +107,9 @@ class Args:
     norm_adv: bool = True
     """normalise advantages to zero mean and unit std within each minibatch"""
     clip_coef: float = 0.2
-    """epsilon of the clipped objective: the ratio pi_new/pi_old earns no gradient beyond 1 +- epsilon"""
+    """epsilon of the clipped objective: a sample whose ratio pi_new/pi_old has moved past 1 + epsilon
+    (advantage > 0) or below 1 - epsilon (advantage < 0) gives no gradient; a ratio outside the range
+    on the side the advantage disfavours still does (see clipped_policy_loss)"""
     clip_vloss: bool = False
     """clip the value update around the old value prediction, as the original code did. Off by
     default: with normalised rewards it rarely helps and can slow the critic down"""
