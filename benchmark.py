@@ -41,13 +41,17 @@ bad input; 130 when interrupted.
 """
 
 import heapq
+import io
 import itertools
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -132,8 +136,9 @@ class Args:
     """environments to run each script on (default Pendulum-v1); with a preset, the entries to keep"""
     seeds: list[int] | None = None
     """seeds to run each entry with (default 1 2 3, or the preset's)"""
-    workers: int = os.cpu_count() or 1
-    """runs at once (default: the number of cores; each run uses one torch thread)"""
+    workers: int | None = None
+    """runs at once (default: the number of cores; each run uses one torch thread; with --ray-address, the
+    cluster's CPUs divided by --cpus-per-run)"""
     tag: str | None = None
     """appended to the run names, to keep runs with other flags apart"""
     check: bool = False
@@ -145,6 +150,16 @@ class Args:
     """bar for every entry: the mean over seeds of the final evaluation must reach this"""
     progress_interval: float = 10.0
     """seconds between progress blocks when the output is not a terminal (a terminal redraws every second)"""
+    ray_address: str | None = None
+    """run on a Ray cluster: auto or host:port joins a running one (`ray start --head` on one machine, `ray start
+    --address HOST:PORT` on the others), local starts one on this machine for the command's lifetime; the run
+    directories come back into runs/ here. Without it, runs are processes on this machine"""
+    cpus_per_run: float | None = None
+    """CPUs each run asks of the Ray cluster (default 1)"""
+    gpus_per_run: float | None = None
+    """GPUs each run asks of the Ray cluster (default 0; a fraction shares one GPU between runs)"""
+    max_retries: int = 3
+    """times Ray starts a run again from step 0 when the node (or worker) running it is lost"""
 
 
 class UsageError(Exception):
@@ -211,15 +226,48 @@ def plan(entries: list[Entry], seeds: list[int], runs_dir: Path = Path("runs")) 
 # ----------------------------------------------------------------------------------------------
 # Running: processes, the progress view, the estimate of the time left.
 # ----------------------------------------------------------------------------------------------
+def command_of(run: Run, extra: list[str], script: str | None = None) -> list[str]:
+    """The run's command line: python <script> --env-id --seed --run-name, the entry's flags, then `extra`."""
+    return [sys.executable, script or str(script_path(run.entry.script)), "--env-id", run.entry.env_id,
+            "--seed", str(run.seed), "--run-name", run.name, *run.entry.flags, *extra]
+
+
 def launch(run: Run, extra: list[str]) -> subprocess.Popen:
     run.directory.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(script_path(run.entry.script)), "--env-id", run.entry.env_id,
-               "--seed", str(run.seed), "--run-name", run.name, *run.entry.flags, *extra]
+    command = command_of(run, extra)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(run.log_path, "w") as log:  # the child keeps its own handle on the file
         log.write(" ".join(command) + "\n")
         log.flush()
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+
+
+class LocalRunner:
+    """Each run a process on this machine. benchmark.py and tune.py start, poll and stop runs through a runner:
+    this one, or RayRunner (below) for a Ray cluster."""
+
+    slots: int | None = None
+    """runs the runner can hold at once (None: as many as --workers)"""
+
+    def start(self, run: Run, extra: list[str]) -> subprocess.Popen:
+        return launch(run, extra)
+
+    def poll(self, handle: subprocess.Popen) -> int | None:
+        """The run's exit code once it has ended (its directory complete under runs/), else None."""
+        return handle.poll()
+
+    def stop(self, handles: list[subprocess.Popen]):
+        for process in handles:
+            process.terminate()
+        for process in handles:
+            process.wait()
+
+    def events(self) -> list[str]:
+        """What happened to the runs since the last call that the progress view should print."""
+        return []
+
+    def close(self):
+        pass
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -310,8 +358,10 @@ class View:
         self.drawn = len(lines) if self.live else 0
 
 
-def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: float) -> list[Run]:
+def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: float,
+            runner: LocalRunner | None = None) -> list[Run]:
     """Runs what is not finished yet, `workers` at a time; returns the runs that failed."""
+    runner = runner or LocalRunner()
     todo = [r for r in runs if not r.summary_path.exists()]
     if len(todo) < len(runs):
         print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; skipping them")
@@ -322,18 +372,21 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
             wall_time = json.loads(run.summary_path.read_text()).get("wall_time")
             if wall_time is not None:
                 durations.setdefault(run.entry, []).append(wall_time)
-    running: dict[subprocess.Popen, tuple[Run, float]] = {}
+    running: dict[object, tuple[Run, float]] = {}  # runner's handle -> (run, start time)
     samples: dict[str, list[tuple[float, int]]] = {}  # each run's progress over time, for its rate
     failed, done, total = [], 0, len(todo)
     view = View()
     start, last_report = time.time(), 0.0
     try:
         while todo or running:
-            for process in [p for p in running if p.poll() is not None]:
-                run, started = running.pop(process)
-                if process.returncode != 0 or not run.summary_path.exists():
+            for handle in list(running):
+                returncode = runner.poll(handle)
+                if returncode is None:
+                    continue
+                run, started = running.pop(handle)
+                if returncode != 0 or not run.summary_path.exists():
                     failed.append(run)
-                    view.event(f"FAILED {run.name} (exit code {process.returncode}); last lines of {run.log_path}:\n"
+                    view.event(f"FAILED {run.name} (exit code {returncode}); last lines of {run.log_path}:\n"
                                f"{tail(run.log_path)}")
                 else:
                     done += 1
@@ -341,21 +394,21 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
                     evaluation = json.loads(run.summary_path.read_text()).get("eval_mean")
                     view.event(f"done   {run.name} in {duration(time.time() - started)}"
                                + (f", eval {evaluation:.1f}" if evaluation is not None else ""))
+            for text in runner.events():
+                view.event(text)
             while todo and len(running) < workers:
                 run = todo.pop(0)
-                running[launch(run, extra)] = (run, time.time())
+                running[runner.start(run, extra)] = (run, time.time())
             observe(samples, list(running.values()), time.time())
             if running and time.time() - last_report >= (1.0 if view.live else progress_interval):
                 last_report = time.time()
-                view.block(progress_block(list(running.values()), todo, durations, samples, workers,
-                                          time.time() - start, f"{done}/{total} done, {len(running)} running, "
+                view.block(progress_block(list(running.values()), todo, durations, samples,
+                                          min(workers, runner.slots or workers), time.time() - start,
+                                          f"{done}/{total} done, {len(running)} running, "
                                           f"{len(todo)} waiting, {len(failed)} failed"))
             time.sleep(0.5)
     except KeyboardInterrupt:
-        for process in running:
-            process.terminate()
-        for process in running:
-            process.wait()
+        runner.stop(list(running))
         raise
     return [run for run in runs if run in failed]  # in the plan's order, not the order they ended in
 
@@ -396,6 +449,248 @@ def progress_block(running: list[tuple[Run, float]], todo: list[Run], durations:
     else:
         left = f"~{duration(time_left(running_left, waiting, workers))} left"
     return [f"[{duration(elapsed):>7}] {counts}; {left}", *lines]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running on a Ray cluster (--ray-address): each run one Ray task. Ray is imported here only.
+# ----------------------------------------------------------------------------------------------
+def run_on_node(script_name: str, script_text: str, arguments: list[str], run_name: str, board) -> tuple:
+    """A Ray task: one run in a temporary directory of whichever node Ray placed it on.
+
+    The script travels as text (each script is one self-contained file), so the nodes need the Python packages
+    of requirements.txt but not this checkout, and no filesystem is shared. The log is sent to `board` as it
+    grows, for the progress view; the run directory comes back as a .tar.gz, and the temporary directory goes.
+    Imports are inside, so Ray ships this function by value to nodes without benchmark.py.
+    """
+    import codecs
+    import ctypes
+    import io
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+    import time
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    attempt = ray.get(board.begin.remote(run_name, node))
+    work = tempfile.mkdtemp(prefix="glassbox-run-")
+    try:
+        script = os.path.join(work, script_name)
+        with open(script, "w") as f:
+            f.write(script_text)
+        directory = os.path.join(work, "runs", run_name)
+        os.makedirs(directory)
+        log_path, command = os.path.join(directory, "stdout.log"), [sys.executable, script, *arguments]
+
+        def as_a_run():
+            ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: no orphan runs when a worker or node is lost
+            try:  # Ray starts its workers at niceness 15, which would starve the run on a busy machine
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+            except OSError:  # lowering the niceness needs root (or CAP_SYS_NICE)
+                pass
+
+        with open(log_path, "w") as log:
+            log.write(" ".join(command) + "\n")
+            log.flush()
+            process = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                       preexec_fn=as_a_run if sys.platform == "linux" else None)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with open(log_path, "rb") as reader:
+            while True:
+                returncode = process.poll()
+                text = decoder.decode(reader.read())
+                if text:
+                    board.write.remote(run_name, attempt, text)
+                if returncode is not None:
+                    break
+                time.sleep(1.0)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            tar.add(directory, arcname=run_name)
+        return returncode, node, archive.getvalue()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class Board:
+    """A Ray actor on the submitting machine's node: each run's attempt, node, and log text not yet taken."""
+
+    def __init__(self):
+        self.runs: dict[str, tuple[int, str, list[str]]] = {}
+
+    def begin(self, name: str, node: str) -> int:
+        attempt = self.runs.get(name, (0,))[0] + 1
+        self.runs[name] = (attempt, node, [])
+        return attempt
+
+    def write(self, name: str, attempt: int, text: str):
+        if name in self.runs and self.runs[name][0] == attempt:  # late text of a lost attempt is dropped
+            self.runs[name][2].append(text)
+
+    def take(self, names: list[str]) -> dict[str, tuple[int, str, str]]:
+        taken = {}
+        for name in names:
+            if name in self.runs:
+                attempt, node, texts = self.runs[name]
+                taken[name] = (attempt, node, "".join(texts))
+                texts.clear()
+        return taken
+
+
+@dataclass(eq=False)
+class RayHandle:
+    run: Run
+    ref: object
+    attempt: int = 0
+
+
+class RayRunner(LocalRunner):
+    """Runs as Ray tasks, each asking `cpus` CPUs and `gpus` GPUs, started again up to `max_retries` times when
+    the node (or worker) running one is lost. Each run's log is copied into runs/<run-name>/stdout.log here as
+    it grows, and the whole run directory replaces it when the run ends."""
+
+    def __init__(self, address: str, cpus: float = 1.0, gpus: float = 0.0, max_retries: int = 3):
+        self.ray = ray = connect(address)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        if not any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes):
+            ray.shutdown()
+            raise UsageError(f"no node of the Ray cluster at {address} has {cpus:g} CPUs"
+                             + (f" and {gpus:g} GPUs" if gpus else "") + " for a run")
+        total = ray.cluster_resources()
+        self.slots = max(1, int(min(total.get("CPU", 0) // cpus, total.get("GPU", 0) // gpus if gpus else 1e9)))
+        print(f"Ray cluster at {address}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPUs"
+              + (f", {total.get('GPU', 0):g} GPUs" if total.get("GPU") else "") + "; "
+              + ", ".join(f"node {n['NodeID'][:8]} ({n['NodeManagerAddress']}, {n['Resources'].get('CPU', 0):g} CPUs)"
+                          for n in nodes), flush=True)
+        if __name__ != "__main__":  # imported (by tune.py): ship run_on_node and Board by value all the same
+            ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        here = ray.get_runtime_context().get_node_id()
+        self.board = ray.remote(Board).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            here, soft=False)).remote()
+        self.task = ray.remote(run_on_node).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries)
+        self.active: dict[str, RayHandle] = {}
+        self.pending_events: list[str] = []
+        self.last_pump = 0.0
+        self.lock = threading.RLock()  # tune.py's trials poll from several threads
+
+    def start(self, run: Run, extra: list[str]) -> RayHandle:
+        with self.lock:
+            return self._start(run, extra)
+
+    def _start(self, run: Run, extra: list[str]) -> RayHandle:
+        run.directory.mkdir(parents=True, exist_ok=True)
+        run.log_path.write_text("(waiting for a node of the Ray cluster)\n")
+        script = script_path(run.entry.script)
+        ref = self.task.remote(script.name, script.read_text(), command_of(run, extra)[2:], run.name, self.board)
+        self.active[run.name] = handle = RayHandle(run, ref)
+        return handle
+
+    def pump(self, force: bool = False):
+        """Copies the runs' new log text here; notes each run's start, and its start again after a loss."""
+        if not self.active or (not force and time.time() - self.last_pump < 0.5):
+            return
+        self.last_pump = time.time()
+        for name, (attempt, node, text) in self.ray.get(self.board.take.remote(list(self.active))).items():
+            handle = self.active[name]
+            if attempt != handle.attempt:
+                if handle.attempt:
+                    self.pending_events.append(f"retry  {name} on node {node[:8]} (attempt {attempt}): the node or "
+                                               "worker running it was lost; it starts again from step 0")
+                else:
+                    self.pending_events.append(f"start  {name} on node {node[:8]}")
+                handle.attempt = attempt
+                handle.run.log_path.write_text("")
+            if text:
+                with open(handle.run.log_path, "a") as log:
+                    log.write(text)
+
+    def poll(self, handle: RayHandle) -> int | None:
+        with self.lock:
+            return self._poll(handle)
+
+    def _poll(self, handle: RayHandle) -> int | None:
+        self.pump()
+        if not self.ray.wait([handle.ref], timeout=0)[0]:
+            return None
+        self.pump(force=True)
+        del self.active[handle.run.name]
+        try:
+            returncode, node, archive = self.ray.get(handle.ref)
+        except self.ray.exceptions.RayError as e:  # lost more often than --max-retries allows, or cancelled
+            with open(handle.run.log_path, "a") as log:
+                log.write(f"\nlost on the Ray cluster: {str(e).strip().splitlines()[0]}\n")
+            return -1
+        shutil.rmtree(handle.run.directory, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(handle.run.directory.parent, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        return returncode
+
+    def stop(self, handles: list[RayHandle]):
+        for handle in handles:
+            self.ray.cancel(handle.ref, force=True)
+
+    def events(self) -> list[str]:
+        with self.lock:
+            events, self.pending_events = self.pending_events, []
+        return events
+
+    def close(self):
+        self.ray.shutdown()
+
+
+def connect(address: str):
+    """Joins the Ray cluster at `address` (auto, host:port) or starts one here (local); returns the ray module.
+
+    A host:port that does not answer is said within seconds: ray.init would keep retrying for minutes.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray-address needs Ray: pip install -r requirements-cluster.txt")
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address == "local":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=os.cpu_count(), **options)
+        return ray
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--ray-address {address}: give auto, local or host:port")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as e:
+            raise UsageError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one there with "
+                             f"`ray start --head --port {port}`")
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UsageError(f"cannot join a Ray cluster at {address}: {str(e).strip().splitlines()[0]}")
+    return ray
+
+
+def make_runner(ray_address: str | None, cpus_per_run: float | None, gpus_per_run: float | None,
+                max_retries: int) -> LocalRunner:
+    """The runner the command line asks for; checks the Ray flags (UsageError)."""
+    if ray_address is None:
+        given = [flag for flag, value in (("--cpus-per-run", cpus_per_run), ("--gpus-per-run", gpus_per_run))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)}: for runs on a Ray cluster; give --ray-address too")
+        return LocalRunner()
+    if cpus_per_run is not None and cpus_per_run <= 0:
+        raise UsageError(f"--cpus-per-run must be positive, got {cpus_per_run:g}")
+    if gpus_per_run is not None and gpus_per_run < 0:
+        raise UsageError(f"--gpus-per-run must be 0 or more, got {gpus_per_run:g}")
+    if max_retries < 0:
+        raise UsageError(f"--max-retries must be 0 or more, got {max_retries}")
+    return RayRunner(ray_address, cpus_per_run or 1.0, gpus_per_run or 0.0, max_retries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,7 +803,7 @@ def main(argv: list[str]) -> int:
     own = argv[:argv.index("--")] if "--" in argv else argv
     args = tyro.cli(Args, args=own, description=__doc__)
     try:
-        if args.workers <= 0:
+        if args.workers is not None and args.workers <= 0:
             raise UsageError(f"--workers must be positive, got {args.workers}")
         if args.min_return is not None and args.min_mean_return is not None:
             raise UsageError("give --min-return or --min-mean-return, not both")
@@ -528,10 +823,18 @@ def main(argv: list[str]) -> int:
     if absent:
         print(f"skipping the entries of {', '.join(absent)}: not in this checkout (reported as missing)")
     try:
-        failed = execute([r for r in runs if r.entry.script not in absent], extra, args.workers, args.progress_interval)
+        runner = make_runner(args.ray_address, args.cpus_per_run, args.gpus_per_run, args.max_retries)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        failed = execute([r for r in runs if r.entry.script not in absent], extra,
+                         args.workers or runner.slots or os.cpu_count() or 1, args.progress_interval, runner)
     except KeyboardInterrupt:
         print("\ninterrupted; finished runs are kept and skipped next time", file=sys.stderr)
         return 130
+    finally:
+        runner.close()
     print(report(runs))
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.name} (log: {r.log_path})" for r in failed))

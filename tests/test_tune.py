@@ -1,0 +1,203 @@
+"""tune.py: the search spaces against the scripts' flags, --fix and --narrow, bad input, and real Optuna studies
+on SQLite: a pruned trial recorded as pruned (stand-in script), an interrupted study of a2c.py continued."""
+
+import dataclasses
+import importlib
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+from conftest import ROOT
+
+import tune
+from tune import Choice, Float
+
+TINY_A2C = ["--total-timesteps", "256", "--num-envs", "2", "--eval-episodes", "2", "--no-cuda"]
+
+
+@pytest.mark.parametrize("script", sorted(tune.SPACES))
+def test_every_parameter_is_a_flag_of_its_script_with_values_of_its_type(script):
+    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(importlib.import_module(script[:-3]).Args)}
+    for name, param in tune.SPACES[script].items():
+        assert name in fields, f"{script} has no --{name}"
+        default = fields[name].default
+        values = param.choices if isinstance(param, Choice) else (param.low, param.high)
+        if name == "hidden-sizes":  # a list flag: each choice is its sizes, space-separated
+            assert all(all(v.isdigit() for v in value.split()) for value in values)
+        elif isinstance(default, bool):
+            assert set(values) == {False, True}
+        else:
+            assert all(type(v) is type(default) for v in values), (name, values, default)
+
+
+def test_fix_narrow_and_the_flags_after_the_separator_shape_the_space():
+    space, fixed = tune.shape_space("a2c.py", ["gamma=0.9", "norm_adv=true", "--optimizer=adam"],
+                                    ["learning-rate=1e-4:1e-3", "num-steps=8,16"], ["--ent-coef", "0.01"])
+    assert fixed == {"gamma": 0.9, "norm-adv": True, "optimizer": "adam"}
+    assert not {"gamma", "norm-adv", "optimizer", "ent-coef"} & set(space)  # fixed, or set after --
+    assert space["learning-rate"] == Float(1e-4, 1e-3, log=True) and space["num-steps"] == Choice((8, 16))
+    assert tune.flags_of(fixed) == ["--gamma", "0.9", "--norm-adv", "--optimizer", "adam"]
+    assert tune.flags_of({"norm-adv": False, "hidden-sizes": "64 64"}) == ["--no-norm-adv", "--hidden-sizes", "64",
+                                                                        "64"]
+
+
+STAND_IN = """
+import argparse, json, pathlib
+parser = argparse.ArgumentParser()
+for flag in ("--env-id", "--seed", "--run-name", "--quality"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+print(f"step {{100:>9}}/100 |  1000 SPS | return 1.0", flush=True)
+run = pathlib.Path("runs") / args.run_name
+run.mkdir(parents=True, exist_ok=True)
+(run / "summary.json").write_text(json.dumps({{"seed": int(args.seed), "global_step": 100, "wall_time": 0.1,
+    "sps": 1000, "eval_mean": float(args.quality) {offset}}}))
+"""
+
+
+@pytest.fixture
+def stand_in(in_tmp, monkeypatch):
+    """stand_in.py in the test's directory, whose evaluation is its --quality flag (plus `offset`)."""
+    monkeypatch.setitem(tune.SPACES, "stand_in.py", {"quality": Choice((1.0, -1.0, 0.5))})
+
+    def write(offset: str = ""):
+        (in_tmp / "stand_in.py").write_text(STAND_IN.format(offset=offset))
+    write()
+    return write
+
+
+def test_a_trial_below_the_median_after_its_first_run_is_pruned(in_tmp, stand_in, capsys):
+    storage = f"sqlite:///{in_tmp / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.enqueue_trial({"quality": 1.0})
+    study.enqueue_trial({"quality": -1.0})  # worse than trial 0 after the first seed: stopped there
+    argv = ["--script", "stand_in.py", "--env-ids", "Env-v0", "--seeds", "1", "2", "--trials", "2", "--storage",
+            storage, "--study-name", "s", "--startup-trials", "1", "--workers", "1", "--progress-interval", "0"]
+    assert tune.main(argv) == 0
+    out = capsys.readouterr().out
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert trials[0].value == 1.0 and trials[0].user_attrs["flags"] == ["--quality", "1.0"]
+    assert "trial 1 pruned: -1 after 1 of 2 runs" in out
+    assert (in_tmp / "runs" / "Env-v0__stand_in__1__s-t1" / "summary.json").is_file()
+    assert not (in_tmp / "runs" / "Env-v0__stand_in__2__s-t1").exists()  # the second run never started
+    assert "python stand_in.py --env-id Env-v0 --quality 1.0" in out  # the best flags as a command line
+    assert "| 0 | 1 | 1.0, 1.0 | --quality 1.0 |" in out
+    # The study is done: the same command runs nothing more.
+    assert tune.main(argv) == 0
+    assert "this process ran trial(s) none" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
+
+
+def test_several_envs_are_normalised_between_floor_and_target(in_tmp, stand_in, capsys):
+    storage = f"sqlite:///{in_tmp / 'study.db'}"
+    argv = ["--script", "stand_in.py", "--env-ids", "A-v0", "B-v0", "--trials", "1", "--storage", storage,
+            "--study-name", "n", "--fix", "quality=0.5", "--score-range", "A-v0=0:1", "B-v0=-1:3",
+            "--progress-interval", "0"]
+    assert tune.main(argv) == 0
+    trial = optuna.load_study(study_name="n", storage=storage).trials[0]
+    assert trial.value == pytest.approx(((0.5 - 0) / 1 + (0.5 + 1) / 4) / 2)  # 0.5 and 0.375
+    assert sorted(trial.user_attrs["evaluations"]) == ["A-v0__stand_in__1__n-t0", "B-v0__stand_in__1__n-t0"]
+    # Rerun with another setting: refused rather than mixing two objectives in one study.
+    assert tune.main([*argv[:-2], "--seeds", "2"]) == 2
+    assert "study n in" in capsys.readouterr().err
+
+
+def test_a_failing_run_fails_its_trial_with_the_log(in_tmp, stand_in, capsys):
+    stand_in(offset='+ 1 / 0')
+    storage = f"sqlite:///{in_tmp / 'study.db'}"
+    assert tune.main(["--script", "stand_in.py", "--env-ids", "Env-v0", "--trials", "1", "--storage", storage,
+                      "--study-name", "f", "--workers", "1", "--progress-interval", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "trial 0 FAILED: Env-v0__stand_in__1__f-t0 ended with exit code 1" in out and "ZeroDivisionError" in out
+    assert "no trial completed" in out
+
+
+def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
+    """Real runs of a2c.py: Ctrl-C in the middle of trial 1 fails it and stops its run; the same command then
+    runs trials 2 and 3 until 3 trials have finished, and reports them."""
+    storage = f"sqlite:///{in_tmp / 'tune.db'}"
+    command = [sys.executable, str(ROOT / "tune.py"), "--script", "a2c.py", "--env-ids", "CartPole-v1",
+               "--trials", "3", "--storage", storage, "--study-name", "cp", "--workers", "1", "--startup-trials",
+               "5", "--sampler-seed", "0", "--progress-interval", "1", "--", *TINY_A2C]
+    process = subprocess.Popen(command, cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if (in_tmp / "runs" / "CartPole-v1__a2c__1__cp-t1" / "stdout.log").exists():
+            break
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 130, out
+    assert "interrupted; the study is kept" in out and "Traceback" not in out
+    states = [t.state for t in optuna.load_study(study_name="cp", storage=storage).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert not (in_tmp / "runs" / "CartPole-v1__a2c__1__cp-t1" / "summary.json").exists()  # stopped, not finished
+    leftover = subprocess.run(["pgrep", "-f", "CartPole-v1__a2c__1__cp-t1"], capture_output=True, text=True)
+    assert leftover.stdout == ""  # no run outlives tune.py
+
+    result = subprocess.run(command, cwd=in_tmp, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="cp", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "this process ran trial(s) 2, 3" in result.stdout
+    assert "study cp: 4 trials: 3 complete, 0 pruned, 1 failed" in result.stdout
+    for number in (0, 2, 3):
+        summary = json.loads((in_tmp / "runs" / f"CartPole-v1__a2c__1__cp-t{number}" / "summary.json").read_text())
+        assert study.trials[number].value == summary["eval_mean"]
+    best = study.best_trial
+    assert (f"python a2c.py --env-id CartPole-v1 {' '.join(best.user_attrs['flags'])} {' '.join(TINY_A2C)}"
+            in result.stdout)
+    for name in ("optimization_history", "param_importances"):
+        assert (in_tmp / "runs" / "cp" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--script", "no_such.py", "--env-ids", "CartPole-v1"], "error: no script no_such.py"),
+    (["--script", "benchmark.py", "--env-ids", "CartPole-v1"], "error: tune.py has no search space for benchmark.py"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--fix", "clip-coef=0.2"],
+     "error: --fix clip-coef=0.2: a2c.py's search space has no parameter 'clip-coef'; it has learning-rate"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--narrow", "nope=1:2"],
+     "error: --narrow nope=1:2: a2c.py's search space has no parameter 'nope'"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--narrow", "learning-rate=1e-3"],
+     "error: --narrow learning-rate=1e-3: learning-rate is a range: give LOW:HIGH"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--narrow", "gamma=0.5"],
+     "error: --narrow gamma=0.5: not among gamma's choices"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--storage", "nosuchdb://x/y"],
+     "error: cannot open storage nosuchdb://x/y"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--storage", "sqlite:////no/such/folder/t.db"],
+     "error: cannot open storage sqlite:////no/such/folder/t.db"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "Unknown-v0"],
+     "error: no score range for Unknown-v0 to normalise over several envs"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--cpus-per-run", "2"],
+     "error: --cpus-per-run: for runs on a Ray cluster; give --ray-address too"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--ray-address", "here"],
+     "error: --ray-address here: give auto, local or host:port"),
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--", "--eval-episodes", "0"],
+     "error: --eval-episodes 0 leaves the trials nothing to be scored on"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(in_tmp, capsys, argv, message):
+    assert tune.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_an_unreachable_ray_address_is_said_within_seconds(in_tmp, capsys):
+    start = time.time()
+    assert tune.main(["--script", "a2c.py", "--env-ids", "CartPole-v1", "--storage", f"sqlite:///{in_tmp / 't.db'}",
+                      "--ray-address", "127.0.0.1:9"]) == 2  # the discard port: nothing listens
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach a Ray cluster at 127.0.0.1:9") and err.count("\n") == 1
+    assert time.time() - start < 10
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tune.py"), "--script", "a2c.py", "--env-ids",
+                             "CartPole-v1", "--fix", "nope=1"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: --fix nope=1") and "Traceback" not in result.stderr
+    assert textwrap.dedent(result.stderr).count("\n") == 1
