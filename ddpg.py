@@ -55,6 +55,7 @@ Evaluate:     python ddpg.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python ddpg.py --help
 """
 
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -81,6 +82,12 @@ from torch import nn
 ALGORITHM = "ddpg"
 
 
+
+# =============================================================================================
+# Part 1: the algorithm
+# =============================================================================================
+
+
 @dataclass
 class Args:
     # --- Experiment ---
@@ -91,45 +98,8 @@ class Args:
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 20_000
     """environment steps to train for, summed over all envs"""
-    run_name: str | None = None
-    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
-    torch_threads: int = 1
-    """CPU threads for torch. One thread lets several seeds run side by side without fighting over
-    cores; with a core to spare, 2 speeds up the 256-wide matrix products of each update"""
-    track: bool = False
-    """log to Weights & Biases; without a network wandb runs offline and says so"""
-    wandb_project_name: str = "glassbox-rl"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team or user)"""
-    capture_video: bool = False
-    """record the final evaluation episodes to runs/<run-name>/videos/"""
-    save_model: bool = True
-    """save the final actor, critic and args to runs/<run-name>/model.pt"""
-    eval_episodes: int = 10
-    """episodes of greedy evaluation (the actor's action, no noise) at the end and every
-    --eval-frequency steps; 0 skips evaluation"""
-    eval_frequency: int = 10_000
-    """evaluate every this many environment steps during training (0: only at the end). Each
-    evaluation logs, beside the returns, the Q value the critic predicts for each episode's first
-    state and the discounted return the episode then earned: the gap is the overestimation"""
-    checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
-    save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
-    than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
-    3.6 MB per 100k transitions on Pendulum-v1, 17 MB on HalfCheetah-v5)"""
-    resume: str | None = None
-    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
-    evaluate: str | None = None
-    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
-    log_interval: float = 5.0
-    """seconds between progress lines on the console"""
-    metrics_every: int = 1_000
-    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
 
     # --- Environment and replay ---
     num_envs: int = 1
@@ -178,9 +148,44 @@ class Args:
     stationary standard deviation sigma / sqrt(theta * (2 - theta)), 1.9 sigma, and decorrelates
     over about 1 / theta steps"""
 
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+    # --- Running the experiment: files, tracking, evaluation, threads ---
+    run_name: str | None = None
+    """directory name under runs/ (default: <env-id>__<algorithm>__<seed>__<unix-time>)"""
+    track: bool = False
+    """log to Weights & Biases; without a network wandb runs offline and says so"""
+    wandb_project_name: str = "glassbox-rl"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    capture_video: bool = False
+    """record the final evaluation episodes to runs/<run-name>/videos/"""
+    save_model: bool = True
+    """save the final actor, critic and args to runs/<run-name>/model.pt"""
+    checkpoint_every: int = 0
+    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
+    steps; 0 writes none"""
+    save_buffer: bool = True
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
+    than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
+    3.6 MB per 100k transitions on Pendulum-v1, 17 MB on HalfCheetah-v5)"""
+    resume: str | None = None
+    """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
+    evaluate: str | None = None
+    """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
+    eval_episodes: int = 10
+    """episodes of greedy evaluation (the actor's action, no noise) at the end and every
+    --eval-frequency steps; 0 skips evaluation"""
+    eval_frequency: int = 10_000
+    """evaluate every this many environment steps during training (0: only at the end). Each
+    evaluation logs, beside the returns, the Q value the critic predicts for each episode's first
+    state and the discounted return the episode then earned: the gap is the overestimation"""
+    metrics_every: int = 1_000
+    """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
+    log_interval: float = 5.0
+    """seconds between progress lines on the console"""
+    torch_threads: int = 1
+    """CPU threads for torch. One thread lets several seeds run side by side without fighting over
+    cores; with a core to spare, 2 speeds up the 256-wide matrix products of each update"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,49 +193,18 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    try:
-        env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
-    except gym.error.Error as e:
-        raise UsageError(f"cannot make {env_id}: {e}")
-    if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
-        env.close()
-        raise UsageError(
-            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
-            "flat Box one (continuous actions); for discrete actions use dqn.py"
-        )
-    if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
-        env.close()
-        raise UsageError(
-            f"{env_id}'s action bounds are not finite ({env.action_space}); {ALGORITHM}.py scales a "
-            "tanh to them, so it needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)"
-        )
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        env.close()
-        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
-    return env
+    """The env as gymnasium makes it (check_env has checked that it can be made and suits this file)."""
+    return gym.make(env_id, render_mode=render_mode)
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode.
-
-    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
-    *after* an episode ends returns the reset observation and ignores the action, a fake
-    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
-    the episode: every transition returned is real, the returned observation is already the next
-    episode's first one, and the true last observation arrives in info["final_obs"], which is
-    what a truncated episode must bootstrap from.
-    """
+    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x resets a finished sub-env
+    automatically. In the default NEXT_STEP mode the step *after* an episode ends returns the reset
+    observation and ignores the action, a fake transition that must be masked out everywhere.
+    SAME_STEP resets inside the step that ends the episode: every transition returned is real, the
+    returned observation is already the next episode's first one, and the true last observation
+    arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = env_cls(
         [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
@@ -240,14 +214,9 @@ def make_vector_env(args: Args) -> gym.vector.VectorEnv:
 
 
 def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -> np.ndarray:
-    """The state each env really reached in this step: s' of the transition to store.
-
-    For an env whose episode just ended (terminated or truncated), the vector env has already reset
-    it and `next_obs` holds the next episode's first observation; the state the episode ended in is
-    in infos["final_obs"]. Storing the reset observation would record a transition the env never
-    made. (After a termination s' is multiplied by zero in the target anyway; after a truncation it
-    is exactly what the target bootstraps from.)
-    """
+    """The state each env really reached in this step, the s' to store. For an env whose episode
+    just ended, the vector env has already reset it (see make_vector_env): `next_obs` holds the next
+    episode's first observation, and the state the episode ended in is in infos["final_obs"]."""
     if not episode_ends.any():
         return next_obs
     real = next_obs.copy()
@@ -286,12 +255,7 @@ class ReplayBuffer:
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
-        """Stores one step of the vector env, as it returned it: row k of each array is env k's.
-
-        s' is the true next state (`true_next_obs`), never the reset observation of the next
-        episode; the stored done flag is `terminations` alone, so a truncated transition keeps
-        its bootstrap from s' in the target.
-        """
+        """Stores one step of the vector env, as it returned it: row k of each array is env k's."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)
         # A slice when the rows do not wrap around the end: much cheaper than an index array.
@@ -315,23 +279,6 @@ class ReplayBuffer:
             for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
         )
 
-    def state_dict(self) -> dict:
-        """The filled rows, oldest first (in a full buffer the oldest row is the next to overwrite),
-        so that they load into a buffer of any capacity that holds them, with the next write going
-        after them."""
-        oldest_first = (self.pos + np.arange(self.size)) % self.size if self.size == self.capacity else slice(0, self.size)
-        return {"size": self.size} | {
-            name: torch.from_numpy(getattr(self, name)[oldest_first])
-            for name in ("obs", "actions", "rewards", "next_obs", "terminated")
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
-        self.size = min(state["size"], self.capacity)
-        self.pos = self.size % self.capacity
-        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-            getattr(self, name)[: self.size] = state[name][state["size"] - self.size:].numpy()
-
 
 # ---------------------------------------------------------------------------------------------
 # Networks
@@ -345,9 +292,8 @@ def mlp_layers(in_dim: int, hidden_sizes: list[int], out_dim: int) -> tuple[nn.M
 
 
 def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
-    # F.linear on the layers' parameters rather than calling each nn.Linear: the module call's
-    # bookkeeping costs more than the matrix product at small sizes, and this runs several times
-    # per update.
+    # F.linear on the layers' parameters rather than calling each nn.Linear: the module call's bookkeeping
+    # costs more than the matrix product at small sizes, and this runs several times per update.
     for layer in hidden:
         x = torch.relu(F.linear(x, layer.weight, layer.bias))
     return x
@@ -384,35 +330,6 @@ class Critic(nn.Module):
         return F.linear(x, self.out.weight, self.out.bias).squeeze(1)
 
 
-def acting_actions(actor: Actor, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    """mu(obs) for the envs' observations, numpy in and numpy out: what acting needs every step.
-
-    On the CPU this is the actor's forward pass written in numpy, on arrays that share memory with
-    the parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
-    write the parameters in place, so the view always holds the current weights. For one
-    observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
-    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
-    environment step. On a GPU the parameters are not in host memory, and acting is an ordinary
-    forward pass.
-    """
-    if device.type != "cpu":
-        def act(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return actor(torch.from_numpy(np.asarray(obs, np.float32)).to(device)).cpu().numpy()
-        return act
-
-    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in (*actor.hidden, actor.out)]
-    scale, bias = actor.action_scale.numpy(), actor.action_bias.numpy()
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        x = obs
-        for weight, bias_ in layers[:-1]:
-            x = np.maximum(x @ weight.T + bias_, 0.0)
-        weight, bias_ = layers[-1]
-        return bias + scale * np.tanh(x @ weight.T + bias_)
-    return act
-
-
 # ---------------------------------------------------------------------------------------------
 # The algorithm's pure functions
 # ---------------------------------------------------------------------------------------------
@@ -433,22 +350,31 @@ def td_target(
 
 
 def actor_loss(actor: Actor, critic: Critic, obs: torch.Tensor) -> torch.Tensor:
-    """-E_s[Q(s, mu(s))]: minimising it climbs the critic along dQ/da, through mu's weights.
-
-    The gradient flows through the critic into the action and on into the actor; the critic's own
-    weights are not to change here (only the actor's optimizer steps on this loss, and train() asks
-    autograd for the actor's gradients alone).
-    """
+    """-E_s[Q(s, mu(s))]: minimising it climbs the critic along dQ/da, through mu's weights. The
+    critic's weights are not to change here: gradient_step steps the actor's optimizer alone."""
     return -critic(obs, actor(obs)).mean()
 
 
-class ActionNoise:
-    """Exploration noise for `num_envs` envs, in units of the action half-range.
+@torch.no_grad()
+def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One fused
+    _foreach call over all parameters rather than a Python loop of one small op per tensor."""
+    targets, sources = list(target_network.parameters()), list(network.parameters())
+    if tau == 1.0:
+        torch._foreach_copy_(targets, sources)
+    else:
+        torch._foreach_lerp_(targets, sources, tau)
 
-    Gaussian: independent N(0, sigma^2) at every step. Ornstein-Uhlenbeck: a discretised
-    x <- x - theta * x + sigma * N(0, 1) per env and dimension, a random walk pulled back to 0, whose
-    successive values are correlated; each env's x restarts from 0 when its episode ends.
-    """
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm's steps
+# ---------------------------------------------------------------------------------------------
+
+
+class ActionNoise:
+    """Exploration noise for `num_envs` envs, in units of the action half-range. Gaussian: N(0, sigma^2)
+    at every step. Ornstein-Uhlenbeck: x <- x - theta * x + sigma * N(0, 1) per env and dimension, a
+    random walk pulled back to 0 whose successive values are correlated, restarted when an episode ends."""
 
     def __init__(self, num_envs: int, act_dim: int, sigma: float, ou: bool, theta: float):
         self.sigma, self.ou, self.theta = sigma, ou, theta
@@ -478,21 +404,192 @@ def select_actions(
     return np.clip(actions, low, high).astype(np.float32)
 
 
-@torch.no_grad()
-def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One fused
-    _foreach call over all parameters rather than a Python loop of one small op per tensor."""
-    targets, sources = list(target_network.parameters()), list(network.parameters())
-    if tau == 1.0:
-        torch._foreach_copy_(targets, sources)
-    else:
-        torch._foreach_lerp_(targets, sources, tau)
+def gradient_step(
+    actor: Actor, critic: Critic, target_actor: Actor, target_critic: Critic,
+    actor_optimizer: torch.optim.Optimizer, critic_optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, ...], gamma: float, tau: float, update_actor: bool,
+) -> dict[str, torch.Tensor]:
+    """One critic step on a minibatch; then, when `update_actor`, one actor step on the same states
+    and a Polyak move of both target networks. The actor step sees the critic just updated, and
+    changes none of its weights. Returns the detached values for metrics.csv, by column."""
+    obs, actions, rewards, next_obs, terminated = batch
+    with torch.no_grad():  # y = r + gamma (1 - terminated) Q'(s', mu'(s')): a label, no gradient flows into it
+        target = td_target(target_actor, target_critic, rewards, next_obs, terminated, gamma)
+    q = critic(obs, actions)                            # Q(s, a; theta)
+    critic_loss = F.mse_loss(q, target)                 # L(theta) = mean over the batch of (Q(s, a; theta) - y)^2
+    critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_optimizer.step()                             # theta: one Adam step down dL/dtheta
+    values = {"critic_loss": critic_loss.detach(), "q_taken": q.detach()}
+    if update_actor:
+        loss = actor_loss(actor, critic, obs)           # -J(phi) = -mean_s Q(s, mu(s; phi); theta)
+        actor_optimizer.zero_grad(set_to_none=True)
+        # inputs=: autograd goes through the critic for dQ/da but skips the gradients of the
+        # critic's own weights, which this step has no use for.
+        loss.backward(inputs=list(actor.parameters()))  # dJ/dphi = mean_s dQ(s, a)/da at a = mu(s) * dmu(s; phi)/dphi
+        actor_optimizer.step()                          # phi: one Adam step up dJ/dphi
+        update_target(target_actor, actor, tau)         # phi'   <- tau phi   + (1 - tau) phi'
+        update_target(target_critic, critic, tau)       # theta' <- tau theta + (1 - tau) theta'
+        values["actor_loss"] = loss.detach()
+    return values
 
 
-def steps_crossed(every: int, step: int, previous_step: int) -> int:
-    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
-    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
-    return step // every - previous_step // every if every > 0 else 0
+def train(args: Args) -> dict:
+    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
+    check_args(args)
+
+    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
+    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args)
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    low, high = envs.single_action_space.low.astype(np.float32), envs.single_action_space.high.astype(np.float32)
+
+    actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
+    critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    target_actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
+    target_critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
+    target_actor.load_state_dict(actor.state_dict())
+    target_critic.load_state_dict(critic.state_dict())
+    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
+    # ops are a real share of each gradient step's time at these network sizes.
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim)
+    noise = ActionNoise(args.num_envs, act_dim, args.exploration_noise, args.ou_noise, args.ou_theta)
+
+    # What model.pt holds, and what a checkpoint adds to go on training: listed once, to save and to resume.
+    model = {"obs_dim": obs_dim, "act_dim": act_dim, "action_low": low.tolist(), "action_high": high.tolist(),
+             "actor": actor, "critic": critic}
+    training = {"target_actor": target_actor, "target_critic": target_critic, "actor_optimizer": actor_optimizer,
+                "critic_optimizer": critic_optimizer, "buffer": rb}
+    run = Run(args, model, training, rng)
+    global_step, num_updates = run.start_step, run.start_updates
+
+    act = acting_actions(actor, device)  # obs -> mu(obs), numpy in and out, for acting at every step
+    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    while global_step < args.total_timesteps:
+        # --- Act and store ---
+        uniform = rb.size < args.learning_starts
+        actions = select_actions(act, obs, noise, uniform, low, high, rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
+        noise.reset(terminations | truncations)
+        obs = next_obs
+        previous_step, global_step = global_step, global_step + args.num_envs
+        run.record_episodes(infos)
+
+        # --- Learn: updates_per_step gradient steps per transition, the actor every policy_frequency-th ---
+        if rb.size >= args.learning_starts:
+            run.learning_started(global_step)
+            for _ in range(args.num_envs * args.updates_per_step):
+                batch = rb.sample(args.batch_size, rng, device)
+                num_updates += 1
+                run.record(gradient_step(
+                    actor, critic, target_actor, target_critic, actor_optimizer, critic_optimizer, batch,
+                    args.gamma, args.tau, update_actor=num_updates % args.policy_frequency == 0,
+                ))
+
+        # --- Evaluate, log, checkpoint ---
+        evaluation = None
+        if run.evaluation_due(global_step, previous_step):
+            with run.off_the_clock():
+                evaluation = evaluate(actor, critic, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
+                                      device, run.video_dir(global_step))
+        if evaluation is not None or run.row_due(global_step, previous_step):
+            run.log({"global_step": global_step, "gradient_steps": num_updates}, evaluation)
+        if run.checkpoint_due(global_step, previous_step):
+            run.save_checkpoint(global_step, num_updates)
+        run.progress(global_step, uniform)
+    envs.close()
+    return run.finish(global_step, evaluation)
+
+
+# =============================================================================================
+# Part 2: running it
+# =============================================================================================
+# Everything train() calls that is not the algorithm: argument and environment checks, the run's
+# files (metrics, checkpoints, summary, model), acting in numpy, evaluation, loading, the command line.
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: one line and exit code 2 for bad input
+# ---------------------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+def check_env_id(env_id: str) -> None:
+    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
+        return
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
+    raise UsageError(f"unknown env id '{env_id}'{hint}")
+
+
+def check_env(env_id: str) -> None:
+    """Makes the env once, so that a missing package or spaces this file cannot handle are one line."""
+    try:
+        env = gym.make(env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
+    except gym.error.Error as e:
+        raise UsageError(f"cannot make {env_id}: {e}")
+    try:
+        if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
+            raise UsageError(
+                f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
+                "flat Box one (continuous actions); for discrete actions use dqn.py"
+            )
+        if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
+            raise UsageError(
+                f"{env_id}'s action bounds are not finite ({env.action_space}); {ALGORITHM}.py scales a "
+                "tanh to them, so it needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)"
+            )
+        if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+            raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    finally:
+        env.close()
+
+
+def check_args(args: Args) -> None:
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
+                 "policy_frequency", "torch_threads", "metrics_every", "learning_rate", "log_interval"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
+        raise UsageError("--gamma and --tau must be in (0, 1]")
+    if not 0.0 < args.ou_theta <= 1.0:
+        raise UsageError(f"--ou-theta must be in (0, 1], got {args.ou_theta}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(
+            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+            "the buffer could never hold enough transitions to start training"
+        )
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+            f"{args.learning_starts}: training would never start"
+        )
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    check_env_id(args.env_id)
+    check_env(args.env_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,38 +688,262 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks, evaluation, saving and loading
+# The run: its directory, metrics rows, progress line, checkpoints, summary and model
 # ---------------------------------------------------------------------------------------------
 
 
-def check_args(args: Args) -> None:
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
-                 "policy_frequency", "torch_threads", "metrics_every", "learning_rate", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
-        raise UsageError("--gamma and --tau must be in (0, 1]")
-    if not 0.0 < args.ou_theta <= 1.0:
-        raise UsageError(f"--ou-theta must be in (0, 1], got {args.ou_theta}")
-    if args.learning_starts > args.buffer_size:
-        raise UsageError(
-            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
-            "the buffer could never hold enough transitions to start training"
+def steps_crossed(every: int, step: int, previous_step: int) -> int:
+    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
+    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
+    return step // every - previous_step // every if every > 0 else 0
+
+
+def buffer_state(rb: ReplayBuffer) -> dict:
+    """The filled rows, oldest first (in a full buffer the oldest row is the next to overwrite), so
+    that they load into a buffer of any capacity that holds them, the next write going after them."""
+    oldest_first = (rb.pos + np.arange(rb.size)) % rb.size if rb.size == rb.capacity else slice(0, rb.size)
+    return {"size": rb.size} | {
+        name: torch.from_numpy(getattr(rb, name)[oldest_first])
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated")
+    }
+
+
+def load_buffer(rb: ReplayBuffer, state: dict) -> None:
+    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
+    rb.size = min(state["size"], rb.capacity)
+    rb.pos = rb.size % rb.capacity
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].numpy()
+
+
+class Run:
+    """The files and the console of one training run, so that train() reads as the algorithm.
+
+    runs/<run-name>/ (a new directory, or the resumed checkpoint's) gets args.json, metrics.csv (and
+    wandb with --track), checkpoint.pt every --checkpoint-every steps, then summary.json and model.pt.
+    `model` names what model.pt holds (the networks and what rebuilds them), `training` what a
+    checkpoint adds to go on where it stopped (target networks, optimizers, the replay buffer). Both
+    are listed once, in train(), and serve saving and resuming alike, so the two cannot drift apart.
+    """
+
+    def __init__(self, args: Args, model: dict, training: dict, rng: np.random.Generator):
+        self.args, self.model, self.training, self.rng = args, model, training, rng
+        self.start_step, self.start_updates = 0, 0
+        if args.resume:
+            self.resume(args.resume)
+            self.dir = Path(args.resume).parent
+        else:
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(
+            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
+            resume_step=self.start_step if args.resume else None,
         )
-    if args.total_timesteps <= args.learning_starts:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
-            f"{args.learning_starts}: training would never start"
+        # Per gradient step, kept as tensors and averaged once per metrics row: no .item() sync per update.
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[float] = []
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.start_time = self.last_print = time.time()
+        self.eval_time = 0.0
+        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
+
+    # --- Checkpoints: save and resume ---
+
+    def state(self, objects: dict) -> dict:
+        """What a file stores of each entry: a network's or optimizer's state_dict(), the buffer's rows
+        (None with --no-save-buffer), a plain value as it is."""
+        return {
+            name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
+            else obj.state_dict() if hasattr(obj, "state_dict") else obj
+            for name, obj in objects.items()
+        }
+
+    def model_state(self, step: int) -> dict:
+        """model.pt: the networks and what rebuilds them (see load_model); a checkpoint begins with it."""
+        header = {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args)}
+        return header | self.state(self.model) | {"global_step": step}
+
+    def save_checkpoint(self, step: int, num_updates: int) -> None:
+        atomic_save(
+            self.model_state(step) | self.state(self.training) | {
+                "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(),
+            },
+            self.dir / "checkpoint.pt",
         )
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+
+    def resume(self, path: str) -> None:
+        # Onto the CPU: the replay buffer and the RNG state live on the host;
+        # load_state_dict moves the weights and optimizer state onto the device.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+        for name, obj in (self.model | self.training).items():
+            if isinstance(obj, ReplayBuffer):
+                if ckpt[name] is not None:  # None: saved with --no-save-buffer
+                    load_buffer(obj, ckpt[name])
+            elif hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(ckpt[name])
+        self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
+        if self.start_step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
+            raise UsageError(f"{path} ends at step {self.start_step}, already the end of --total-timesteps "
+                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
+        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
+              "in the buffer")
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:
+        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0
+
+    # --- Metrics, evaluation, progress ---
+
+    def record_episodes(self, infos: dict) -> None:
+        """The returns and lengths of the episodes that ended in this step (RecordEpisodeStatistics)."""
+        if "episode" in infos:
+            done = infos["_episode"]
+            self.episode_returns.extend(infos["episode"]["r"][done].tolist())
+            self.episode_lengths.extend(infos["episode"]["l"][done].tolist())
+
+    def learning_started(self, step: int) -> None:
+        """Marks the first gradient step's time and step: the pace of the time-left estimate runs from it."""
+        self.learning_from = self.learning_from or (time.time(), step)
+
+    def record(self, values: dict[str, torch.Tensor]) -> None:
+        """One gradient step's detached values, by metrics.csv column."""
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value)
+
+    def evaluation_due(self, step: int, previous_step: int) -> bool:
+        """Every --eval-frequency steps and at the end; never with --eval-episodes 0."""
+        last_step = step >= self.args.total_timesteps
+        due = last_step or steps_crossed(self.args.eval_frequency, step, previous_step) > 0
+        return self.args.eval_episodes > 0 and due
+
+    def video_dir(self, step: int) -> Path | None:
+        """Where the final evaluation's episodes are recorded with --capture-video."""
+        return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
+
+    @contextlib.contextmanager
+    def off_the_clock(self):
+        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+        start = time.time()
+        yield
+        self.eval_time += time.time() - start
+
+    def training_sps(self, step: int, elapsed: float) -> float:
+        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
+        return (step - self.start_step) / max(elapsed - self.eval_time, 1e-9)
+
+    def row_due(self, step: int, previous_step: int) -> bool:
+        return step >= self.args.total_timesteps or steps_crossed(self.args.metrics_every, step, previous_step) > 0
+
+    def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
+        """One row of metrics.csv (and wandb): the caller's counters, the recorded values averaged
+        over the gradient steps since the last row, the episodes that ended since, the evaluation."""
+        elapsed = time.time() - self.start_time
+        self.recent_returns.extend(self.episode_returns)
+        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
+        row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
+        row |= {
+            "episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
+            "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+        }
+        if evaluation is not None:
+            returns, discounted, start_q = evaluation
+            row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
+                    "eval_start_q": np.mean(start_q)}
+            print(
+                f"eval at step {row['global_step']}: return {np.mean(returns):.1f} | Q(first state) "
+                f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
+                flush=True,
+            )
+        self.metrics.write(row)
+        self.values, self.episode_returns, self.episode_lengths = {}, [], []
+
+    def progress(self, step: int, uniform: bool) -> None:
+        """The console line, every --log-interval seconds and at the end."""
+        now = time.time()
+        if now - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+            return
+        self.last_print = now
+        elapsed = now - self.start_time
+        # Time left at the pace since the first gradient step, evaluations included. Not the average
+        # since the start: the steps before it make no updates and run many times faster.
+        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
+        time_left = (self.args.total_timesteps - step) * (now - since_time) / max(step - since_step, 1)
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        noise = f"{'OU' if self.args.ou_noise else 'Gaussian'} noise {self.args.exploration_noise}"
+        print(
+            f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | return "
+            f"{recent} (last {len(self.recent_returns)} episodes) | {'uniform actions' if uniform else noise} | "
+            f"{elapsed:5.0f}s elapsed, ~{time_left:.0f}s left",
+            flush=True,
+        )
+
+    def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
+        """summary.json and model.pt (with --save-model); closes metrics.csv and wandb."""
+        wall_time = time.time() - self.start_time
+        summary = {
+            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+        }
+        if evaluation is not None:
+            returns, discounted, start_q = evaluation
+            print_eval(returns, discounted, start_q)
+            summary |= {
+                "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+                "eval_discounted_returns": discounted, "eval_start_q": start_q,
+            }
+        if self.args.save_model:
+            atomic_save(self.model_state(step), self.dir / "model.pt")
+            model_path = self.dir / "model.pt"
+            print(f"model saved to {model_path}; evaluate it with: python {ALGORITHM}.py --evaluate {model_path}")
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting: mu(s) in numpy on the CPU
+# ---------------------------------------------------------------------------------------------
+
+
+def acting_actions(actor: Actor, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """mu(obs) for the envs' observations, numpy in and numpy out: what acting needs every step.
+
+    On the CPU this is the actor's forward pass written in numpy, on arrays that share memory with
+    the parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
+    write the parameters in place, so the view always holds the current weights. For one
+    observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
+    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
+    environment step. On a GPU the parameters are not in host memory, and acting is an ordinary
+    forward pass.
+    """
+    if device.type != "cpu":
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return actor(torch.from_numpy(np.asarray(obs, np.float32)).to(device)).cpu().numpy()
+        return act
+
+    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in (*actor.hidden, actor.out)]
+    scale, bias = actor.action_scale.numpy(), actor.action_bias.numpy()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias_ in layers[:-1]:
+            x = np.maximum(x @ weight.T + bias_, 0.0)
+        weight, bias_ = layers[-1]
+        return bias + scale * np.tanh(x @ weight.T + bias_)
+    return act
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, saving and loading
+# ---------------------------------------------------------------------------------------------
 
 
 def eval_seed(seed: int) -> int:
@@ -709,225 +1030,8 @@ def run_evaluation(args: Args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The command line
 # ---------------------------------------------------------------------------------------------
-
-
-def train(args: Args) -> dict:
-    """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
-    check_args(args)
-
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
-    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args)
-    obs_dim = envs.single_observation_space.shape[0]
-    act_dim = envs.single_action_space.shape[0]
-    low = envs.single_action_space.low.astype(np.float32)
-    high = envs.single_action_space.high.astype(np.float32)
-
-    actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
-    critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
-    target_actor = Actor(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
-    target_critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
-    target_actor.load_state_dict(actor.state_dict())
-    target_critic.load_state_dict(critic.state_dict())
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
-    # ops are a real share of each gradient step's time at these network sizes.
-    actor_params = list(actor.parameters())
-    actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, fused=True)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim)
-    noise = ActionNoise(args.num_envs, act_dim, args.exploration_noise, args.ou_noise, args.ou_theta)
-    global_step, num_updates = 0, 0
-
-    if args.resume:
-        # Onto the CPU: the replay buffer and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
-                             "resume from that run's checkpoint.pt")
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        target_actor.load_state_dict(ckpt["target_actor"])
-        target_critic.load_state_dict(ckpt["target_critic"])
-        actor_optimizer.load_state_dict(ckpt["actor_optimizer"])
-        critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
-        if ckpt["buffer"] is not None:
-            rb.load_state_dict(ckpt["buffer"])
-        global_step, num_updates = ckpt["global_step"], ckpt["num_updates"]
-        if global_step >= args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{args.resume} ends at step {global_step}, already the end of --total-timesteps "
-                             f"{args.total_timesteps}; pass a larger --total-timesteps to train on")
-        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        run_dir = Path(args.resume).parent
-        print(f"resumed from {args.resume} at step {global_step} with {rb.size} transitions in the buffer")
-    else:
-        run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(json.dumps(dataclasses.asdict(args), indent=2), run_dir / "args.json")
-    log = MetricsLog(
-        run_dir / "metrics.csv", init_wandb(args, run_dir.name, run_dir) if args.track else None,
-        resume_step=global_step if args.resume else None,
-    )
-
-    def model_state() -> dict:
-        return {
-            "algorithm": ALGORITHM, "args": dataclasses.asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
-            "action_low": low.tolist(), "action_high": high.tolist(), "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "global_step": global_step,
-        }
-
-    def save_checkpoint() -> None:
-        atomic_save(
-            model_state() | {
-                "target_actor": target_actor.state_dict(), "target_critic": target_critic.state_dict(),
-                "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
-                "num_updates": num_updates, "buffer": rb.state_dict() if args.save_buffer else None,
-                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-            },
-            run_dir / "checkpoint.pt",
-        )
-
-    act = acting_actions(actor, device)
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    recent_returns: deque[float] = deque(maxlen=20)
-    episode_returns, episode_lengths, critic_losses, actor_losses, q_taken = [], [], [], [], []
-    evaluation = None
-    start_time = last_print = time.time()
-    eval_time, start_step = 0.0, global_step
-    learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-
-    def training_sps(elapsed: float) -> float:
-        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
-        return (global_step - start_step) / max(elapsed - eval_time, 1e-9)
-
-    def time_left() -> float:
-        """Seconds to the end at the pace since the first gradient step, evaluations included. Not
-        the average since the start: the steps before it make no updates and run many times faster."""
-        since_time, since_step = learning_from or (start_time, start_step)
-        return (args.total_timesteps - global_step) * (time.time() - since_time) / max(global_step - since_step, 1)
-
-    while global_step < args.total_timesteps:
-        # --- Act and store ---
-        uniform = rb.size < args.learning_starts
-        actions = select_actions(act, obs, noise, uniform, low, high, rng)
-        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        rb.add(obs, actions, next_obs, rewards, terminations, truncations, infos)
-        noise.reset(terminations | truncations)
-        obs = next_obs
-        previous_step, global_step = global_step, global_step + args.num_envs
-        if "episode" in infos:
-            done = infos["_episode"]
-            episode_returns.extend(infos["episode"]["r"][done].tolist())
-            episode_lengths.extend(infos["episode"]["l"][done].tolist())
-
-        # --- Learn ---
-        if rb.size >= args.learning_starts:
-            learning_from = learning_from or (time.time(), global_step)
-            for _ in range(args.num_envs * args.updates_per_step):
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = rb.sample(args.batch_size, rng, device)
-                with torch.no_grad():
-                    target = td_target(target_actor, target_critic, b_rewards, b_next_obs, b_terminated, args.gamma)
-                q = critic(b_obs, b_actions)
-                critic_loss = F.mse_loss(q, target)
-                critic_optimizer.zero_grad(set_to_none=True)
-                critic_loss.backward()
-                critic_optimizer.step()
-                num_updates += 1
-                # Kept as tensors and averaged once per metrics row: no .item() sync per update.
-                critic_losses.append(critic_loss.detach())
-                q_taken.append(q.detach())
-                if num_updates % args.policy_frequency == 0:
-                    loss = actor_loss(actor, critic, b_obs)
-                    actor_optimizer.zero_grad(set_to_none=True)
-                    # inputs=actor_params: autograd goes through the critic for dQ/da but skips the
-                    # gradients of the critic's own weights, which this step has no use for.
-                    loss.backward(inputs=actor_params)
-                    actor_optimizer.step()
-                    actor_losses.append(loss.detach())
-                    update_target(target_actor, actor, args.tau)
-                    update_target(target_critic, critic, args.tau)
-
-        # --- Evaluate, log, checkpoint ---
-        last_step = global_step >= args.total_timesteps
-        if args.eval_episodes and (last_step or steps_crossed(args.eval_frequency, global_step, previous_step)):
-            eval_start = time.time()
-            video_dir = run_dir / "videos" if args.capture_video and last_step else None
-            evaluation = evaluate(
-                actor, critic, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
-            )
-            eval_time += time.time() - eval_start
-        if last_step or evaluation is not None or steps_crossed(args.metrics_every, global_step, previous_step):
-            elapsed = time.time() - start_time
-            sps = training_sps(elapsed)
-            recent_returns.extend(episode_returns)
-            row = {
-                "global_step": global_step, "time": round(elapsed, 2), "sps": round(sps),
-                "gradient_steps": num_updates,
-                "critic_loss": torch.stack(critic_losses).mean().item() if critic_losses else "",
-                "actor_loss": torch.stack(actor_losses).mean().item() if actor_losses else "",
-                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
-                "episodic_return": np.mean(episode_returns) if episode_returns else "",
-                "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-            }
-            if evaluation is not None:
-                returns, discounted, start_q = evaluation
-                row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
-                        "eval_start_q": np.mean(start_q)}
-                print(
-                    f"eval at step {global_step}: return {np.mean(returns):.1f} | Q(first state) "
-                    f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
-                    flush=True,
-                )
-            log.write(row)
-            episode_returns, episode_lengths, critic_losses, actor_losses, q_taken = [], [], [], [], []
-            if not last_step:
-                evaluation = None
-        if steps_crossed(args.checkpoint_every, global_step, previous_step):
-            save_checkpoint()
-        if time.time() - last_print >= args.log_interval or last_step:
-            last_print = time.time()
-            elapsed = time.time() - start_time
-            sps = training_sps(elapsed)
-            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            explore = "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
-            print(
-                f"step {global_step:>9}/{args.total_timesteps} | {sps:5.0f} SPS | return {recent} "
-                f"(last {len(recent_returns)} episodes) | {explore} | {elapsed:5.0f}s elapsed, ~{time_left():.0f}s left",
-                flush=True,
-            )
-    envs.close()
-    wall_time = time.time() - start_time
-
-    summary = {
-        "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-        "wall_time": round(wall_time, 1), "sps": round(training_sps(wall_time)),
-        "train_return_recent": float(np.mean(recent_returns)) if recent_returns else None,
-    }
-    if evaluation is not None:
-        returns, discounted, start_q = evaluation
-        print_eval(returns, discounted, start_q)
-        summary |= {
-            "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
-            "eval_discounted_returns": discounted, "eval_start_q": start_q,
-        }
-    if args.save_model:
-        atomic_save(model_state(), run_dir / "model.pt")
-        print(f"model saved to {run_dir / 'model.pt'}; evaluate it with: python {ALGORITHM}.py --evaluate {run_dir / 'model.pt'}")
-    atomic_save(json.dumps(summary, indent=2), run_dir / "summary.json")
-    log.close()
-    return summary
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

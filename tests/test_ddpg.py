@@ -1,6 +1,8 @@
 """ddpg.py: the replay buffer, action scaling, target, actor loss and exploration noise against
-hand-computed values; then train() on a tiny budget and the script as a user runs it."""
+hand-computed values, the gradient step against a plain reference; then train() on a tiny budget
+and the script as a user runs it."""
 
+import copy
 import csv
 import json
 import math
@@ -137,7 +139,7 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     # Into a larger buffer: the five rows arrive oldest first (the full buffer's oldest is at its
     # pos, 3) and the next write goes after them, so no unwritten row is ever sampled.
     restored = ddpg.ReplayBuffer(10, obs_dim=2, act_dim=1)
-    restored.load_state_dict(rb.state_dict())
+    ddpg.load_buffer(restored, ddpg.buffer_state(rb))
     assert (restored.pos, restored.size) == (5, 5)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(restored, name)[:5], np.roll(getattr(rb, name), -3, axis=0))
@@ -147,13 +149,13 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     assert (restored.pos, restored.size) == (7, 7) and restored.obs[5:7].tolist() == [[4, 4], [4, 4]]
     # Into a smaller buffer: the newest four of the five, oldest first; the next write replaces the oldest.
     smaller = ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1)
-    smaller.load_state_dict(rb.state_dict())
+    ddpg.load_buffer(smaller, ddpg.buffer_state(rb))
     assert (smaller.pos, smaller.size) == (0, 4)
     assert smaller.obs.tolist() == [[2, 0], [2, 1], [3, 0], [3, 1]]
     np.testing.assert_array_equal(smaller.next_obs, smaller.obs + 10)
 
 
-# --- Networks: action scaling, acting ---
+# --- Networks: action scaling ---
 
 
 def test_actor_stretches_tanh_to_asymmetric_bounds():
@@ -177,27 +179,7 @@ def test_actor_stretches_tanh_to_asymmetric_bounds():
     assert (actions >= torch.from_numpy(LOW)).all() and (actions <= torch.from_numpy(HIGH)).all()
 
 
-def test_acting_actions_match_the_actor_and_follow_its_updates():
-    torch.manual_seed(0)
-    actor = ddpg.Actor(4, 2, [32, 16], LOW, HIGH)
-    act = ddpg.acting_actions(actor, torch.device("cpu"))
-    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-
-    def torch_actions():
-        with torch.no_grad():
-            return actor(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(act(obs), torch_actions(), rtol=1e-5, atol=1e-6)
-    # The numpy arrays are views of the parameters: an optimizer step and a load_state_dict, both
-    # in place, show up without rebuilding anything.
-    optimizer = torch.optim.Adam(actor.parameters(), lr=0.1, fused=True)
-    actor(torch.from_numpy(obs)).sum().backward()
-    optimizer.step()
-    np.testing.assert_allclose(act(obs), torch_actions(), rtol=1e-5, atol=1e-6)
-    actor.load_state_dict(ddpg.Actor(4, 2, [32, 16], LOW, HIGH).state_dict())
-    np.testing.assert_allclose(act(obs), torch_actions(), rtol=1e-5, atol=1e-6)
-
-
-# --- Target, actor loss, target networks, noise, acting ---
+# --- Target, actor loss, target networks ---
 
 
 def test_td_target_hand_computed():
@@ -239,6 +221,9 @@ def test_update_target_polyak_and_copy():
     assert all(torch.equal(a, b) for a, b in zip(target.parameters(), online.parameters()))
 
 
+# --- The algorithm's steps: exploration, the gradient step ---
+
+
 def test_gaussian_and_ornstein_uhlenbeck_noise_statistics():
     rng = np.random.default_rng(0)
     gaussian = ddpg.ActionNoise(20_000, 2, 0.3, ou=False, theta=0.15)
@@ -275,6 +260,92 @@ def test_select_actions_uniform_then_noisy_and_clipped():
     # At the bound, the noisy action is clipped: half the draws land exactly on it.
     at_top = ddpg.select_actions(lambda o: np.tile(HIGH, (len(o), 1)), obs, noise, False, LOW, HIGH, rng)
     assert (at_top <= HIGH).all() and (at_top == HIGH).mean() == pytest.approx(0.5, abs=0.02)
+
+
+def random_step_setup(seed=0):
+    """Small random networks, their target copies (moved off the online ones, so that a Polyak step
+    shows), SGD optimizers and a minibatch with one terminated transition."""
+    torch.manual_seed(seed)
+    low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32)
+    actor, critic = ddpg.Actor(3, 2, [8], low, high), ddpg.Critic(3, 2, [8])
+    target_actor, target_critic = ddpg.Actor(3, 2, [8], low, high), ddpg.Critic(3, 2, [8])
+    nets = {"actor": actor, "critic": critic, "target_actor": target_actor, "target_critic": target_critic}
+    optimizers = {"actor_optimizer": torch.optim.SGD(actor.parameters(), lr=0.1),
+                  "critic_optimizer": torch.optim.SGD(critic.parameters(), lr=0.1)}
+    batch = (torch.randn(6, 3), torch.rand(6, 2) * torch.tensor([4.0, 1.0]) - torch.tensor([2.0, 0.0]),
+             torch.randn(6), torch.randn(6, 3), torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    return nets, optimizers, batch
+
+
+def sgd_reference(loss, params, lr=0.1):
+    return [p.detach() - lr * g for p, g in zip(params, torch.autograd.grad(loss, params))]
+
+
+def test_gradient_step_critic_step_matches_a_plain_reference():
+    nets, optimizers, batch = random_step_setup()
+    before = copy.deepcopy(nets)
+    obs, actions, rewards, next_obs, terminated = batch
+    # The reference, written out: y from the target copies, then one SGD step on the mean squared error.
+    with torch.no_grad():
+        y = rewards + 0.9 * (1 - terminated) * before["target_critic"](next_obs, before["target_actor"](next_obs))
+    q = before["critic"](obs, actions)
+    loss = ((q - y) ** 2).mean()
+    expected = sgd_reference(loss, list(before["critic"].parameters()))
+
+    values = ddpg.gradient_step(**nets, **optimizers, batch=batch, gamma=0.9, tau=0.25, update_actor=False)
+    for new, want in zip(nets["critic"].parameters(), expected):
+        torch.testing.assert_close(new, want)
+    torch.testing.assert_close(values["critic_loss"], loss.detach())
+    torch.testing.assert_close(values["q_taken"], q.detach())
+    assert "actor_loss" not in values
+    # Without an actor step nothing else moves: not the actor, and not the target networks.
+    for name in ("actor", "target_actor", "target_critic"):
+        assert all(torch.equal(a, b) for a, b in zip(nets[name].parameters(), before[name].parameters())), name
+
+
+def test_gradient_step_actor_step_leaves_the_critic_alone_and_moves_the_targets():
+    nets, optimizers, batch = random_step_setup(seed=1)
+    critic_only = copy.deepcopy((nets, optimizers))
+    before = copy.deepcopy(nets)
+    values = ddpg.gradient_step(**nets, **optimizers, batch=batch, gamma=0.9, tau=0.25, update_actor=True)
+    ddpg.gradient_step(**critic_only[0], **critic_only[1], batch=batch, gamma=0.9, tau=0.25, update_actor=False)
+    # The critic: the same weights, and the same gradients, as after the critic step alone.
+    for with_actor, alone in zip(nets["critic"].parameters(), critic_only[0]["critic"].parameters()):
+        assert torch.equal(with_actor, alone) and torch.equal(with_actor.grad, alone.grad)
+    # The actor: one SGD step up Q(s, mu(s)), valued by the critic as it is after its own step.
+    obs = batch[0]
+    ascent = -nets["critic"](obs, before["actor"](obs)).mean()
+    expected = sgd_reference(ascent, list(before["actor"].parameters()))
+    for new, want in zip(nets["actor"].parameters(), expected):
+        torch.testing.assert_close(new, want)
+    torch.testing.assert_close(values["actor_loss"], ascent.detach())
+    # Both targets: theta' <- tau theta + (1 - tau) theta', from the networks just updated.
+    for online, target in (("actor", "target_actor"), ("critic", "target_critic")):
+        for new, theta, old in zip(nets[target].parameters(), nets[online].parameters(), before[target].parameters()):
+            torch.testing.assert_close(new, 0.25 * theta + 0.75 * old)
+
+
+# --- Part 2: acting in numpy, evaluation ---
+
+
+def test_acting_actions_match_the_actor_and_follow_its_updates():
+    torch.manual_seed(0)
+    actor = ddpg.Actor(4, 2, [32, 16], LOW, HIGH)
+    act = ddpg.acting_actions(actor, torch.device("cpu"))
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+
+    def torch_actions():
+        with torch.no_grad():
+            return actor(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(act(obs), torch_actions(), rtol=1e-5, atol=1e-6)
+    # The numpy arrays are views of the parameters: an optimizer step and a load_state_dict, both
+    # in place, show up without rebuilding anything.
+    optimizer = torch.optim.Adam(actor.parameters(), lr=0.1, fused=True)
+    actor(torch.from_numpy(obs)).sum().backward()
+    optimizer.step()
+    np.testing.assert_allclose(act(obs), torch_actions(), rtol=1e-5, atol=1e-6)
+    actor.load_state_dict(ddpg.Actor(4, 2, [32, 16], LOW, HIGH).state_dict())
+    np.testing.assert_allclose(act(obs), torch_actions(), rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_reports_predicted_q_beside_earned_discounted_return():

@@ -1,8 +1,9 @@
 """naf.py: the quadratic advantage (P positive definite, Q maximal at mu), the target and the action
-scaling against hand-computed values; that the code it shares with ddpg.py is ddpg.py's; then
-train() on a tiny budget and the script as a user runs it."""
+scaling against hand-computed values, the gradient step against a plain reference; that the code it
+shares with ddpg.py is ddpg.py's; then train() on a tiny budget and the script as a user runs it."""
 
 import ast
+import copy
 import json
 from pathlib import Path
 
@@ -120,21 +121,6 @@ def test_mu_stretches_tanh_to_asymmetric_bounds():
                                        atol=1e-5, rtol=0)
 
 
-def test_acting_actions_are_mu_and_follow_updates():
-    net = random_network(spread=1.0)
-    act = naf.acting_actions(net, torch.device("cpu"))
-    obs = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
-
-    def torch_mu():
-        with torch.no_grad():
-            return net.heads(torch.from_numpy(obs))[1].numpy()
-    np.testing.assert_allclose(act(obs), torch_mu(), rtol=1e-5, atol=1e-6)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)
-    net(torch.from_numpy(obs), torch.zeros(7, 3)).sum().backward()
-    optimizer.step()
-    np.testing.assert_allclose(act(obs), torch_mu(), rtol=1e-5, atol=1e-6)
-
-
 # --- Target ---
 
 
@@ -157,13 +143,65 @@ def test_td_target_is_r_plus_gamma_v_of_next_state():
         torch.testing.assert_close(best, torch.tensor([3.0, 5.0, 7.0]))
 
 
+# --- The gradient step ---
+
+
+def test_gradient_step_matches_a_plain_reference():
+    net = random_network(obs_dim=3, low=(-1.0, 0.0), high=(1.0, 2.0), spread=1.0)
+    target = random_network(obs_dim=3, low=(-1.0, 0.0), high=(1.0, 2.0), seed=1, spread=1.0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(4)
+    obs, next_obs = torch.randn(6, 3, generator=gen), torch.randn(6, 3, generator=gen)
+    actions = torch.rand(6, 2, generator=gen) * 2 + torch.tensor([-1.0, 0.0])
+    rewards, terminated = torch.randn(6, generator=gen), torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    before, target_before = copy.deepcopy(net), copy.deepcopy(target)
+    # The reference, written out: y from the target's V head, Q = V - 1/2 u^T P u with P formed
+    # explicitly, then one SGD step on the mean squared error.
+    with torch.no_grad():
+        y = rewards + 0.9 * (1 - terminated) * target_before.heads(next_obs)[0]
+    value, mu, l_matrix = before.heads(obs)
+    u = actions - mu
+    a = -0.5 * torch.einsum("bi,bij,bj->b", u, l_matrix @ l_matrix.transpose(1, 2), u)
+    loss = ((value + a - y) ** 2).mean()
+    params = list(before.parameters())
+    expected = [p.detach() - 0.1 * g for p, g in zip(params, torch.autograd.grad(loss, params))]
+
+    values = naf.gradient_step(net, target, optimizer, (obs, actions, rewards, next_obs, terminated), gamma=0.9, tau=0.25)
+    for new, want in zip(net.parameters(), expected):
+        torch.testing.assert_close(new, want)
+    torch.testing.assert_close(values["td_loss"], loss.detach())
+    torch.testing.assert_close(values["q_taken"], (value + a).detach())
+    torch.testing.assert_close(values["advantage_taken"], a.detach())
+    # Then the target moves towards the network just updated: theta' <- tau theta + (1 - tau) theta'.
+    for new, theta, old in zip(target.parameters(), net.parameters(), target_before.parameters()):
+        torch.testing.assert_close(new, 0.25 * theta + 0.75 * old)
+
+
+# --- Part 2: acting in numpy ---
+
+
+def test_acting_actions_are_mu_and_follow_updates():
+    net = random_network(spread=1.0)
+    act = naf.acting_actions(net, torch.device("cpu"))
+    obs = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+
+    def torch_mu():
+        with torch.no_grad():
+            return net.heads(torch.from_numpy(obs))[1].numpy()
+    np.testing.assert_allclose(act(obs), torch_mu(), rtol=1e-5, atol=1e-6)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)
+    net(torch.from_numpy(obs), torch.zeros(7, 3)).sum().backward()
+    optimizer.step()
+    np.testing.assert_allclose(act(obs), torch_mu(), rtol=1e-5, atol=1e-6)
+
+
 # --- The code shared with ddpg.py is ddpg.py's ---
 
 
-SHARED = ["UsageError", "check_env_id", "make_env", "make_vector_env", "true_next_obs", "ReplayBuffer",
-          "mlp_layers", "hidden_features", "ActionNoise", "select_actions", "update_target", "steps_crossed",
-          "atomic_save", "MetricsLog", "wandb_reachable", "init_wandb", "eval_seed", "print_eval",
-          "parse_args", "main"]
+SHARED = ["UsageError", "check_env_id", "check_env", "make_env", "make_vector_env", "true_next_obs",
+          "ReplayBuffer", "mlp_layers", "hidden_features", "ActionNoise", "select_actions", "update_target",
+          "steps_crossed", "atomic_save", "MetricsLog", "wandb_reachable", "init_wandb", "buffer_state",
+          "load_buffer", "Run", "eval_seed", "print_eval", "parse_args", "main"]
 
 
 def top_level(path: Path) -> dict[str, str]:
