@@ -24,7 +24,7 @@ Key equations (theta the critic's weights, phi the actor's, primes their target 
     critic loss      L      = E_{(s, a, r, s') ~ buffer} [ (Q(s, a; theta) - y)^2 ]
     actor objective  J      = E_{s ~ buffer} [ Q(s, mu(s; phi); theta) ]              (ascended)
     its gradient     dJ/dphi = E_s [ dQ(s, a)/da at a = mu(s)  *  dmu(s; phi)/dphi ]   (chain rule)
-    target update    theta' <- tau * theta + (1 - tau) * theta',  phi' likewise      (Polyak)
+    target update    theta' <- tau * theta + (1 - tau) * theta',  phi' likewise  (Polyak, per actor step)
     acting           a      = clip(mu(s) + noise, low, high),  noise Gaussian or Ornstein-Uhlenbeck
 
 The actor is an ordinary MLP whose output goes through tanh, into (-1, 1), then is stretched to the
@@ -40,7 +40,8 @@ pushed towards whatever the critic rates highest, its overestimates included; if
 the online actor, it would move at every actor step even with the critic's copy frozen, and chase
 the critic's own errors. So the actor gets a slow copy as well. It is there to steady the critic's
 label, not the actor: the actor's own objective uses the online networks. Both copies trail their
-networks by Polyak averaging with a small tau (0.005: a time constant of about 200 target updates).
+networks by Polyak averaging with a small tau, moved at each actor step (0.005: a time constant of
+about 200 target updates, 400 gradient steps with --policy-frequency 2).
 
 Time limits are the classic trap. Pendulum-v1 never terminates: every episode is *truncated* after
 200 steps, and the state it stops in still has a future, so the stored transition bootstraps from
@@ -126,8 +127,9 @@ class Args:
     """discount factor. 0.98 (a horizon of about 50 steps) is the RL Baselines3 Zoo's Pendulum-v1
     value; 0.99 is the usual MuJoCo one (use it for HalfCheetah-v5)"""
     tau: float = 0.005
-    """target update theta' <- tau * theta + (1 - tau) * theta', for the actor and the critic,
-    after every actor update"""
+    """target update theta' <- tau * theta + (1 - tau) * theta', for the actor and the critic, at each
+    actor update: once per --policy-frequency gradient steps, not per environment step (dqn.py's
+    --tau with --target-network-frequency 1 moves its target once per environment step)"""
     updates_per_step: int = 1
     """critic gradient steps per environment step (per transition)"""
     policy_frequency: int = 2
@@ -357,8 +359,9 @@ def actor_loss(actor: Actor, critic: Critic, obs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One fused
-    _foreach call over all parameters rather than a Python loop of one small op per tensor."""
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One _foreach call
+    over all parameters instead of a Python loop over them. On the CPU it still runs one lerp per
+    tensor: it saves the loop's Python overhead, and fuses nothing."""
     targets, sources = list(target_network.parameters()), list(network.parameters())
     if tau == 1.0:
         torch._foreach_copy_(targets, sources)

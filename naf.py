@@ -146,7 +146,9 @@ class Args:
     """discount factor. 0.98 (a horizon of about 50 steps) is the RL Baselines3 Zoo's Pendulum-v1
     value; 0.99 is the usual MuJoCo one (use it for HalfCheetah-v5)"""
     tau: float = 0.005
-    """target update theta' <- tau * theta + (1 - tau) * theta', after every gradient step"""
+    """target update theta' <- tau * theta + (1 - tau) * theta', after every gradient step, so
+    num_envs * --updates-per-step times per environment step (dqn.py's --tau with
+    --target-network-frequency 1 moves its target once per environment step)"""
     updates_per_step: int = 1
     """gradient steps per environment step (per transition)"""
 
@@ -386,8 +388,9 @@ def td_target(
 
 @torch.no_grad()
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One fused
-    _foreach call over all parameters rather than a Python loop of one small op per tensor."""
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One _foreach call
+    over all parameters instead of a Python loop over them. On the CPU it still runs one lerp per
+    tensor: it saves the loop's Python overhead, and fuses nothing."""
     targets, sources = list(target_network.parameters()), list(network.parameters())
     if tau == 1.0:
         torch._foreach_copy_(targets, sources)
