@@ -41,11 +41,10 @@ the online weights, every gradient step on Q(s, a) would also move Q(s', .) (the
 all the weights), so the label moves while we regress onto it; an increase of Q at one state can
 raise the targets that produced it, and the errors feed on themselves. Freezing a copy theta^- for
 C steps makes each period a regression onto labels that hold still; the labels then jump to the
-improved estimate. A period is not fitted to convergence (by default it is 384 gradient steps on
-a buffer that keeps growing), and with function approximation nothing guarantees that the
-sequence of fits converges: the DQN paper says the frozen copy makes oscillations and divergence
-much less likely, not impossible. Polyak averaging (tau < 1) is the smooth version of the same
-idea: the labels drift slowly instead of jumping.
+improved estimate. A period (384 gradient steps by default, on a buffer that keeps growing) is
+not fitted to convergence, and with function approximation nothing guarantees that the fits
+converge: the DQN paper says the frozen copy makes oscillations and divergence much less likely,
+not impossible. Polyak averaging (tau < 1) is the smooth version: the labels drift, not jump.
 
 Why a replay buffer. Consecutive transitions are strongly correlated and all come from the current
 policy's corner of the state space; training on them in order overfits to the recent past and
@@ -150,18 +149,16 @@ class Args:
     100 no policy can earn, and ddqn.py's final returns at 118, 262, 328 (dqn.py's at 500 on all
     three seeds); with 768 both scripts ended at 500 on seeds 1-3 (README, default rows)"""
     tau: float = 1.0
-    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy; below 1 (e.g.
-    0.005 with --target-network-frequency 1) a Polyak average. It is counted in environment steps,
-    not gradient steps: with --target-network-frequency 1 it moves once per vector env step, so
-    with the default --train-frequency 256 it moves 256 times towards the same weights between two
-    bursts of updates and not at all during one. (naf.py averages after every gradient step,
-    ddpg.py after every actor step)"""
+    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy, below 1 a Polyak
+    average (e.g. 0.005 with --target-network-frequency 1). Counted in environment steps, not
+    gradient steps: with --target-network-frequency 1 it moves once per vector env step, so between
+    two default bursts it moves 256 times towards the same weights, and not at all during one
+    (naf.py averages after every gradient step, ddpg.py after every actor step)"""
     loss: Literal["mse", "huber"] = "mse"
     """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) caps the pull of a
-    rare huge TD error, but with unclipped rewards those errors are the news: on CartPole-v1 they
-    are the episodes' last steps, whose target y = 1 lies far below the Q values around them. MSE
-    lets them pull in full (the README has the runs); Nature DQN's Huber loss went with rewards
-    clipped to [-1, 1]. --max-grad-norm still bounds any single update"""
+    rare huge TD error, but with unclipped rewards those errors are the news (on CartPole-v1 the
+    episodes' last steps, y = 1 far below the Q values around them), so MSE lets them pull in full;
+    Nature DQN's Huber loss went with rewards clipped to [-1, 1]. --max-grad-norm bounds any update"""
     huber_delta: float = 1.0
     """where the Huber loss turns from quadratic to linear (with --loss huber)"""
     max_grad_norm: float = 10.0
@@ -212,9 +209,9 @@ class Args:
     """greedy evaluation episodes (argmax_a Q, no exploration) at the end and every --eval-frequency
     steps; 0 skips evaluation"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps during training (0: only at the end). Each
-    evaluation logs, beside the returns, the Q value the network predicts for each episode's first
-    state and the discounted return the episode then earned: the gap is the overestimation"""
+    """evaluate every this many environment steps (0: only at the end), logging beside the returns
+    the Q value predicted at each episode's first state and the discounted return the episode then
+    earned: their gap is the overestimation"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
@@ -239,15 +236,12 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode.
-
-    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
-    *after* an episode ends returns the reset observation and ignores the action, a fake
-    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
-    the episode: every transition returned is real, the returned observation is already the next
-    episode's first one, and the true last observation arrives in info["final_obs"], which is
-    what a truncated episode must bootstrap from.
-    """
+    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x resets a finished sub-env
+    automatically; in the default NEXT_STEP mode the step *after* an episode ends returns the reset
+    observation and ignores the action, a fake transition that must be masked out everywhere.
+    SAME_STEP resets inside the step that ends the episode: every transition returned is real, the
+    returned observation is already the next episode's first one, and the true last observation
+    arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = env_cls(
         [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
@@ -276,11 +270,10 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 class ReplayBuffer:
     """A circular memory of transitions in preallocated numpy arrays on the host.
 
-    Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next
-    to s rather than read from row i + 1, because with several envs the rows of one env are not
-    adjacent, and after an autoreset the next row belongs to another episode. That costs one more
-    copy of each observation and removes every question about which rows follow which.
-    """
+    Row i holds one whole transition (s, a, r, s', terminated): s' is stored next to s rather than
+    read from row i + 1, because with several envs the rows of one env are not adjacent, and after
+    an autoreset the next row belongs to another episode. One more copy of each observation buys
+    the end of every question about which rows follow which."""
 
     def __init__(self, capacity: int, obs_dim: int):
         self.capacity, self.pos, self.size = capacity, 0, 0
@@ -333,8 +326,7 @@ class QNetwork(nn.Module):
         self.obs_dim, self.n_actions = obs_dim, n_actions
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # F.linear on each layer's parameters rather than calling the nn.Linear: it skips the module
-        # call's Python overhead (hook checks, then forward), paid by every layer of every update.
+        # F.linear on each layer's parameters: no nn.Linear call and its Python overhead per layer.
         x = obs
         for layer in self.hidden:
             x = torch.relu(F.linear(x, layer.weight, layer.bias))
@@ -400,8 +392,7 @@ def td_target(
 
 def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, delta: float = 1.0) -> torch.Tensor:
     """Mean over the batch of d^2 ("mse") or of Huber(d) ("huber": d^2 / 2 for |d| <= delta,
-    delta * (|d| - delta / 2) beyond, so the gradient never exceeds delta), d = Q(s, a) - y. The
-    target carries no gradient: only Q(s, a) is pulled towards it."""
+    delta * (|d| - delta / 2) beyond, so the gradient never exceeds delta), d = Q(s, a) - y."""
     if kind == "huber":
         return F.huber_loss(q_taken, target, delta=delta)
     return F.mse_loss(q_taken, target)
@@ -453,7 +444,7 @@ def gradient_step(
     """One gradient step on the TD loss of a minibatch (s, a, r, s', terminated). Returns the loss
     and Q(s, a), detached and left as tensors: averaged once per metrics row, no sync per step."""
     obs, actions, rewards, next_obs, terminated = batch
-    with torch.no_grad():  # y is a label: no gradient flows into the target network
+    with torch.no_grad():  # y is a label: no gradient flows through it, only Q(s, a) moves
         target = td_target(q_network, target_network, rewards, next_obs, terminated, args.gamma)  # y, above
     q = q_network(obs).gather(1, actions[:, None]).squeeze(1)  # Q(s, a; theta)
     loss = td_loss(q, target, args.loss, args.huber_delta)  # L = mean of (Q(s, a) - y)^2, or Huber
