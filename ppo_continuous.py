@@ -597,8 +597,9 @@ def train(args: Args) -> dict:
     agent = Agent(obs_dim, act_dim).to(device)
     # eps 1e-5 rather than Adam's 1e-8: when a parameter's gradients are tiny, the default lets
     # the update m / (sqrt(v) + eps) blow up to a full learning-rate step of noise.
-    # fused: one kernel for all parameters instead of a loop over them; a third of each minibatch
-    # step's time at these network sizes.
+    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it (on the
+    # CPU the fused kernel still loops over the tensors). It takes about a fifth off each minibatch
+    # step here: 16-24% of a 64-sample step of these networks in repeated timings, torch 2.13 CPU.
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
