@@ -565,13 +565,13 @@ class RayRunner(LocalRunner):
                              + (f" and {gpus:g} GPUs" if gpus else "") + " for a run")
         total = ray.cluster_resources()
         self.slots = max(1, int(min(total.get("CPU", 0) // cpus, total.get("GPU", 0) // gpus if gpus else 1e9)))
-        print(f"Ray cluster at {address}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPUs"
-              + (f", {total.get('GPU', 0):g} GPUs" if total.get("GPU") else "") + "; "
-              + ", ".join(f"node {n['NodeID'][:8]} ({n['NodeManagerAddress']}, {n['Resources'].get('CPU', 0):g} CPUs)"
-                          for n in nodes), flush=True)
         if __name__ != "__main__":  # imported (by tune.py): ship run_on_node and Board by value all the same
             ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
         here = ray.get_runtime_context().get_node_id()
+        print(f"Ray cluster at {address}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPUs"
+              + (f", {total.get('GPU', 0):g} GPUs" if total.get("GPU") else "") + "; "
+              + ", ".join(f"node {n['NodeID'][:8]} ({n['NodeManagerAddress']}, {n['Resources'].get('CPU', 0):g} CPUs"
+                          + (", this process" if n["NodeID"] == here else "") + ")" for n in nodes), flush=True)
         self.board = ray.remote(Board).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
             here, soft=False)).remote()
         self.task = ray.remote(run_on_node).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries)

@@ -302,12 +302,16 @@ def open_study(args: Args, space: dict[str, Param], fixed: dict, extra: list[str
     url = args.storage
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):  # a relative path: make its folder
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # Heartbeats: a trial whose process died (kill -9, a lost machine) is marked failed a minute later
-        # instead of counting as running for ever.
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=60)
-    except Exception as e:  # sqlalchemy and Optuna raise many kinds; all mean the same to the user
-        raise UsageError(f"cannot open storage {url}: {str(e).strip().splitlines()[0]}")
+    for attempt in range(3):
+        try:
+            # Heartbeats: a trial whose process died (kill -9, a lost machine) is marked failed a minute later
+            # instead of counting as running for ever.
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=60)
+            break
+        except Exception as e:  # sqlalchemy and Optuna raise many kinds; all mean the same to the user
+            if attempt == 2:
+                raise UsageError(f"cannot open storage {url}: {str(e).strip().splitlines()[0]}")
+            time.sleep(1.0 + attempt)  # two processes making the same new database at once: one wins, retry
     sampler = optuna.samplers.TPESampler(n_startup_trials=args.startup_trials, seed=args.sampler_seed,
                                          multivariate=True, constant_liar=True)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials) if args.pruner == "median"
