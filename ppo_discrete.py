@@ -71,8 +71,8 @@ class Args:
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
-    """environment steps to train for, summed over all envs. 500k solves CartPole-v1 and Acrobot-v1
-    in about a minute on a 2-core CPU; LunarLander-v3 wants 1M"""
+    """environment steps to train for, summed over all envs: 500k for CartPole-v1 and Acrobot-v1, 1M
+    for LunarLander-v3 (the README's results table has these runs and their times)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
 
