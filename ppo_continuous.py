@@ -21,10 +21,11 @@ Key equations (t indexes time, s_t the state, a_t the action):
 
 Time limits are the classic trap. When an episode is *truncated* (Pendulum-v1 stops every
 episode after 200 steps) the state it stopped in still has a future, so the target bootstraps from
-V(true final observation). Only *termination* means the future is worth zero. Treating
-truncation as termination teaches the critic that the value drops to zero at step 200, which it
-cannot predict from the observation, and learning on Pendulum stalls. This file keeps the two
-apart everywhere (see `collect_rollout` and `compute_gae`).
+V(true final observation). Only *termination* means the future is worth zero. Pendulum's rewards
+are never positive, so its values are negative; treating truncation as termination teaches the
+critic that the value jumps up to zero at step 200, which it cannot predict from the observation
+(the step count is not in it), and learning on Pendulum stalls (the README's ppo_continuous section
+has the run). This file keeps the two apart everywhere (see `collect_rollout` and `compute_gae`).
 
 Run it:       python ppo_continuous.py --env-id Pendulum-v1
 Evaluate:     python ppo_continuous.py --evaluate runs/<run-name>/model.pt --capture-video
