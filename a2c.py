@@ -106,7 +106,8 @@ class Args:
     learning_rate: float = 7e-4
     """learning rate for actor and critic"""
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"
-    """RMSprop as in the A3C paper (alpha 0.99, eps 1e-5), or Adam (eps 1e-5)"""
+    """RMSprop (decay alpha 0.99 as in the A3C paper, eps 1e-5; torch's RMSprop, see the comment in
+    train()) or Adam (eps 1e-5)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over training"""
     gamma: float = 0.99
@@ -549,6 +550,10 @@ def train(args: Args) -> dict:
     agent = Agent(obs_dim, dims, continuous).to(device)
     # eps 1e-5 rather than the default 1e-8: when a parameter's gradients are tiny, the update
     # g / (sqrt(v) + eps) would otherwise blow up to a full learning-rate step of noise.
+    # This RMSprop is torch's: v <- 0.99 v + 0.01 g^2 starting from v = 0, step lr * g / (sqrt(v) + eps),
+    # so the first steps are up to 10x lr per weight. eps 1e-5 is OpenAI baselines' A2C value, but its
+    # TensorFlow RMSprop adds eps inside the square root and starts v at 1: the same numbers there
+    # make a different optimizer, one whose first steps are small.
     if args.optimizer == "rmsprop":
         optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=1e-5)
     else:
