@@ -96,9 +96,9 @@ class Args:
     norm_obs: bool = False
     """normalise observations with running mean and std (saved with the model, reused in evaluation).
     Off by default, unlike PPO: A2C takes a gradient step every 40 transitions, and statistics that
-    move between every two steps keep shifting the critic's inputs and targets. On LunarLander-v3
-    (1M steps, seed 1) the normalised run evaluated at 88, the plain one at 191. Turn both on for
-    envs with badly scaled observations or rewards (Pendulum-v1)"""
+    move between every two steps keep shifting the critic's inputs and targets (the README's a2c
+    section has the LunarLander-v3 runs). Turn both on for envs with badly scaled observations or
+    rewards (Pendulum-v1)"""
     norm_reward: bool = False
     """divide rewards by the running std of the discounted return (see --norm-obs)"""
 
