@@ -114,7 +114,10 @@ class Args:
     """discount factor"""
     gae_lambda: float = 1.0
     """1 gives the plain n-step return of A2C; below 1, GAE's exponentially weighted mix of k-step
-    returns, less variance for some bias"""
+    returns, less variance for some bias. The PPO files call lambda = 1 Monte-Carlo: it is the same
+    sum of discounted rewards, bootstrapped from V only where the rollout (or a truncation) cuts the
+    episode; in 5-step rollouts that cut comes within n = 5 steps, in PPO's long ones mostly at the
+    episode's own end"""
     norm_adv: bool = False
     """normalise advantages to zero mean and unit std within each batch (off: with 40 transitions
     per batch the statistics are noisy)"""

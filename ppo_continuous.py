@@ -97,7 +97,9 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
-    """GAE lambda: 0 is the one-step TD advantage (low variance, biased), 1 the Monte-Carlo one"""
+    """GAE lambda: 0 is the one-step TD advantage (low variance, biased by V), 1 the Monte-Carlo one:
+    the discounted rewards to the episode's end, bootstrapped from V only where the rollout or a
+    truncation cuts the episode (with a2c.py's 5-step rollouts the same sum is the n-step return)"""
     num_minibatches: int = 32
     """minibatches per epoch; the rollout batch must divide evenly into them"""
     update_epochs: int = 10
