@@ -343,7 +343,7 @@ class Tuner:
         self.stopping = False  # Ctrl-C or an error: the running runs are stopped
         self.halted = False  # no new trials; those running finish
         self.running: dict[int, tuple[Run, float, int]] = {}  # trial number -> (its current run, start, index)
-        self.started: dict[int, float] = {}
+        self.in_flight: set[int] = set()  # trials asked and not yet told, in this process
         self.handles: dict[int, object] = {}
         self.events: list[str] = []
         self.ran: list[int] = []  # trial numbers this process ran
@@ -375,8 +375,8 @@ class Tuner:
                 trial = self.study.ask()
                 params = suggest(trial, self.space)
                 self.storage.record_heartbeat(trial._trial_id)
-                self.started[trial.number] = time.time()
                 self.ran.append(trial.number)
+                self.in_flight.add(trial.number)
             try:
                 value = self.run_trial(trial, params)
             except optuna.TrialPruned as pruned:
@@ -405,6 +405,7 @@ class Tuner:
                 with self.lock:
                     self.running.pop(trial.number, None)
                     self.handles.pop(trial.number, None)
+                    self.in_flight.discard(trial.number)
 
     def run_trial(self, trial, params: dict) -> float:
         import optuna
@@ -458,7 +459,8 @@ class Tuner:
         done = count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED]
         completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = max(completed, key=lambda t: t.value) if completed else None
-        others = count[optuna.trial.TrialState.RUNNING] - len(self.running)
+        here = len(self.in_flight)
+        others = count[optuna.trial.TrialState.RUNNING] - here
         lengths = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                    if t.state.is_finished() and t.datetime_start and t.datetime_complete]
         left = "time left: ?"
@@ -467,7 +469,7 @@ class Tuner:
             left = f"~{duration(waves * sum(lengths) / len(lengths))} left"
         head = (f"[{duration(elapsed):>7}] {done}/{self.args.trials} trials done "
                 f"({count[optuna.trial.TrialState.COMPLETE]} complete, {count[optuna.trial.TrialState.PRUNED]} "
-                f"pruned), {count[optuna.trial.TrialState.FAIL]} failed, {len(self.running)} running here"
+                f"pruned), {count[optuna.trial.TrialState.FAIL]} failed, {here} running here"
                 + (f", {others} elsewhere" if others > 0 else "")
                 + (f"; best {best.value:.4g} (trial {best.number})" if best else "") + f"; {left}")
         lines = [head]
