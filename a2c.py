@@ -109,7 +109,7 @@ class Args:
     """RMSprop (decay alpha 0.99 as in the A3C paper, eps 1e-5; torch's RMSprop, see the comment in
     train()) or Adam (eps 1e-5)"""
     anneal_lr: bool = True
-    """decay the learning rate linearly to 0 over training"""
+    """decay the learning rate linearly towards 0 over training (the last update uses 1/num_iterations of it)"""
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 1.0
@@ -329,8 +329,8 @@ def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.T
     """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2 ].
 
     Written out rather than through torch.distributions, which costs more than the network itself
-    at these sizes. The action must be the *unclipped* sample: clipping it to the env's bounds
-    would put probability mass where the density says there is none.
+    at these sizes. The action must be the *unclipped* sample: the density describes the sample,
+    not the clipped action, whose distribution piles up on the bounds as point masses.
     """
     z = (action - mean) * torch.exp(-log_std)
     return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -478,8 +478,8 @@ def compute_advantages(
     agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
     reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float, device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """The critic's values of the whole rollout in one batched pass, then the n-step returns (GAE with
-    lambda = 1). The networks have not changed since the rollout, so these are the values of the
+    """The critic's values of the whole rollout in one batched pass, then the n-step returns (GAE, with
+    lambda = 1 by default). The networks have not changed since the rollout, so these are the values of the
     critic that was current while it ran. Returns the update's batch, one row per transition."""
     num_steps, num_envs, obs_dim = rollout.obs.shape
     b_obs = torch.from_numpy(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms)).to(device)
@@ -900,8 +900,8 @@ class Run:
 
 
 def eval_seed(seed: int) -> int:
-    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
-    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset
+    (seed + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
     return seed + 10_000
 
 

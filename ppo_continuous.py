@@ -70,15 +70,15 @@ class Args:
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 1_000_000
-    """environment steps to train for, summed over all envs. 1M takes about 4 minutes on Pendulum-v1
-    on a 2-core CPU and is also the usual MuJoCo budget"""
+    """environment steps to train for, summed over all envs: 1M, the usual MuJoCo budget, for
+    HalfCheetah-v5 and Pendulum-v1 alike (the README's results table has the runs and their times)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
 
     # --- Environment and rollout ---
     num_envs: int = 4
-    """parallel environments; the rollout batch is num_envs * num_steps. Four envs give one policy
-    forward pass four transitions, which is most of the speed on a CPU"""
+    """parallel environments; the rollout batch is num_envs * num_steps. Four envs share each policy
+    forward pass, a quarter of the passes per transition, which is where a CPU's rollout time goes"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     num_steps: int = 512
@@ -93,7 +93,7 @@ class Args:
     learning_rate: float = 3e-4
     """Adam learning rate for actor and critic"""
     anneal_lr: bool = True
-    """decay the learning rate linearly to 0 over training"""
+    """decay the learning rate linearly towards 0 over training (the last update uses 1/num_iterations of it)"""
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
@@ -111,10 +111,12 @@ class Args:
     (advantage > 0) or below 1 - epsilon (advantage < 0) gives no gradient; a ratio outside the range
     on the side the advantage disfavours still does (see clipped_policy_loss)"""
     clip_vloss: bool = False
-    """clip the value update around the old value prediction, as the original code did. Off by
-    default: with normalised rewards it rarely helps and can slow the critic down"""
+    """clip the value update around the old value prediction, as OpenAI baselines' ppo2 did. Off by
+    default, as in Stable-Baselines3: it stops a sample pulling its prediction once that has moved
+    clip-coef from the old one (in the value's units), which holds the critic back (see value_loss)"""
     ent_coef: float = 0.0
-    """entropy bonus coefficient; the learned log-std already keeps exploring in these tasks"""
+    """entropy bonus coefficient; 0 as in the paper's MuJoCo runs: the learned log-std sets how much
+    the policy explores"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
@@ -306,8 +308,8 @@ def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.T
     """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2 ].
 
     Written out rather than through torch.distributions, which costs more than the network itself
-    at these sizes. The action must be the *unclipped* sample: clipping it to the env's bounds
-    would put probability mass where the density says there is none.
+    at these sizes. The action must be the *unclipped* sample: the density describes the sample,
+    not the clipped action, whose distribution piles up on the bounds as point masses.
     """
     z = (action - mean) * torch.exp(-log_std)
     return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -400,8 +402,8 @@ def value_loss(
     Clipping keeps V_clip = V_old + clip(V - V_old, -eps, eps) and takes the *max* of the two squared
     errors. The max makes it pessimistic like the policy objective: a prediction that moved further
     than eps from V_old gets no credit for the error it removed beyond that point (the clipped
-    error is the larger one then), so the critic creeps toward targets computed under pi_old
-    instead of jumping to them; a move in the wrong direction is never hidden by the clip.
+    error is the larger one then, and constant in V), so a sample stops pulling its prediction once
+    that has moved eps from V_old toward the target; a move in the wrong direction is never hidden.
     """
     unclipped = (new_values - returns).pow(2)
     if clip_coef is None:
@@ -950,8 +952,8 @@ class Run:
 
 
 def eval_seed(seed: int) -> int:
-    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
-    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset
+    (seed + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
     return seed + 10_000
 
 

@@ -78,12 +78,12 @@ class Args:
 
     # --- Environment and rollout ---
     num_envs: int = 8
-    """parallel environments; the rollout batch is num_envs * num_steps. Each policy forward pass
-    serves all envs at once, which is most of the speed on a CPU"""
+    """parallel environments; the rollout batch is num_envs * num_steps. All envs share each policy
+    forward pass, one pass per num_envs transitions, which is where a CPU's rollout time goes"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     num_steps: int = 256
-    """steps per env per rollout (8 x 256 = 2048 transitions per update, the usual PPO batch). A
+    """steps per env per rollout (8 x 256 = 2048 transitions per update, as in ppo_continuous.py). A
     rollout's end cuts GAE's sum short (it bootstraps from V there), but with gamma * lambda = 0.9405
     the weights fall below 5% within 50 steps (an effective horizon of about 17), so only the last
     few dozen of the 256 steps are affected"""
@@ -97,7 +97,7 @@ class Args:
     learning_rate: float = 3e-4
     """Adam learning rate for actor and critic"""
     anneal_lr: bool = True
-    """decay the learning rate linearly to 0 over training"""
+    """decay the learning rate linearly towards 0 over training (the last update uses 1/num_iterations of it)"""
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
@@ -107,7 +107,8 @@ class Args:
     num_minibatches: int = 32
     """minibatches per epoch; the rollout batch must divide evenly into them"""
     update_epochs: int = 4
-    """passes over each rollout batch (4 is the usual choice for discrete control, 10 for MuJoCo)"""
+    """passes over each rollout batch (4 as in CleanRL's ppo.py; the paper used 3 for Atari, 10 for
+    MuJoCo)"""
     norm_adv: bool = True
     """normalise advantages to zero mean and unit std within each minibatch"""
     clip_coef: float = 0.2
@@ -115,8 +116,9 @@ class Args:
     (advantage > 0) or below 1 - epsilon (advantage < 0) gives no gradient; a ratio outside the range
     on the side the advantage disfavours still does (see clipped_policy_loss)"""
     clip_vloss: bool = False
-    """clip the value update around the old value prediction, as the original code did. Off by
-    default: with normalised rewards it rarely helps and can slow the critic down"""
+    """clip the value update around the old value prediction, as OpenAI baselines' ppo2 did. Off by
+    default, as in Stable-Baselines3: it stops a sample pulling its prediction once that has moved
+    clip-coef from the old one (in the value's units), which holds the critic back (see value_loss)"""
     ent_coef: float = 0.01
     """entropy bonus coefficient: keeps the categorical from committing to one action before the
     critic can tell the actions apart (LunarLander's engines, say)"""
@@ -428,8 +430,8 @@ def value_loss(
     Clipping keeps V_clip = V_old + clip(V - V_old, -eps, eps) and takes the *max* of the two squared
     errors. The max makes it pessimistic like the policy objective: a prediction that moved further
     than eps from V_old gets no credit for the error it removed beyond that point (the clipped
-    error is the larger one then), so the critic creeps toward targets computed under pi_old
-    instead of jumping to them; a move in the wrong direction is never hidden by the clip.
+    error is the larger one then, and constant in V), so a sample stops pulling its prediction once
+    that has moved eps from V_old toward the target; a move in the wrong direction is never hidden.
     """
     unclipped = (new_values - returns).pow(2)
     if clip_coef is None:
@@ -978,8 +980,8 @@ class Run:
 
 
 def eval_seed(seed: int) -> int:
-    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
-    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
+    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset
+    (seed + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
     return seed + 10_000
 
 
