@@ -34,6 +34,12 @@ two minutes and from the durations of finished runs of the same entry; it redraw
 terminal and prints a block every --progress-interval seconds otherwise. A failed run is reported
 with the tail of its log and does not stop the others.
 
+With --ray-address (auto, host:port or local) each run is a task on a Ray cluster instead, asking
+--cpus-per-run CPUs and --gpus-per-run GPUs: the script's text travels with the task, the run goes in a
+temporary folder of its node, its log comes back into runs/<run-name>/stdout.log as it grows and the whole
+run directory when it ends, so the nodes need no shared filesystem; a run whose node is lost is started
+again elsewhere (--max-retries). Without it Ray is not imported.
+
 The report (Markdown) gives, per entry, the mean and std over seeds of the final deterministic
 evaluation, each seed's, the steps, the steps per second and the wall time, and, where the entry
 has a bar, the bar and its verdict. Exit code: 0; 1 if a run failed or a bar was missed; 2 for

@@ -454,12 +454,13 @@ class Tuner:
     def progress(self, elapsed: float) -> list[str]:
         import optuna
 
-        trials = self.study.get_trials(deepcopy=False)
+        with self.lock:  # trials are asked under the lock: the storage and in_flight agree
+            trials = self.study.get_trials(deepcopy=False)
+            here = len(self.in_flight)
         count = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
         done = count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED]
         completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = max(completed, key=lambda t: t.value) if completed else None
-        here = len(self.in_flight)
         others = count[optuna.trial.TrialState.RUNNING] - here
         lengths = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                    if t.state.is_finished() and t.datetime_start and t.datetime_complete]

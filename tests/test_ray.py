@@ -85,3 +85,18 @@ def test_an_unreachable_ray_address_is_one_error_line_within_seconds(in_tmp, cap
 def test_bad_ray_flags_are_one_error_line(in_tmp, capsys, argv, message):
     assert benchmark.main(["--scripts", "a2c.py", "--env-ids", "CartPole-v1", *argv]) == 2
     assert capsys.readouterr().err.startswith(message)
+
+
+def test_without_ray_address_ray_is_not_imported(tmp_path):
+    (tmp_path / "ok.py").write_text(
+        "import argparse, json, pathlib\np = argparse.ArgumentParser()\n"
+        "for f in ('--env-id', '--seed', '--run-name'): p.add_argument(f)\na = p.parse_args()\n"
+        "d = pathlib.Path('runs') / a.run_name\nd.mkdir(parents=True, exist_ok=True)\n"
+        "(d / 'summary.json').write_text(json.dumps({'seed': 1, 'global_step': 1, 'wall_time': 0, 'sps': 1, "
+        "'eval_mean': 1.0}))\n")
+    code = ("import sys, benchmark; code = benchmark.main(['--scripts', 'ok.py', '--env-ids', 'Env-v0', '--seeds', '1']);"
+            " print(code, 'ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.stdout.strip().endswith("0 False"), result.stdout + result.stderr
+    assert (tmp_path / "runs" / "Env-v0__ok__1" / "summary.json").is_file()
