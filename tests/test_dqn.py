@@ -431,6 +431,39 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
     assert float(rows[-1]["epsilon"]) == pytest.approx(0.04)
 
 
+def assert_same_state(a, b, where="checkpoint"):
+    """Equal nested dicts, lists, tensors and plain values, key for key."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_resume_restores_everything_the_checkpoint_holds(in_tmp):
+    # Saving and resuming go by the same list: a checkpoint restored into fresh objects and saved
+    # again is the same checkpoint, key for key (all but the args, which the resume overrides).
+    dqn.train(tiny_args("--run-name", "rs", "--checkpoint-every", "400", "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/rs/checkpoint.pt", weights_only=True)
+    args = dqn.parse_args(["--resume", str(in_tmp / "runs/rs/checkpoint.pt"), "--total-timesteps", "500"])
+    q_network, target_network = dqn.QNetwork(4, 2, [16, 16]), dqn.QNetwork(4, 2, [16, 16])
+    checkpointed = {"q_network": q_network, "target_network": target_network,
+                    "optimizer": torch.optim.Adam(q_network.parameters(), lr=1.0)}
+    run = dqn.Run(args, torch.device("cpu"), checkpointed, dqn.ReplayBuffer(1000, 4), np.random.default_rng(0))
+    run.metrics.close()
+    assert (run.start_step, run.start_updates) == (400, 28)
+    again = run.checkpoint(400, 28)
+    assert again["args"]["total_timesteps"] == 500 and ckpt["args"]["total_timesteps"] == 400
+    assert_same_state({k: v for k, v in again.items() if k != "args"}, {k: v for k, v in ckpt.items() if k != "args"})
+
+
 def test_resume_refuses_a_model_another_scripts_checkpoint_or_a_finished_run(in_tmp, capsys):
     dqn.train(tiny_args("--run-name", "m", "--checkpoint-every", "200", "--eval-episodes", "0"))
     ckpt = torch.load(in_tmp / "runs/m/checkpoint.pt", weights_only=True)
