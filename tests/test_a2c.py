@@ -100,7 +100,8 @@ def test_update_is_one_step_on_the_policy_gradient_value_and_entropy_loss(norm_a
     torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
     ref_optimizer.step()
 
-    assert stats == pytest.approx({"policy_loss": pg.item(), "value_loss": v.item(), "entropy": entropy.item()}, rel=1e-5, abs=1e-6)
+    expected = {"policy_loss": pg.item(), "value_loss": v.item(), "entropy": entropy.item()}
+    assert stats == pytest.approx(expected, rel=1e-5, abs=1e-6)
     for p, q in zip(agent.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
     assert {int(s["step"]) for s in optimizer.state.values()} == {1}

@@ -321,7 +321,8 @@ def test_compute_advantages_matches_a_plain_reference(name, continuous, scale_re
     terminated[3, 0] = True
     truncated = np.zeros((T, N), bool)
     truncated[1, 0] = truncated[4, 1] = True
-    rollout.terminations[:], rollout.episode_ends[:], rollout.truncated[:] = terminated, terminated | truncated, truncated
+    ended = terminated | truncated
+    rollout.terminations[:], rollout.episode_ends[:], rollout.truncated[:] = terminated, ended, truncated
     rollout.final_obs[truncated] = rng.normal(size=(2, obs_dim))
     next_obs = rng.normal(size=(N, obs_dim))
     rms = algo.RunningMeanStd((obs_dim,))
@@ -343,15 +344,15 @@ def test_compute_advantages_matches_a_plain_reference(name, continuous, scale_re
         values = value(rollout.obs.reshape(-1, obs_dim)).reshape(T, N)
         last, final = value(next_obs), value(rollout.final_obs[truncated])
         if "logprobs" in batch:  # PPO: log pi_old(a|s) of the rollout's actions
-            expected_logprobs, _ = agent.log_prob_entropy(batch["obs"], torch.from_numpy(rollout.actions.reshape(T * N, -1)))
-            torch.testing.assert_close(batch["logprobs"], expected_logprobs)
+            actions = torch.from_numpy(rollout.actions.reshape(T * N, -1))
+            torch.testing.assert_close(batch["logprobs"], agent.log_prob_entropy(batch["obs"], actions)[0])
     final_at = dict(zip(map(tuple, np.argwhere(truncated)), final))
     rewards = rollout.rewards / (np.sqrt(scaler.rms.var + 1e-8) if scaler else 1.0)
     for n in range(N):
-        bootstrap = [final_at.get((t, n), 0.0) if (terminated | truncated)[t, n] else (values[t + 1, n] if t < T - 1 else last[n])
+        bootstrap = [final_at.get((t, n), 0.0) if ended[t, n] else (values[t + 1, n] if t < T - 1 else last[n])
                      for t in range(T)]
         expected = reference_advantages(rewards[:, n].tolist(), values[:, n].tolist(), bootstrap,
-                                        terminated[:, n].tolist(), (terminated | truncated)[:, n].tolist(), 0.9, 0.8)
+                                        terminated[:, n].tolist(), ended[:, n].tolist(), 0.9, 0.8)
         np.testing.assert_allclose(batch["advantages"].numpy().reshape(T, N)[:, n], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(batch["values"].numpy(), values.reshape(-1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(batch["returns"].numpy(), (batch["advantages"] + batch["values"]).numpy(), rtol=1e-6)

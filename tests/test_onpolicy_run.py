@@ -149,8 +149,8 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
     run.metrics.close()
     after_save = torch.rand(3)  # drawn from the RNG state the checkpoint holds
     path = in_tmp / "runs/names/checkpoint.pt"
-    assert set(torch.load(path, weights_only=True)) == {
-        "algorithm", "args", "obs_dim", "agent", "obs_rms", "optimizer", "global_step", "iteration", "beta", "torch_rng"}
+    assert set(torch.load(path, weights_only=True)) == {"algorithm", "args", "obs_dim", "agent", "obs_rms", "optimizer",
+                                                        "global_step", "iteration", "beta", "torch_rng"}
 
     model2, training2 = objects(False)
     torch.manual_seed(123)
@@ -175,7 +175,8 @@ def test_checkpoint_cadence(algo, in_tmp):
         return r
 
     r = run(256)
-    assert [r.checkpoint_due(step, step - 128) for step in (128, 256, 384, 512, 640)] == [False, True, False, True, False]
+    due = [r.checkpoint_due(step, step - 128) for step in (128, 256, 384, 512, 640)]
+    assert due == [False, True, False, True, False]
     assert r.checkpoint_due(300, 200) and not r.checkpoint_due(511, 300) and r.checkpoint_due(600, 100)
     assert not any(run(0).checkpoint_due(step, step - 128) for step in (128, 256, 512))
 
