@@ -57,11 +57,21 @@ def with_bar(monkeypatch, index, bar):
 def test_full_preset_run_names_and_flags():
     entries, seeds = benchmark.select("full", None, None, None)
     names = [r.name for r in benchmark.plan(entries, seeds)]
-    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 63
+    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 66
     assert "LunarLander-v3__a2c__2" in names and "Pendulum-v1__ppo_continuous__1" in names
-    # No tags but on the two CartPole-v1 overestimation rows, which must not share the default runs' names.
+    # No tags but on the two CartPole-v1 overestimation rows and the tuned a2c.py Pendulum-v1 row, which must not
+    # share the default runs' names; the tuned row runs on its own seeds, 4 5 6, not those it was tuned on.
     tagged = sorted(name for name in names if name.count("__") != 2)
-    assert tagged == sorted(f"CartPole-v1__{s}__{i}__tnf256" for s in ("dqn", "ddqn") for i in (1, 2, 3))
+    assert tagged == sorted([*(f"CartPole-v1__{s}__{i}__tnf256" for s in ("dqn", "ddqn") for i in (1, 2, 3)),
+                             *(f"Pendulum-v1__a2c__{i}__tuned" for i in (4, 5, 6))])
+    tuned = next(e for e in entries if e.tag == "tuned")
+    assert tuned.flags == ("--total-timesteps", "1000000", "--norm-obs", "--norm-reward", "--learning-rate", "0.0027",
+                           "--optimizer", "rmsprop", "--gamma", "0.9", "--gae-lambda", "0.8", "--ent-coef", "2.05e-05",
+                           "--vf-coef", "0.493", "--max-grad-norm", "0.3", "--num-envs", "16", "--num-steps", "32",
+                           "--norm-adv") and tuned.bar == (-250, "mean")
+    # --seeds replaces an entry's own seeds too.
+    entries_7, _ = benchmark.select("full", ["a2c.py"], ["Pendulum-v1"], [7])
+    assert [r.name for r in benchmark.plan(entries_7, [7])] == ["Pendulum-v1__a2c__7", "Pendulum-v1__a2c__7__tuned"]
     a2c_lunar = next(e for e in entries if e.script == "a2c.py" and e.env_id == "LunarLander-v3")
     assert a2c_lunar.flags == ("--total-timesteps", "1000000", "--gamma", "0.995", "--learning-rate", "8.3e-4",
                                "--ent-coef", "1e-5") and a2c_lunar.bar == (150, "mean")
