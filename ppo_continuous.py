@@ -866,6 +866,9 @@ class Run:
             raise UsageError(f"{self.args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
                              "resume from that run's checkpoint.pt")
         for key, obj in (self.model | self.training).items():
+            if obj is not None and ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
+                raise UsageError(f"{self.args.resume} holds no {key}: its run trained without it; "
+                                 "resume without --norm-obs / --norm-reward")
             if obj is not None:
                 obj.load_state_dict(ckpt[key])
         counters = {key: ckpt[key] for key in self.counters}

@@ -114,6 +114,15 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(algo, in_tmp):
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [128, 256, 384, 512]
 
 
+def test_resume_with_a_normaliser_the_checkpoint_lacks_is_refused(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "plain", "--checkpoint-every", "128", "--eval-episodes", "0",
+                         "--no-norm-obs", "--no-norm-reward"))
+    for flag, key in (("--norm-obs", "obs_rms"), ("--norm-reward", "reward_rms")):
+        args = algo.parse_args(["--resume", str(in_tmp / "runs/plain/checkpoint.pt"), "--total-timesteps", "512", flag])
+        with pytest.raises(algo.UsageError, match=f"holds no {key}: its run trained without it"):
+            algo.train(args)
+
+
 def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(algo, in_tmp):
     for _ in range(2):  # e.g. benchmark.py restarting an interrupted run
         algo.train(tiny_args(algo, "--run-name", "again", "--eval-episodes", "0"))
