@@ -309,9 +309,11 @@ def open_study(args: Args, space: dict[str, Param], fixed: dict, extra: list[str
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=60)
             break
         except Exception as e:  # sqlalchemy and Optuna raise many kinds; all mean the same to the user
-            if attempt == 2:
+            # Two processes making the same new database at once: one wins, the other retries and joins it.
+            racing = any(word in str(e) for word in ("UNIQUE constraint", "already exists", "locked"))
+            if attempt == 2 or not racing:
                 raise UsageError(f"cannot open storage {url}: {str(e).strip().splitlines()[0]}")
-            time.sleep(1.0 + attempt)  # two processes making the same new database at once: one wins, retry
+            time.sleep(1.0 + attempt)
     sampler = optuna.samplers.TPESampler(n_startup_trials=args.startup_trials, seed=args.sampler_seed,
                                          multivariate=True, constant_liar=True)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials) if args.pruner == "median"
@@ -541,7 +543,8 @@ def report(args: Args, study, fixed: dict, extra: list[str], out: Path) -> int:
           f"{states[optuna.trial.TrialState.PRUNED]} pruned, {states[optuna.trial.TrialState.FAIL]} failed"
           + (f", {states[optuna.trial.TrialState.RUNNING]} running" if states[optuna.trial.TrialState.RUNNING] else ""))
     if not completed:
-        print("no trial completed: no best flags yet")
+        running = states[optuna.trial.TrialState.RUNNING]
+        print("no trial completed: no best flags yet" + (f" ({running} running in other processes)" if running else ""))
         return 1
     value = "mean normalised score" if len(args.env_ids) > 1 else "mean evaluation"
     print(f"\n| trial | {value} | evaluations | flags |\n|---|---|---|---|")
