@@ -22,26 +22,21 @@ which is GAE with lambda = 1; `compute_gae` computes both (--gae-lambda < 1 for 
     value loss     L_V  = 0.5 * E[ (V(s_t) - R_t)^2 ]
     loss           L    = L_pi + vf_coef * L_V - ent_coef * entropy
 
-PPO (ppo_discrete.py, ppo_continuous.py) is this same loop plus three things: it reuses each batch
-for several epochs, in minibatches, and clips the ratio pi_new / pi_old so that this reuse cannot
-carry the policy far from the one that collected the data. A2C uses each batch once, while it is
-still exactly on-policy, so it needs no ratio at all. `diff ppo_discrete.py a2c.py` shows the rest.
+PPO (ppo_discrete.py, ppo_continuous.py) is this loop reusing each batch for several epochs of
+minibatches, with the ratio pi_new / pi_old clipped so the reuse cannot carry the policy far from the
+one that collected the data. A2C uses each batch once, exactly on-policy: no ratio needed.
+`diff ppo_discrete.py a2c.py` shows the rest.
 
-Time limits are the classic trap. When an episode is *truncated* (CartPole-v1 stops a balancing
-pole after 500 steps) the state it stopped in still has a future, so the target bootstraps from
-V(true final observation). Only *termination* (the pole fell) means the future is worth zero.
-Treating truncation as termination teaches the critic that balancing well leads to a value of
-zero at step 500, which it cannot predict from the observation. This file keeps the two apart
-everywhere (see `collect_rollout` and `compute_gae`).
+Time limits are the classic trap. A *truncated* episode (CartPole-v1 stops each after 500 steps) has
+a future, so its target bootstraps from V(true final observation); only *termination* is worth zero.
+Conflating them teaches the critic an unpredictable drop to zero at step 500 for balancing well.
 
-Run it:       python a2c.py --env-id CartPole-v1      (or LunarLander-v3, Pendulum-v1, ...)
+Run it:       python a2c.py --env-id CartPole-v1      (or LunarLander-v3, Pendulum-v1, ...; all flags: --help)
 Evaluate:     python a2c.py --evaluate runs/<run-name>/model.pt --capture-video
-All flags:    python a2c.py --help
 """
 
 import contextlib
 import csv
-import dataclasses
 import difflib
 import json
 import math
@@ -52,7 +47,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -74,31 +69,26 @@ ALGORITHM = "a2c"
 class Args:
     # --- Experiment ---
     env_id: str = "CartPole-v1"
-    """gymnasium id of an environment with a Discrete, MultiDiscrete or Box action space
-    (CartPole-v1, LunarLander-v3, Pendulum-v1, ...)"""
+    """gymnasium id of an env with a (Multi)Discrete or Box action space (CartPole-v1, Pendulum-v1, ...)"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
-    """environment steps to train for, summed over all envs: 500k for CartPole-v1; LunarLander-v3
-    and Pendulum-v1 want 1M"""
+    """environment steps to train for, summed over all envs (500k suits CartPole-v1; LunarLander-v3 wants 1M)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
 
     # --- Environment and rollout ---
     num_envs: int = 8
-    """parallel environments; the batch of each gradient step is num_envs * num_steps. With rollouts
-    this short, the envs are what decorrelates a batch: 8 envs x 5 steps = 40 transitions from 8
-    different episodes"""
+    """parallel environments; the batch is num_envs * num_steps. With rollouts this short, the envs
+    decorrelate a batch: 8 x 5 = 40 transitions from 8 different episodes"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     num_steps: int = 5
     """steps per env per rollout, the n of the n-step return (5, as in the A3C paper)"""
     norm_obs: bool = False
-    """normalise observations with running mean and std (saved with the model, reused in evaluation).
-    Off by default, unlike PPO: A2C takes a gradient step every 40 transitions, and statistics that
-    move between every two steps keep shifting the critic's inputs and targets (the README's a2c
-    section has the LunarLander-v3 runs). Turn both on for envs with badly scaled observations or
-    rewards (Pendulum-v1)"""
+    """normalise observations with running mean and std (saved with the model). Off, unlike PPO: with
+    a step every 40 transitions, moving statistics keep shifting the critic's inputs and targets. Turn
+    both on for badly scaled observations or rewards (Pendulum-v1)"""
     norm_reward: bool = False
     """divide rewards by the running std of the discounted return (see --norm-obs)"""
 
@@ -109,18 +99,14 @@ class Args:
     """RMSprop (decay alpha 0.99 as in the A3C paper, eps 1e-5; torch's RMSprop, see the comment in
     train()) or Adam (eps 1e-5)"""
     anneal_lr: bool = True
-    """decay the learning rate linearly towards 0 over training (the last update uses 1/num_iterations of it)"""
+    """decay the learning rate linearly towards 0 over training"""
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 1.0
-    """1 gives the plain n-step return of A2C; below 1, GAE's exponentially weighted mix of k-step
-    returns, less variance for some bias. The PPO files call lambda = 1 Monte-Carlo: it is the same
-    sum of discounted rewards, bootstrapped from V only where the rollout (or a truncation) cuts the
-    episode; in 5-step rollouts that cut comes within n = 5 steps, in PPO's long ones mostly at the
-    episode's own end"""
+    """1 gives A2C's n-step return (the PPO files' "Monte-Carlo", cut here within 5 steps); below 1,
+    GAE's exponentially weighted mix of k-step returns, less variance for some bias"""
     norm_adv: bool = False
-    """normalise advantages to zero mean and unit std within each batch (off: with 40 transitions
-    per batch the statistics are noisy)"""
+    """normalise advantages within each batch (off: 40 transitions give noisy statistics)"""
     ent_coef: float = 0.0
     """entropy bonus coefficient"""
     vf_coef: float = 0.5
@@ -142,8 +128,7 @@ class Args:
     save_model: bool = True
     """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
     checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
+    """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps; 0: none"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
@@ -153,8 +138,7 @@ class Args:
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
-    seeds run side by side without fighting over cores"""
+    """CPU threads for torch: the networks are tiny, so one is fastest and lets seeds run side by side"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,20 +154,12 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode.
-
-    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
-    *after* an episode ends returns the reset observation and ignores the action, a fake
-    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
-    the episode: every transition returned is real, the returned observation is already the next
-    episode's first one, and the true last observation arrives in info["final_obs"], which is
-    what a truncated episode must bootstrap from.
-    """
+    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x's default, NEXT_STEP, spends the step
+    after an episode ends on a fake reset transition; SAME_STEP resets inside the ending step, so every
+    transition is real and the true last observation (a truncation bootstraps from it) is in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    envs = env_cls(
-        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = env_cls([lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
@@ -191,9 +167,7 @@ class RunningMeanStd:
     """Running mean and variance over batches (Chan et al.'s parallel update), in float64."""
 
     def __init__(self, shape: tuple[int, ...] = ()):
-        self.mean = np.zeros(shape, np.float64)
-        self.var = np.ones(shape, np.float64)
-        self.count = 1e-4
+        self.mean, self.var, self.count = np.zeros(shape, np.float64), np.ones(shape, np.float64), 1e-4
 
     def update(self, x: np.ndarray) -> None:
         batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
@@ -201,13 +175,6 @@ class RunningMeanStd:
         self.mean = self.mean + delta * n / total
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
-
-    def state_dict(self) -> dict:
-        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
-        self.count = state["count"]
 
 
 def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
@@ -217,18 +184,12 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of the discounted return (not of the reward itself).
-
-    The critic regresses onto returns, so it is the return's scale that should be near one. The
-    mean is not subtracted: shifting rewards would change what the optimal policy is (e.g. make
-    ending an episode early attractive). `observe` runs every step; `scale` once per rollout.
-    """
+    """Scales rewards by the running std of the discounted return, the critic's target. The mean is not
+    subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
-        self.rms = RunningMeanStd()
-        self.gamma = gamma
-        self.returns = np.zeros(num_envs, np.float64)
-        self.history = np.zeros((num_steps, num_envs), np.float64)
+        self.rms, self.gamma = RunningMeanStd(), gamma
+        self.returns, self.history = np.zeros(num_envs, np.float64), np.zeros((num_steps, num_envs), np.float64)
 
     def observe(self, step: int, rewards: np.ndarray, episode_ends: np.ndarray) -> None:
         self.returns = self.returns * self.gamma + rewards
@@ -260,15 +221,7 @@ def mlp(in_dim: int, out_dim: int, out_std: float, hidden: int = 64) -> nn.Seque
     )
 
 
-def action_dims(space: gym.Space) -> list[int]:
-    """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
-    if isinstance(space, gym.spaces.Discrete):
-        return [int(space.n)]
-    return [int(n) for n in space.nvec.reshape(-1)]
-
-
 def blockwise_argmax(logits: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    """The argmax within each action dimension's block of logits: shape [..., len(dims)]."""
     if len(dims) == 1:  # Discrete: one block, nothing to split (this runs at every env step)
         return logits.argmax(-1, keepdim=True)
     return torch.stack([block.argmax(-1) for block in logits.split(dims, dim=-1)], dim=-1)
@@ -327,11 +280,8 @@ class Agent(nn.Module):
 
 def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2 ].
-
-    Written out rather than through torch.distributions, which costs more than the network itself
-    at these sizes. The action must be the *unclipped* sample: the density describes the sample,
-    not the clipped action, whose distribution piles up on the bounds as point masses.
-    """
+    Written out: torch.distributions costs more than the network at these sizes. `action` is the
+    *unclipped* sample: clipping piles the distribution up on the bounds as point masses."""
     z = (action - mean) * torch.exp(-log_std)
     return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -341,16 +291,10 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
-def categorical_log_prob_entropy(
-    logits: tuple[torch.Tensor, ...], action: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For independent categoricals, one logits block per action dimension:
-    log pi(a|s) = sum_i log softmax(logits_i)[a_i]     H(s) = sum_i -sum_k p_ik log p_ik.
-
-    Written out rather than through torch.distributions, which costs more than the network itself
-    at these sizes. log_softmax serves both sums and stays finite where log(softmax(...)) would
-    underflow to log(0) for a very unlikely action.
-    """
+def categorical_log_prob_entropy(logits: tuple[torch.Tensor, ...],
+                                 action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a|s) = sum_i log softmax(logits_i)[a_i], H(s) = sum_i -sum_k p_ik log p_ik, written out (cheaper
+    than torch.distributions); log_softmax stays finite where log(softmax(...)) underflows to log(0)."""
     log_probs, entropies = [], []
     for i, block in enumerate(logits):
         log_p = torch.log_softmax(block, dim=-1)
@@ -361,40 +305,20 @@ def categorical_log_prob_entropy(
     return torch.stack(log_probs).sum(0), torch.stack(entropies).sum(0)
 
 
-def successor_values(
-    values: np.ndarray, last_values: np.ndarray, final_values: np.ndarray, episode_ends: np.ndarray
-) -> np.ndarray:
-    """V(s_{t+1}) for every step of a [num_steps, num_envs] rollout.
-
-    Inside an episode the successor is the next row's state (for the last row, the state the
-    rollout stopped in, valued as last_values). Where an episode ended, the next row already
-    belongs to a new episode after the autoreset, so the successor is the episode's true final
-    observation instead: final_values holds its value for truncated steps. After a termination
-    the entry is irrelevant, compute_gae multiplies it by zero.
-    """
+def successor_values(values: np.ndarray, last_values: np.ndarray, final_values: np.ndarray,
+                     episode_ends: np.ndarray) -> np.ndarray:
+    """V(s_{t+1}) for every step of a [num_steps, num_envs] rollout: the next row's inside an episode
+    (last_values after the last row), final_values (V(true final obs)) where it was truncated (unused if terminated)."""
     next_values = np.concatenate([values[1:], last_values[None]])
     return np.where(episode_ends > 0, final_values, next_values)
 
 
-def compute_gae(
-    rewards: np.ndarray,
-    values: np.ndarray,
-    next_values: np.ndarray,
-    terminations: np.ndarray,
-    episode_ends: np.ndarray,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Generalized Advantage Estimation over a [num_steps, num_envs] rollout.
-
-    next_values[t] is V(s_{t+1}) of the state that really followed step t: the next row's state
-    inside an episode, the true final observation where the episode ended. Two different masks:
+def compute_gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminations: np.ndarray,
+                episode_ends: np.ndarray, gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """GAE over a [num_steps, num_envs] rollout; next_values[t] is V of the state that really followed step t.
+    Returns (advantages, targets = A + V). A truncated step keeps gamma * V(final obs), cutting only the recursion:
     - terminations[t] removes the bootstrap, since a terminal state has no future;
-    - episode_ends[t] (terminated or truncated) stops the lambda-recursion, so an advantage never
-      sums TD residuals from the next episode, which starts in the following row after a reset.
-    A truncated step therefore keeps gamma * V(final observation) and only cuts the recursion.
-    Returns (advantages, value targets = advantages + values).
-    """
+    - episode_ends[t] (terminated or truncated) stops the lambda-recursion: no TD residuals of the next episode."""
     deltas = rewards + gamma * (1.0 - terminations) * next_values - values  # every delta_t at once
     decay = gamma * gae_lambda * (1.0 - episode_ends)  # only the recursion needs a loop
     advantages = np.zeros_like(rewards)
@@ -422,8 +346,7 @@ def value_loss(new_values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
 
 
 class Rollout:
-    """The storage of one rollout, row t holding step t of every env: [num_steps, num_envs, ...].
-    numpy on the host: one cheap write per step, one copy to the device per update."""
+    """One rollout, row t holding step t of every env, in numpy on the host (cheap writes per step)."""
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, act_dim: int, action_dtype: type):
         shape = (num_steps, num_envs)
@@ -436,14 +359,12 @@ class Rollout:
         self.final_obs = np.zeros(shape + (obs_dim,), np.float64)  # true last observation where truncated
 
 
-def collect_rollout(
-    envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
-    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None, device: torch.device,
-) -> tuple[np.ndarray, list[tuple[float, int]]]:
-    """Steps the envs num_steps times with the current policy, filling `rollout`; returns the observation
-    it stopped in (the next rollout starts there) and the (return, length) of each episode that ended.
-    Step by step only the action is needed: V(s) comes after, for the whole batch in one pass. The
-    normalisation statistics stay fixed during a rollout (updated after it)."""
+def collect_rollout(envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
+                    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None,
+                    device: torch.device) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """Steps the envs num_steps times with the current policy, filling `rollout` (only actions are
+    needed here; the obs statistics stay fixed); returns the last observation and each ended episode's
+    (return, length)."""
     space = envs.single_action_space
     # A discrete env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) else.
     env_action_shape = (envs.num_envs,) + space.shape
@@ -452,8 +373,7 @@ def collect_rollout(
         rollout.obs[step] = obs
         with torch.inference_mode():
             action = agent.act(torch.from_numpy(normalize_obs(obs, obs_rms)).to(device)).cpu().numpy()
-        # The unclipped sample goes into the rollout (its log-prob is what the policy assigned);
-        # only the env sees it clipped to the bounds.
+        # The rollout keeps the unclipped sample (its log-prob is pi's); only the env sees it clipped.
         rollout.actions[step] = action
         env_action = np.clip(action, space.low, space.high) if agent.continuous else action.reshape(env_action_shape)
         obs, rewards, terminations, truncations, infos = envs.step(env_action)
@@ -463,24 +383,19 @@ def collect_rollout(
         rollout.episode_ends[step] = episode_ends
         if reward_scaler is not None:
             reward_scaler.observe(step, rewards, episode_ends)
-        # obs of an env whose episode ended is already the *next* episode's first observation.
-        # A truncated episode bootstraps from its true last one, kept here.
+        # An ended env's obs is already the next episode's; a truncated one bootstraps from final_obs.
         truncated = rollout.truncated[step] = truncations & ~terminations
         if truncated.any():
             rollout.final_obs[step, truncated] = np.stack(infos["final_obs"][truncated])
-        if "episode" in infos:
-            done = infos["_episode"]
-            episodes.extend(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+        episodes.extend(finished_episodes(infos))  # for the metrics (Part 2)
     return obs, episodes
 
 
-def compute_advantages(
-    agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
-    reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float, device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """The critic's values of the whole rollout in one batched pass, then the n-step returns (GAE, with
-    lambda = 1 by default). The networks have not changed since the rollout, so these are the values of the
-    critic that was current while it ran. Returns the update's batch, one row per transition."""
+def compute_advantages(agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
+                       reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """The values of the critic that acted (unchanged since) in one batched pass, then the n-step returns
+    (GAE, lambda = 1 by default). Returns the update's batch, one row per transition."""
     num_steps, num_envs, obs_dim = rollout.obs.shape
     b_obs = torch.from_numpy(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms)).to(device)
     b_actions = torch.from_numpy(rollout.actions.reshape(num_steps * num_envs, -1)).to(device)
@@ -494,22 +409,18 @@ def compute_advantages(
     values = b_values.cpu().numpy().reshape(num_steps, num_envs)
     if obs_rms is not None:
         obs_rms.update(rollout.obs.reshape(-1, obs_dim))
-    rewards = rollout.rewards
-    if reward_scaler is not None:
-        # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
-        rewards = reward_scaler.scale(rewards)
+    # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
+    rewards = reward_scaler.scale(rollout.rewards) if reward_scaler is not None else rollout.rewards
     next_values = successor_values(values, last_values, final_values, rollout.episode_ends)  # V(s_{t+1})
-    advantages, returns = compute_gae(
-        rewards, values, next_values, rollout.terminations, rollout.episode_ends, gamma, gae_lambda
-    )
+    advantages, returns = compute_gae(rewards, values, next_values, rollout.terminations, rollout.episode_ends,
+                                      gamma, gae_lambda)
     return {"obs": b_obs, "actions": b_actions, "values": b_values,
             "advantages": torch.from_numpy(advantages.reshape(-1)).to(device),  # A_t
             "returns": torch.from_numpy(returns.reshape(-1)).to(device)}  # R_t = A_t + V(s_t), the value target
 
 
-def update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args
-) -> dict[str, float]:
+def update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+           args: Args) -> dict[str, float]:
     """One gradient step on the whole batch, which is then thrown away. Returns the losses of the
     metrics row."""
     advantages = batch["advantages"]
@@ -551,19 +462,15 @@ def train(args: Args) -> dict:
     act_dim = dims[0] if continuous else len(dims)
 
     agent = Agent(obs_dim, dims, continuous).to(device)
-    # eps 1e-5 rather than the default 1e-8: when a parameter's gradients are tiny, the update
-    # g / (sqrt(v) + eps) would otherwise blow up to a full learning-rate step of noise.
-    # This RMSprop is torch's: v <- 0.99 v + 0.01 g^2 starting from v = 0, step lr * g / (sqrt(v) + eps),
-    # so the first steps are up to 10x lr per weight. eps 1e-5 is OpenAI baselines' A2C value, but its
-    # TensorFlow RMSprop adds eps inside the square root and starts v at 1: the same numbers there
-    # make a different optimizer, one whose first steps are small.
+    # eps 1e-5, not 1e-8: for tiny gradients g / (sqrt(v) + eps) would be a full step of noise.
+    # torch's RMSprop starts v at 0 (first steps up to 10x lr); OpenAI baselines' TensorFlow one, whose
+    # eps 1e-5 this is, starts v at 1 with eps inside the sqrt: the same numbers, smaller first steps.
     if args.optimizer == "rmsprop":
         optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=1e-5)
     else:
         optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-
     # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
     run = Run(args, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "dims": dims, "continuous": continuous},
               model={"agent": agent, "obs_rms": obs_rms},
@@ -621,6 +528,13 @@ def env_errors(env_id: str):
         raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
     except gym.error.Error as e:
         raise UsageError(f"cannot make {env_id}: {e}")
+
+
+def action_dims(space: gym.Space) -> list[int]:
+    """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
+    if isinstance(space, gym.spaces.Discrete):
+        return [int(space.n)]
+    return [int(n) for n in space.nvec.reshape(-1)]
 
 
 def check_spaces(env: gym.Env, env_id: str) -> None:
@@ -687,6 +601,14 @@ METRICS = [
     "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
     "entropy", "explained_variance", "episodic_return", "episodic_length",
 ]
+
+
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
+    if "episode" not in infos:
+        return []
+    done = infos["_episode"]
+    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
 
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -760,7 +682,7 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
         print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(
         project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
+        config=asdict(args), dir=str(run_dir), mode=mode or "online",
     )
 
 
@@ -769,8 +691,23 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 # ---------------------------------------------------------------------------------------------
 
 
+def state_dict(obj) -> dict:
+    """What a checkpoint saves of obj: torch's state_dict, or a RunningMeanStd's statistics as tensors."""
+    if isinstance(obj, RunningMeanStd):
+        return {"mean": torch.tensor(obj.mean), "var": torch.tensor(obj.var), "count": obj.count}
+    return obj.state_dict()
+
+
+def load_state_dict(obj, state: dict) -> None:
+    if isinstance(obj, RunningMeanStd):
+        obj.mean, obj.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
+        obj.count = state["count"]
+    else:
+        obj.load_state_dict(state)
+
+
 def state_dicts(objects: dict) -> dict:
-    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
+    return {key: state_dict(obj) if obj is not None else None for key, obj in objects.items()}
 
 
 class Run:
@@ -796,7 +733,7 @@ class Run:
             run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
             self.dir = Path("runs") / run_name
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(
             self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
             resume_step=self.counters["global_step"] if args.resume else None,
@@ -818,7 +755,7 @@ class Run:
                 raise UsageError(f"{self.args.resume} holds no {key}: its run trained without it; "
                                  "resume without --norm-obs / --norm-reward")
             if obj is not None:
-                obj.load_state_dict(ckpt[key])
+                load_state_dict(obj, ckpt[key])
         counters = {key: ckpt[key] for key in self.counters}
         if counters["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
             raise UsageError(f"{self.args.resume} ends at step {counters['global_step']}, already the end of "
@@ -830,7 +767,7 @@ class Run:
 
     def model_state(self, global_step: int) -> dict:
         """model.pt: what --evaluate and load_model need to rebuild the policy."""
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes,
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes,
                 **state_dicts(self.model), "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
@@ -948,7 +885,7 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
     obs_rms = None
     if state["obs_rms"] is not None:
         obs_rms = RunningMeanStd((state["obs_dim"],))
-        obs_rms.load_state_dict(state["obs_rms"])
+        load_state_dict(obs_rms, state["obs_rms"])
     return agent, obs_rms, state
 
 
@@ -989,7 +926,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
             saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
         except Exception as e:
             raise UsageError(f"cannot read {saved_from}: {e}")
-        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved = {k: v for k, v in saved.items() if k in {f.name for f in fields(Args)}}
         saved |= {"resume": args.resume, "evaluate": args.evaluate}
         args = tyro.cli(Args, args=argv, default=Args(**saved))
     return args

@@ -1,14 +1,11 @@
 """PPO for discrete actions: one file, read top to bottom.
 
 Proximal Policy Optimization (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) with a
-categorical policy (one independent categorical per dimension for MultiDiscrete action spaces),
-Generalized Advantage Estimation (Schulman et al. 2016,
-https://arxiv.org/abs/1506.02438) and the implementation details that make it work in practice.
+categorical policy (one per MultiDiscrete dimension), Generalized Advantage Estimation (Schulman et
+al. 2016, https://arxiv.org/abs/1506.02438) and the implementation details that make it work.
 
-The loop: collect `num_steps` steps from `num_envs` environments with the current policy
-pi_old, estimate advantages, then improve the policy for `update_epochs` passes over that batch
-in minibatches, keeping pi_new close to pi_old. Repeat. `train()` reads as this loop:
-`collect_rollout`, `compute_advantages`, `update`.
+`train()` reads as the loop: `collect_rollout` (num_steps steps of num_envs envs with pi_old),
+`compute_advantages`, `update` (update_epochs passes of minibatches, keeping pi_new close to pi_old).
 
 Key equations (t indexes time, s_t the state, a_t the action):
 
@@ -20,21 +17,16 @@ Key equations (t indexes time, s_t the state, a_t the action):
     penalty objective L_kl    = E[ rho_t * A_t ] - beta * KL(pi_old || pi_new)    (the paper's L^KLPEN)
     loss              L       = -L_policy + vf_coef * L_value - ent_coef * entropy
 
-Time limits are the classic trap. When an episode is *truncated* (CartPole-v1 stops a balancing
-pole after 500 steps) the state it stopped in still has a future, so the target bootstraps from
-V(true final observation). Only *termination* (the pole fell) means the future is worth zero.
-Treating truncation as termination teaches the critic that balancing well leads to a value of
-zero at step 500, which it cannot predict from the observation. This file keeps the two apart
-everywhere (see `collect_rollout` and `compute_gae`).
+Time limits are the classic trap. A *truncated* episode (CartPole-v1 stops each after 500 steps) has
+a future, so its target bootstraps from V(true final observation); only *termination* is worth zero.
+Conflating them teaches the critic an unpredictable drop to zero at step 500 for balancing well.
 
-Run it:       python ppo_discrete.py --env-id CartPole-v1
+Run it:       python ppo_discrete.py --env-id CartPole-v1      (all flags: --help)
 Evaluate:     python ppo_discrete.py --evaluate runs/<run-name>/model.pt --capture-video
-All flags:    python ppo_discrete.py --help
 """
 
 import contextlib
 import csv
-import dataclasses
 import difflib
 import json
 import math
@@ -45,7 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import gymnasium as gym
@@ -66,77 +58,60 @@ ALGORITHM = "ppo_discrete"
 class Args:
     # --- Experiment ---
     env_id: str = "CartPole-v1"
-    """gymnasium id of an environment with a Discrete or MultiDiscrete action space (CartPole-v1,
-    Acrobot-v1, LunarLander-v3, ...)"""
+    """gymnasium id of an env with a (Multi)Discrete action space (CartPole-v1, LunarLander-v3, ...)"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
-    """environment steps to train for, summed over all envs: 500k for CartPole-v1 and Acrobot-v1, 1M
-    for LunarLander-v3 (the README's results table has these runs and their times)"""
+    """environment steps to train for, summed over all envs (500k suits CartPole-v1; LunarLander-v3 wants 1M)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
 
     # --- Environment and rollout ---
     num_envs: int = 8
-    """parallel environments; the rollout batch is num_envs * num_steps. All envs share each policy
-    forward pass, one pass per num_envs transitions, which is where a CPU's rollout time goes"""
+    """parallel environments (batch: num_envs * num_steps), sharing each policy forward pass (CPU time)"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     num_steps: int = 256
-    """steps per env per rollout (8 x 256 = 2048 transitions per update, as in ppo_continuous.py). A
-    rollout's end cuts GAE's sum short (it bootstraps from V there), but with gamma * lambda = 0.9405
-    the weights fall below 5% within 50 steps (an effective horizon of about 17), so only the last
-    few dozen of the 256 steps are affected"""
+    """steps per env per rollout (8 x 256 = 2048 as in ppo_continuous.py; GAE weights fade within 50)"""
     norm_obs: bool = True
     """normalise observations with running mean and std (saved with the model, reused in evaluation)"""
     norm_reward: bool = True
-    """divide rewards by the running std of the discounted return, so value targets stay near unit
-    scale whatever the env's reward scale (LunarLander's crash costs -100 in one step)"""
+    """divide rewards by the running std of the discounted return: value targets near unit scale"""
 
     # --- PPO ---
     learning_rate: float = 3e-4
     """Adam learning rate for actor and critic"""
     anneal_lr: bool = True
-    """decay the learning rate linearly towards 0 over training (the last update uses 1/num_iterations of it)"""
+    """decay the learning rate linearly towards 0 over training"""
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
-    """GAE lambda: 0 is the one-step TD advantage (low variance, biased by V), 1 the Monte-Carlo one:
-    the discounted rewards to the episode's end, bootstrapped from V only where the rollout or a
-    truncation cuts the episode (with a2c.py's 5-step rollouts the same sum is the n-step return)"""
+    """GAE lambda: 0 gives the one-step TD advantage (low variance, biased by V), 1 the Monte-Carlo
+    one, bootstrapped only where the rollout or a truncation cuts the episode (a2c.py's n-step return)"""
     num_minibatches: int = 32
     """minibatches per epoch; the rollout batch must divide evenly into them"""
     update_epochs: int = 4
-    """passes over each rollout batch (4 as in CleanRL's ppo.py; the paper used 3 for Atari, 10 for
-    MuJoCo)"""
+    """passes over each rollout batch (4 as in CleanRL's ppo.py; the paper: 3 for Atari, 10 for MuJoCo)"""
     norm_adv: bool = True
     """normalise advantages to zero mean and unit std within each minibatch"""
     clip_coef: float = 0.2
-    """epsilon of the clipped objective: a sample whose ratio pi_new/pi_old has moved past 1 + epsilon
-    (advantage > 0) or below 1 - epsilon (advantage < 0) gives no gradient; a ratio outside the range
-    on the side the advantage disfavours still does (see clipped_policy_loss)"""
+    """epsilon of the clipped objective: how far pi_new/pi_old moves before a sample stops pulling (see its loss)"""
     clip_vloss: bool = False
-    """clip the value update around the old value prediction, as OpenAI baselines' ppo2 did. Off by
-    default, as in Stable-Baselines3: it stops a sample pulling its prediction once that has moved
-    clip-coef from the old one (in the value's units), which holds the critic back (see value_loss)"""
+    """clip the value update around the old prediction (baselines' ppo2); off as in SB3: holds the critic back"""
     ent_coef: float = 0.01
-    """entropy bonus coefficient: keeps the categorical from committing to one action before the
-    critic can tell the actions apart (LunarLander's engines, say)"""
+    """entropy bonus coefficient: keeps the policy from committing before the critic tells actions apart"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
     """clip the global gradient norm of all parameters to this"""
     target_kl: float | None = None
-    """stop the epochs of an update after the first epoch whose approximate KL(pi_old || pi_new), the
-    mean over its minibatches each taken before its own step, exceeds this"""
+    """stop an update after the first epoch whose approximate KL(pi_old || pi_new) exceeds this"""
     ppo_penalty: bool = False
-    """use the adaptive KL-penalty objective (the paper's L^KLPEN, "PPO1" in some lecture notes) instead
-    of the clipped one"""
+    """use the adaptive KL-penalty objective (the paper's L^KLPEN) instead of the clipped one"""
     kl_beta: float = 1.0
     """initial KL penalty coefficient beta (with --ppo-penalty)"""
     kl_beta_target: float = 0.01
-    """KL the penalty aims for: beta doubles when the update's measured KL (see adapt_kl_beta) exceeds
-    1.5x this and halves when it is below this/1.5 (with --ppo-penalty)"""
+    """KL the penalty aims for (see adapt_kl_beta; with --ppo-penalty)"""
 
     # --- Running the experiment: files, tracking, evaluation, threads ---
     run_name: str | None = None
@@ -152,8 +127,7 @@ class Args:
     save_model: bool = True
     """save the final model (weights, normalisation statistics, args) to runs/<run-name>/model.pt"""
     checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
+    """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps; 0: none"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
@@ -163,8 +137,7 @@ class Args:
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch. The networks are tiny, so one thread is fastest and lets several
-    seeds run side by side without fighting over cores"""
+    """CPU threads for torch: the networks are tiny, so one is fastest and lets seeds run side by side"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,20 +153,12 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode.
-
-    gymnasium 1.x resets a finished sub-env automatically. In the default NEXT_STEP mode the step
-    *after* an episode ends returns the reset observation and ignores the action, a fake
-    transition that must be masked out everywhere. SAME_STEP resets inside the step that ends
-    the episode: every transition returned is real, the returned observation is already the next
-    episode's first one, and the true last observation arrives in info["final_obs"], which is
-    what a truncated episode must bootstrap from.
-    """
+    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x's default, NEXT_STEP, spends the step
+    after an episode ends on a fake reset transition; SAME_STEP resets inside the ending step, so every
+    transition is real and the true last observation (a truncation bootstraps from it) is in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    envs = env_cls(
-        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = env_cls([lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
@@ -201,9 +166,7 @@ class RunningMeanStd:
     """Running mean and variance over batches (Chan et al.'s parallel update), in float64."""
 
     def __init__(self, shape: tuple[int, ...] = ()):
-        self.mean = np.zeros(shape, np.float64)
-        self.var = np.ones(shape, np.float64)
-        self.count = 1e-4
+        self.mean, self.var, self.count = np.zeros(shape, np.float64), np.ones(shape, np.float64), 1e-4
 
     def update(self, x: np.ndarray) -> None:
         batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
@@ -211,13 +174,6 @@ class RunningMeanStd:
         self.mean = self.mean + delta * n / total
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
-
-    def state_dict(self) -> dict:
-        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
-        self.count = state["count"]
 
 
 def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
@@ -227,18 +183,12 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of the discounted return (not of the reward itself).
-
-    The critic regresses onto returns, so it is the return's scale that should be near one. The
-    mean is not subtracted: shifting rewards would change what the optimal policy is (e.g. make
-    ending an episode early attractive). `observe` runs every step; `scale` once per rollout.
-    """
+    """Scales rewards by the running std of the discounted return, the critic's target. The mean is not
+    subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
-        self.rms = RunningMeanStd()
-        self.gamma = gamma
-        self.returns = np.zeros(num_envs, np.float64)
-        self.history = np.zeros((num_steps, num_envs), np.float64)
+        self.rms, self.gamma = RunningMeanStd(), gamma
+        self.returns, self.history = np.zeros(num_envs, np.float64), np.zeros((num_steps, num_envs), np.float64)
 
     def observe(self, step: int, rewards: np.ndarray, episode_ends: np.ndarray) -> None:
         self.returns = self.returns * self.gamma + rewards
@@ -270,29 +220,16 @@ def mlp(in_dim: int, out_dim: int, out_std: float, hidden: int = 64) -> nn.Seque
     )
 
 
-def action_dims(space: gym.Space) -> list[int]:
-    """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
-    if isinstance(space, gym.spaces.Discrete):
-        return [int(space.n)]
-    return [int(n) for n in space.nvec.reshape(-1)]
-
-
 def blockwise_argmax(logits: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    """The argmax within each action dimension's block of logits: shape [..., len(dims)]."""
     if len(dims) == 1:  # Discrete: one block, nothing to split (this runs at every env step)
         return logits.argmax(-1, keepdim=True)
     return torch.stack([block.argmax(-1) for block in logits.split(dims, dim=-1)], dim=-1)
 
 
 class Agent(nn.Module):
-    """Separate actor and critic MLPs: the value loss cannot disturb the policy's features.
-
-    The actor outputs one block of logits per action dimension: CartPole has one dimension with
-    2 choices, MultiDiscrete([3, 5]) two dimensions with 3 and 5. The dimensions are treated as
-    independent categoricals, pi(a|s) = prod_i pi_i(a_i|s), so log-probabilities and entropies add
-    up. Independence keeps the output linear in the number of dimensions; a joint categorical over
-    all combinations would need prod_i n_i outputs.
-    """
+    """Separate actor and critic MLPs: the value loss cannot disturb the policy's features. Per action
+    dimension a block of logits, independent categoricals pi(a|s) = prod_i pi_i(a_i|s) (log-probs and
+    entropies add up): sum_i n_i outputs, where a joint categorical over all combinations needs prod_i n_i."""
 
     def __init__(self, obs_dim: int, dims: list[int]):
         super().__init__()
@@ -305,12 +242,8 @@ class Agent(nn.Module):
         return self.critic(obs).squeeze(-1)
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Samples a_i ~ softmax(logits_i) for each dimension i: all the rollout needs step by step.
-
-        The Gumbel-max trick: with g_k independent Gumbel(0, 1) noise, -log(-log(U)) for uniform U,
-        argmax_k (logits_k + g_k) is distributed as softmax(logits). Sampling becomes the greedy
-        choice on noisy logits, and costs less than torch.multinomial at these sizes.
-        """
+        """Samples a_i ~ softmax(logits_i) per dimension, all the rollout needs, by Gumbel-max (cheaper than
+        torch.multinomial here): argmax_k (logits_k + g_k) ~ softmax(logits), g_k = -log(-log(U_k))."""
         logits = self.actor(obs)
         return blockwise_argmax(logits - torch.log(-torch.log(torch.rand_like(logits))), self.dims)
 
@@ -328,16 +261,10 @@ class Agent(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def categorical_log_prob_entropy(
-    logits: tuple[torch.Tensor, ...], action: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For independent categoricals, one logits block per action dimension:
-    log pi(a|s) = sum_i log softmax(logits_i)[a_i]     H(s) = sum_i -sum_k p_ik log p_ik.
-
-    Written out rather than through torch.distributions, which costs more than the network itself
-    at these sizes. log_softmax serves both sums and stays finite where log(softmax(...)) would
-    underflow to log(0) for a very unlikely action.
-    """
+def categorical_log_prob_entropy(logits: tuple[torch.Tensor, ...],
+                                 action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a|s) = sum_i log softmax(logits_i)[a_i], H(s) = sum_i -sum_k p_ik log p_ik, written out (cheaper
+    than torch.distributions); log_softmax stays finite where log(softmax(...)) underflows to log(0)."""
     log_probs, entropies = [], []
     for i, block in enumerate(logits):
         log_p = torch.log_softmax(block, dim=-1)
@@ -348,40 +275,20 @@ def categorical_log_prob_entropy(
     return torch.stack(log_probs).sum(0), torch.stack(entropies).sum(0)
 
 
-def successor_values(
-    values: np.ndarray, last_values: np.ndarray, final_values: np.ndarray, episode_ends: np.ndarray
-) -> np.ndarray:
-    """V(s_{t+1}) for every step of a [num_steps, num_envs] rollout.
-
-    Inside an episode the successor is the next row's state (for the last row, the state the
-    rollout stopped in, valued as last_values). Where an episode ended, the next row already
-    belongs to a new episode after the autoreset, so the successor is the episode's true final
-    observation instead: final_values holds its value for truncated steps. After a termination
-    the entry is irrelevant, compute_gae multiplies it by zero.
-    """
+def successor_values(values: np.ndarray, last_values: np.ndarray, final_values: np.ndarray,
+                     episode_ends: np.ndarray) -> np.ndarray:
+    """V(s_{t+1}) for every step of a [num_steps, num_envs] rollout: the next row's inside an episode
+    (last_values after the last row), final_values (V(true final obs)) where it was truncated (unused if terminated)."""
     next_values = np.concatenate([values[1:], last_values[None]])
     return np.where(episode_ends > 0, final_values, next_values)
 
 
-def compute_gae(
-    rewards: np.ndarray,
-    values: np.ndarray,
-    next_values: np.ndarray,
-    terminations: np.ndarray,
-    episode_ends: np.ndarray,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Generalized Advantage Estimation over a [num_steps, num_envs] rollout.
-
-    next_values[t] is V(s_{t+1}) of the state that really followed step t: the next row's state
-    inside an episode, the true final observation where the episode ended. Two different masks:
+def compute_gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminations: np.ndarray,
+                episode_ends: np.ndarray, gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """GAE over a [num_steps, num_envs] rollout; next_values[t] is V of the state that really followed step t.
+    Returns (advantages, targets = A + V). A truncated step keeps gamma * V(final obs), cutting only the recursion:
     - terminations[t] removes the bootstrap, since a terminal state has no future;
-    - episode_ends[t] (terminated or truncated) stops the lambda-recursion, so an advantage never
-      sums TD residuals from the next episode, which starts in the following row after a reset.
-    A truncated step therefore keeps gamma * V(final observation) and only cuts the recursion.
-    Returns (advantages, value targets = advantages + values).
-    """
+    - episode_ends[t] (terminated or truncated) stops the lambda-recursion: no TD residuals of the next episode."""
     deltas = rewards + gamma * (1.0 - terminations) * next_values - values  # every delta_t at once
     decay = gamma * gae_lambda * (1.0 - episode_ends)  # only the recursion needs a loop
     advantages = np.zeros_like(rewards)
@@ -392,47 +299,29 @@ def compute_gae(
     return advantages, advantages + values
 
 
-def clipped_policy_loss(
-    new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, clip_coef: float
-) -> torch.Tensor:
-    """-L_clip = -E[ min(rho A, clip(rho, 1 - eps, 1 + eps) A) ].
-
-    old_logprob comes from the rollout (pi_old, no gradient); new_logprob from the network being
-    trained. Taking the min (the max of the negated terms) makes the objective a pessimistic
-    bound: moving rho outside [1 - eps, 1 + eps] in the direction the advantage favours earns
-    nothing, while moves that make things worse are still fully penalised.
-    """
+def clipped_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                        clip_coef: float) -> torch.Tensor:
+    """-L_clip = -E[ min(rho A, clip(rho, 1 - eps, 1 + eps) A) ], old_logprob pi_old's (no gradient). A pessimistic
+    bound: moving rho past [1 - eps, 1 + eps] the way A favours earns nothing; worse moves cost in full."""
     ratio = torch.exp(new_logprob - old_logprob)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
     return torch.max(unclipped, clipped).mean()
 
 
-def kl_penalty_policy_loss(
-    new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """-L_kl = -E[ rho A ] + beta * KL(pi_old || pi_new), with the KL estimated from the samples
-    (see `approx_kl`). beta is adapted between updates by `adapt_kl_beta`.
-
-    The paper calls this the adaptive KL penalty objective, L^KLPEN, and numbers neither variant.
-    "PPO1" (with "PPO2" for the clipped objective) is lecture-note naming, used in notes that follow
-    Hung-yi Lee's PPO lecture; OpenAI baselines' ppo1, despite the name, optimises the clipped objective.
-    """
+def kl_penalty_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                           beta: float) -> torch.Tensor:
+    """-L_kl = -E[ rho A ] + beta * KL(pi_old || pi_new) (KL by `approx_kl`, beta by `adapt_kl_beta`): the
+    paper's L^KLPEN, "PPO1" in lecture notes (though OpenAI baselines' ppo1 optimises the clipped one)."""
     log_ratio = new_logprob - old_logprob
     return -(advantages * torch.exp(log_ratio)).mean() + beta * approx_kl(log_ratio)
 
 
-def value_loss(
-    new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float | None
-) -> torch.Tensor:
-    """0.5 * E[(V(s) - R)^2], optionally with PPO's value clipping.
-
-    Clipping keeps V_clip = V_old + clip(V - V_old, -eps, eps) and takes the *max* of the two squared
-    errors. The max makes it pessimistic like the policy objective: a prediction that moved further
-    than eps from V_old gets no credit for the error it removed beyond that point (the clipped
-    error is the larger one then, and constant in V), so a sample stops pulling its prediction once
-    that has moved eps from V_old toward the target; a move in the wrong direction is never hidden.
-    """
+def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_coef: float | None) -> torch.Tensor:
+    """0.5 * E[(V(s) - R)^2], optionally clipped: V_clip = V_old + clip(V - V_old, -eps, eps), and the *max*
+    of the two errors, pessimistic like the policy objective: a sample stops pulling V once it moved eps
+    toward the target (the clipped error, constant in V, is then larger); a wrong-way move is never hidden."""
     unclipped = (new_values - returns).pow(2)
     if clip_coef is None:
         return 0.5 * unclipped.mean()
@@ -441,23 +330,15 @@ def value_loss(
 
 
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
-    """KL(pi_old || pi_new) ~= E_old[(rho - 1) - log rho]: unbiased for samples drawn from pi_old and
-    never negative (http://joschu.net/blog/kl-approx.html)."""
+    """KL(pi_old || pi_new) ~= E_old[(rho - 1) - log rho], unbiased, never negative (joschu.net/blog/kl-approx.html)."""
     return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
 
 
 def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
-    """The PPO paper's rule on d, the KL of an update: double beta when d > 1.5 * target (the policy
-    moved too far), halve it when d < target / 1.5 (too little).
-
-    The d given here is not quite the paper's. The paper measures d once the update's epochs are
-    done: KL(pi_old || pi_new) with the final pi_new. `update` passes instead the mean of the KLs it
-    measured along the way, one per minibatch, each taken just before that minibatch's own gradient
-    step: the first is exactly 0 (pi_new still is pi_old) and each later one misses the step about
-    to be taken, so d lags the paper's and runs below it, and beta halves more readily. It reuses
-    numbers the update has anyway; the paper's d would cost one more pass over the batch. The
-    logged approx_kl is this same mean.
-    """
+    """The PPO paper's rule on d, an update's KL: double beta when d > 1.5 * target, halve it when
+    d < target / 1.5. The paper's d is KL(pi_old || pi_new) after the update; `update` gives (and logs as
+    approx_kl) the mean over its minibatches of the KL taken before each one's own step, which runs below
+    it (the first is 0), so beta halves more readily, but needs no extra pass. --target-kl tests each epoch alike."""
     if kl > 1.5 * kl_target:
         return beta * 2.0
     if kl < kl_target / 1.5:
@@ -471,8 +352,7 @@ def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
 
 
 class Rollout:
-    """The storage of one rollout, row t holding step t of every env: [num_steps, num_envs, ...].
-    numpy on the host: one cheap write per step, one copy to the device per update."""
+    """One rollout, row t holding step t of every env, in numpy on the host (cheap writes per step)."""
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, act_dim: int):
         shape = (num_steps, num_envs)
@@ -485,14 +365,11 @@ class Rollout:
         self.final_obs = np.zeros(shape + (obs_dim,), np.float64)  # true last observation where truncated
 
 
-def collect_rollout(
-    envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
-    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None, device: torch.device,
-) -> tuple[np.ndarray, list[tuple[float, int]]]:
-    """Steps the envs num_steps times with pi_old, filling `rollout`; returns the observation it
-    stopped in (the next rollout starts there) and the (return, length) of each episode that ended.
-    Step by step only the action is needed: log pi_old(a|s) and V(s) come after, for the whole batch
-    in one pass. The normalisation statistics stay fixed during a rollout (updated after it)."""
+def collect_rollout(envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
+                    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None,
+                    device: torch.device) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """Steps the envs num_steps times with pi_old, filling `rollout` (only actions are needed here; the
+    obs statistics stay fixed); returns the last observation and each ended episode's (return, length)."""
     # The env takes actions shaped like its space: (num_envs,) for Discrete, (num_envs, d) otherwise.
     env_action_shape = (envs.num_envs,) + envs.single_action_space.shape
     episodes = []
@@ -508,24 +385,19 @@ def collect_rollout(
         rollout.episode_ends[step] = episode_ends
         if reward_scaler is not None:
             reward_scaler.observe(step, rewards, episode_ends)
-        # obs of an env whose episode ended is already the *next* episode's first observation.
-        # A truncated episode bootstraps from its true last one, kept here.
+        # An ended env's obs is already the next episode's; a truncated one bootstraps from final_obs.
         truncated = rollout.truncated[step] = truncations & ~terminations
         if truncated.any():
             rollout.final_obs[step, truncated] = np.stack(infos["final_obs"][truncated])
-        if "episode" in infos:
-            done = infos["_episode"]
-            episodes.extend(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+        episodes.extend(finished_episodes(infos))  # for the metrics (Part 2)
     return obs, episodes
 
 
-def compute_advantages(
-    agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
-    reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float, device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """pi_old's log-probs and values of the whole rollout in one batched pass, then GAE. The networks
-    have not changed since the rollout, so these are exactly pi_old's numbers, at a fraction of the
-    cost of computing them step by step. Returns the update's batch, one row per transition."""
+def compute_advantages(agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs_rms: RunningMeanStd | None,
+                       reward_scaler: RewardScaler | None, gamma: float, gae_lambda: float,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """pi_old's log-probs and values (the networks have not changed since the rollout) in one batched
+    pass, cheaper than step by step, then GAE. Returns the update's batch, one row per transition."""
     num_steps, num_envs, obs_dim = rollout.obs.shape
     b_obs = torch.from_numpy(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms)).to(device)
     b_actions = torch.from_numpy(rollout.actions.reshape(num_steps * num_envs, -1)).to(device)
@@ -540,27 +412,21 @@ def compute_advantages(
     values = b_values.cpu().numpy().reshape(num_steps, num_envs)
     if obs_rms is not None:
         obs_rms.update(rollout.obs.reshape(-1, obs_dim))
-    rewards = rollout.rewards
-    if reward_scaler is not None:
-        # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
-        rewards = reward_scaler.scale(rewards)
+    # Rewards and bootstrap values are both in scaled units: V learned scaled returns.
+    rewards = reward_scaler.scale(rollout.rewards) if reward_scaler is not None else rollout.rewards
     next_values = successor_values(values, last_values, final_values, rollout.episode_ends)  # V(s_{t+1})
-    advantages, returns = compute_gae(
-        rewards, values, next_values, rollout.terminations, rollout.episode_ends, gamma, gae_lambda
-    )
+    advantages, returns = compute_gae(rewards, values, next_values, rollout.terminations, rollout.episode_ends,
+                                      gamma, gae_lambda)
     # inference_mode tensors cannot enter autograd; clone() makes ordinary ones.
     return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs.clone(), "values": b_values.clone(),
             "advantages": torch.from_numpy(advantages.reshape(-1)).to(device),  # A_t
             "returns": torch.from_numpy(returns.reshape(-1)).to(device)}  # R_t = A_t + V(s_t), the value target
 
 
-def update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args, kl_beta: float
-) -> dict[str, float]:
-    """update_epochs passes over the batch, each shuffled into num_minibatches minibatches with one
-    gradient step on each. With --target-kl the epochs stop after the first one whose KL exceeds it.
-    Returns the losses and diagnostics of the metrics row (means over the minibatches) and the
-    number of epochs run."""
+def update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args,
+           kl_beta: float) -> dict[str, float]:
+    """update_epochs passes over the batch, each shuffled into num_minibatches minibatches, one gradient
+    step each; --target-kl stops them early. Returns the metrics (means over minibatches), epochs run."""
     batch_size = len(batch["obs"])
     minibatch_size = batch_size // args.num_minibatches
     losses, log_ratios = [], []  # per minibatch, detached: diagnostics are computed once per update
@@ -574,39 +440,29 @@ def update(
             advantages = mb["advantages"]
             if args.norm_adv:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
             if args.ppo_penalty:  # -E[rho A] + beta KL
                 pg_loss = kl_penalty_policy_loss(new_logprob, mb["logprobs"], advantages, kl_beta)
             else:  # -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]
                 pg_loss = clipped_policy_loss(new_logprob, mb["logprobs"], advantages, args.clip_coef)
-            v_loss = value_loss(  # 0.5 E[(V(s) - R)^2]
-                agent.value(mb["obs"]), mb["values"], mb["returns"], args.clip_coef if args.clip_vloss else None
-            )
+            v_loss = value_loss(agent.value(mb["obs"]), mb["values"], mb["returns"],  # 0.5 E[(V(s) - R)^2]
+                                args.clip_coef if args.clip_vloss else None)
             entropy = entropy.mean()
             loss = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
-
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
             losses.append(torch.stack([pg_loss, v_loss, entropy]).detach())
             log_ratios.append((new_logprob - mb["logprobs"]).detach())
-
-        # KL of the epoch's minibatches, each measured before its own gradient step.
         epoch_log_ratio = torch.cat(log_ratios[-args.num_minibatches:])
         if args.target_kl is not None and approx_kl(epoch_log_ratio).item() > args.target_kl:
             break
-
     pg_loss, v_loss, entropy = torch.stack(losses).mean(0).tolist()
-    # approx_kl (logged, and adapt_kl_beta's d): the mean of the minibatches' KLs, each measured
-    # before its own step, so it lags the KL the update ends at (see adapt_kl_beta); clip_frac too.
+    # approx_kl and clip_frac lag the KL the update ends at (see adapt_kl_beta).
     all_log_ratios = torch.cat(log_ratios)
-    return {
-        "policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy,
-        "approx_kl": approx_kl(all_log_ratios).item(),
-        "clip_frac": ((all_log_ratios.exp() - 1.0).abs() > args.clip_coef).float().mean().item(),
-        "epochs": epoch + 1,
-    }
+    return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "epochs": epoch + 1,
+            "approx_kl": approx_kl(all_log_ratios).item(),
+            "clip_frac": ((all_log_ratios.exp() - 1.0).abs() > args.clip_coef).float().mean().item()}
 
 
 def train(args: Args) -> dict:
@@ -625,25 +481,19 @@ def train(args: Args) -> dict:
     envs = make_vector_env(args)
     obs_dim = envs.single_observation_space.shape[0]
     dims = action_dims(envs.single_action_space)
-    act_dim = len(dims)
-
     agent = Agent(obs_dim, dims).to(device)
-    # eps 1e-5 rather than Adam's 1e-8: when a parameter's gradients are tiny, the default lets
-    # the update m / (sqrt(v) + eps) blow up to a full learning-rate step of noise.
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it (on the
-    # CPU the fused kernel still loops over the tensors). It takes about a fifth off each minibatch
-    # step here: 16-24% of a 64-sample step of these networks in repeated timings, torch 2.13 CPU.
+    # eps 1e-5, not 1e-8: for tiny gradients m / (sqrt(v) + eps) would be a full step of noise.
+    # fused: each tensor's whole Adam update in one pass, about a fifth off each minibatch step here.
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-
     # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
     run = Run(args, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "dims": dims},
               model={"agent": agent, "obs_rms": obs_rms},
               training={"optimizer": optimizer, "reward_rms": reward_scaler.rms if reward_scaler else None},
               counters={"global_step": 0, "iteration": 0, "kl_beta": args.kl_beta})
     global_step, kl_beta = run.counters["global_step"], run.counters["kl_beta"]
-    rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim)
+    rollout = Rollout(args.num_steps, args.num_envs, obs_dim, len(dims))
     # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
     obs, _ = envs.reset(seed=args.seed + global_step)
 
@@ -660,7 +510,7 @@ def train(args: Args) -> dict:
         run.log({
             "global_step": global_step, "iteration": iteration, "learning_rate": optimizer.param_groups[0]["lr"],
             "policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"], "entropy": stats["entropy"],
-            "approx_kl": stats["approx_kl"],  # measured before each minibatch's step: lags (see adapt_kl_beta)
+            "approx_kl": stats["approx_kl"],
             "clip_frac": stats["clip_frac"], "kl_beta": kl_beta,
             "explained_variance": explained_variance(batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()),
         }, episodes)
@@ -698,6 +548,13 @@ def env_errors(env_id: str):
         raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
     except gym.error.Error as e:
         raise UsageError(f"cannot make {env_id}: {e}")
+
+
+def action_dims(space: gym.Space) -> list[int]:
+    """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
+    if isinstance(space, gym.spaces.Discrete):
+        return [int(space.n)]
+    return [int(n) for n in space.nvec.reshape(-1)]
 
 
 def check_spaces(env: gym.Env, env_id: str) -> None:
@@ -767,6 +624,14 @@ METRICS = [
     "entropy", "approx_kl", "clip_frac", "explained_variance", "kl_beta",
     "episodic_return", "episodic_length",
 ]
+
+
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
+    if "episode" not in infos:
+        return []
+    done = infos["_episode"]
+    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
 
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -840,7 +705,7 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
         print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(
         project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
+        config=asdict(args), dir=str(run_dir), mode=mode or "online",
     )
 
 
@@ -849,8 +714,23 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
 # ---------------------------------------------------------------------------------------------
 
 
+def state_dict(obj) -> dict:
+    """What a checkpoint saves of obj: torch's state_dict, or a RunningMeanStd's statistics as tensors."""
+    if isinstance(obj, RunningMeanStd):
+        return {"mean": torch.tensor(obj.mean), "var": torch.tensor(obj.var), "count": obj.count}
+    return obj.state_dict()
+
+
+def load_state_dict(obj, state: dict) -> None:
+    if isinstance(obj, RunningMeanStd):
+        obj.mean, obj.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
+        obj.count = state["count"]
+    else:
+        obj.load_state_dict(state)
+
+
 def state_dicts(objects: dict) -> dict:
-    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
+    return {key: state_dict(obj) if obj is not None else None for key, obj in objects.items()}
 
 
 class Run:
@@ -876,7 +756,7 @@ class Run:
             run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
             self.dir = Path("runs") / run_name
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(
             self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
             resume_step=self.counters["global_step"] if args.resume else None,
@@ -898,7 +778,7 @@ class Run:
                 raise UsageError(f"{self.args.resume} holds no {key}: its run trained without it; "
                                  "resume without --norm-obs / --norm-reward")
             if obj is not None:
-                obj.load_state_dict(ckpt[key])
+                load_state_dict(obj, ckpt[key])
         counters = {key: ckpt[key] for key in self.counters}
         if counters["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
             raise UsageError(f"{self.args.resume} ends at step {counters['global_step']}, already the end of "
@@ -910,7 +790,7 @@ class Run:
 
     def model_state(self, global_step: int) -> dict:
         """model.pt: what --evaluate and load_model need to rebuild the policy."""
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes,
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes,
                 **state_dicts(self.model), "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
@@ -1025,7 +905,7 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
     obs_rms = None
     if state["obs_rms"] is not None:
         obs_rms = RunningMeanStd((state["obs_dim"],))
-        obs_rms.load_state_dict(state["obs_rms"])
+        load_state_dict(obs_rms, state["obs_rms"])
     return agent, obs_rms, state
 
 
@@ -1066,7 +946,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
             saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
         except Exception as e:
             raise UsageError(f"cannot read {saved_from}: {e}")
-        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved = {k: v for k, v in saved.items() if k in {f.name for f in fields(Args)}}
         saved |= {"resume": args.resume, "evaluate": args.evaluate}
         args = tyro.cli(Args, args=argv, default=Args(**saved))
     return args
