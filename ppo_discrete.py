@@ -95,7 +95,7 @@ class Args:
     norm_adv: bool = True
     """normalise advantages to zero mean and unit std within each minibatch"""
     clip_coef: float = 0.2
-    """epsilon of the clipped objective: how far pi_new/pi_old moves before a sample stops pulling (see its loss)"""
+    """clip epsilon: how far pi_new/pi_old may move the way a sample's advantage favours before it stops pulling"""
     clip_vloss: bool = False
     """clip the value update around the old prediction (baselines' ppo2); off as in SB3: holds the critic back"""
     ent_coef: float = 0.01
