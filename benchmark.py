@@ -43,13 +43,14 @@ again elsewhere (--max-retries). Without it Ray is not imported.
 The report (Markdown) gives, per entry, the mean and std over seeds of the final deterministic
 evaluation, each seed's, the steps, the steps per second and the wall time, and, where the entry
 has a bar, the bar and its verdict. Exit code: 0; 1 if a run failed or a bar was missed; 2 for
-bad input; 130 when interrupted.
+bad input (one `error:` line); 130 when interrupted.
 """
 
 import heapq
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -59,7 +60,7 @@ import sys
 import tarfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import tyro
@@ -821,6 +822,16 @@ def main(argv: list[str]) -> int:
     own = argv[:argv.index("--")] if "--" in argv else argv
     args = tyro.cli(Args, args=own, description=__doc__)
     try:
+        for flag in ("scripts", "env_ids", "seeds"):  # tyro reads a list flag given no value as an empty list
+            if getattr(args, flag) == []:
+                raise UsageError(f"--{flag.replace('_', '-')} needs at least one value (leave the flag out for the "
+                                 "default)")
+        for f in fields(Args):
+            value = getattr(args, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if args.progress_interval < 0:
+            raise UsageError(f"--progress-interval must be 0 or more, got {args.progress_interval:g}")
         if args.workers is not None and args.workers <= 0:
             raise UsageError(f"--workers must be positive, got {args.workers}")
         if args.min_return is not None and args.min_mean_return is not None:

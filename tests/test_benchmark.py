@@ -244,6 +244,11 @@ def test_observe_records_each_new_step_once(tmp_path):
     (["--scripts", "no_such_script.py"], "error: no script no_such_script.py"),
     (["--preset", "full", "--scripts", "no_such_script.py"], "error: --scripts no_such_script.py: not in preset full"),
     (["--min-return", "1", "--min-mean-return", "1", "--check"], "error: give --min-return or --min-mean-return"),
+    # A list flag given no value used to mean its default (here: --check of the default runs, exit 0).
+    *([[flag, "--check"], f"error: {flag} needs at least one value"] for flag in ("--scripts", "--env-ids", "--seeds")),
+    (["--check", "--seeds"], "error: --seeds needs at least one value"),
+    (["--min-return", "nan", "--check"], "error: --min-return must be a finite number, got nan"),
+    (["--progress-interval", "inf", "--check"], "error: --progress-interval must be a finite number, got inf"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(in_tmp, capsys, argv, message):
     assert benchmark.main(argv) == 2
