@@ -7,7 +7,8 @@ Reproduce the README's results table, or a small subset of it for a quick check 
     python benchmark.py --preset quick
 
 Check finished runs against the table's bars without launching anything (exit code 1 if a row
-with a bar fell below it or lacks runs, 0 otherwise; rows without a bar are reported only):
+with a bar fell below it or lacks runs, or if a run failed; 0 otherwise; rows without a bar are
+reported only):
 
     python benchmark.py --preset full --check
     python benchmark.py --preset full --check --scripts dqn.py ddqn.py
@@ -32,7 +33,12 @@ While runs go, a progress view shows each running run's step/total and steps per
 from the tail of its stdout.log) and the time left, estimated from each run's rate over its last
 two minutes and from the durations of finished runs of the same entry; it redraws in place on a
 terminal and prints a block every --progress-interval seconds otherwise. A failed run is reported
-with the tail of its log and does not stop the others.
+with its last error line and the tail of its log, and does not stop the others. A run fails when it
+exits non-zero (3: training diverged; 2: bad input), or leaves a summary.json that cannot be read or
+whose evaluation is not a finite number (the NaN of a diverged run made before the scripts stopped
+such runs); --check reports such runs as failed too, naming the run and what went wrong in one line.
+A failed run without a summary.json is run again by the next benchmark; one whose summary.json is
+damaged or NaN counts as finished, so delete its directory to run it again.
 
 With --ray-address (auto, host:port or local) each run is a task on a Ray cluster instead, asking
 --cpus-per-run CPUs and --gpus-per-run GPUs: the script's text travels with the task, the run goes in a
@@ -289,6 +295,30 @@ class LocalRunner:
         pass
 
 
+ENDED = "benchmark.py: the run ended with exit code "
+"""The line benchmark.py appends to a failed run's stdout.log, so that --check can tell it from a run not
+started or still going."""
+
+
+def last_error(log: Path) -> str:
+    """The last error line of a run's output: the scripts' `error: ...`, else its last line (a traceback's)."""
+    lines = [line.strip() for line in tail(log, 40).splitlines()[1:] if line.strip()]  # [0]: the command
+    lines = [line for line in lines if not line.startswith(ENDED)]
+    return next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
+
+
+def failure(log: Path) -> str | None:
+    """Why the run of this log failed, in one line (its exit code and last error line), if benchmark.py saw it
+    fail; else None."""
+    lines = [line.strip() for line in tail(log, 1).splitlines()]
+    if not lines or not lines[-1].startswith(ENDED):
+        return None
+    code, last = lines[-1][len(ENDED):], last_error(log)
+    if code == "0":
+        return "exit code 0 but no usable summary.json" + (f"; last line: {last}" if last else "")
+    return f"exit code {code}" + (f": {last}" if last else " and no output")
+
+
 def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -382,15 +412,19 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
     """Runs what is not finished yet, `workers` at a time; returns the runs that failed."""
     runner = runner or LocalRunner()
     todo = [r for r in runs if not r.summary_path.exists()]
-    if len(todo) < len(runs):
-        print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; skipping them")
     # Known durations per entry, for the estimate of the time left: finished runs' wall times.
     durations: dict[Entry, list[float]] = {}
+    unusable = 0
     for run in runs:
         if run.summary_path.exists():
-            wall_time = json.loads(run.summary_path.read_text()).get("wall_time")
-            if wall_time is not None:
-                durations.setdefault(run.entry, []).append(wall_time)
+            summary, _ = read_summary(run.summary_path)
+            unusable += summary is None
+            if summary is not None:
+                durations.setdefault(run.entry, []).append(summary["wall_time"])
+    if len(todo) < len(runs):
+        print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; skipping them"
+              + (f" ({unusable} with a damaged or NaN summary.json, reported as failed: delete a run's directory "
+                 "to run it again)" if unusable else ""))
     running: dict[object, tuple[Run, float]] = {}  # runner's handle -> (run, start time)
     samples: dict[str, list[tuple[float, int]]] = {}  # each run's progress over time, for its rate
     failed, done, total = [], 0, len(todo)
@@ -403,14 +437,21 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
                 if returncode is None:
                     continue
                 run, started = running.pop(handle)
-                if returncode != 0 or not run.summary_path.exists():
+                summary, problem = read_summary(run.summary_path)
+                if returncode != 0 or summary is None:
                     failed.append(run)
-                    view.event(f"FAILED {run.name} (exit code {returncode}); last lines of {run.log_path}:\n"
+                    why = problem if returncode == 0 and problem else last_error(run.log_path) or "no output"
+                    view.event(f"FAILED {run.name} (exit code {returncode}): {why}; last lines of {run.log_path}:\n"
                                f"{tail(run.log_path)}")
+                    try:
+                        with open(run.log_path, "a") as log:
+                            log.write(f"\n{ENDED}{returncode}\n")
+                    except OSError:  # its directory removed meanwhile: nothing to mark
+                        pass
                 else:
                     done += 1
                     durations.setdefault(run.entry, []).append(time.time() - started)
-                    evaluation = json.loads(run.summary_path.read_text()).get("eval_mean")
+                    evaluation = summary.get("eval_mean")
                     view.event(f"done   {run.name} in {duration(time.time() - started)}"
                                + (f", eval {evaluation:.1f}" if evaluation is not None else ""))
             for text in runner.events():
@@ -721,21 +762,60 @@ class Row:
     summaries: list[dict] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     """seeds without a finished run"""
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    """(seed, why in one line) of the runs that failed: see read_summary and failure"""
+
+
+def read_summary(path: Path) -> tuple[dict | None, str | None]:
+    """A run's summary.json and None, or None and what makes it unusable (None, None if there is none).
+
+    Unusable: not readable JSON (e.g. truncated), or without the numbers the report needs, or with an
+    evaluation that is not finite (a diverged run's NaN, which compares False with every bar, so that
+    `min` over the seeds could skip it and pass the row)."""
+    if not path.exists():
+        return None, None
+    try:
+        summary = json.loads(path.read_text())
+    except OSError as e:
+        return None, f"{path}: cannot be read ({e.strerror or e})"
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        return None, f"{path}: not valid JSON ({e})"
+    if not isinstance(summary, dict):
+        return None, f"{path}: holds a JSON {type(summary).__name__}, not an object"
+    for key, kind in (("seed", int), ("global_step", int), ("wall_time", float), ("sps", float),
+                      ("eval_mean", float)):
+        value = summary.get(key)
+        if key == "eval_mean" and value is None:  # not evaluated (--eval-episodes 0)
+            continue
+        if key not in summary:
+            return None, f"{path}: no {key}"
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            return None, f"{path}: {key} is {json.dumps(value)}, not {'an integer' if kind is int else 'a number'}"
+        if not math.isfinite(value):
+            return None, f"{path}: {key} is {value}" + (": the run diverged" if key == "eval_mean" else "")
+    return summary, None
 
 
 def collect(runs: list[Run]) -> list[Row]:
     rows: dict[Entry, Row] = {}
     for run in runs:
         row = rows.setdefault(run.entry, Row(run.entry))
-        if run.summary_path.exists():
-            row.summaries.append(json.loads(run.summary_path.read_text()))
+        summary, problem = read_summary(run.summary_path)
+        why = problem or (failure(run.log_path) if summary is None else None)
+        if summary is not None:
+            row.summaries.append(summary)
+        elif why:
+            row.failed.append((run.seed, why))
         else:
             row.missing.append(run.seed)
     return list(rows.values())
 
 
 def verdict(row: Row) -> bool | None:
-    """True if the row reaches its bar, False if not (or if runs are missing), None if it has none."""
+    """True if the row reaches its bar, False if not (or if runs are missing or failed), None if it has no bar
+    and no failed run."""
+    if row.failed:
+        return False
     if row.entry.bar is None:
         return None
     threshold, rule = row.entry.bar
@@ -748,11 +828,14 @@ def verdict(row: Row) -> bool | None:
 def explain(row: Row) -> str:
     """The numbers behind a row's verdict, in words."""
     evals = [s["eval_mean"] for s in row.summaries if s.get("eval_mean") is not None]
+    failures = [f"seed {seed} failed: {why}" for seed, why in row.failed]
+    if row.missing and (failures or row.entry.bar is not None):
+        failures.append("no finished run for seed " + ", ".join(map(str, row.missing)))
+    if row.failed or (row.missing and row.entry.bar is not None):
+        return "; ".join(failures)
     if row.entry.bar is None:
         return f"no bar (mean {sum(evals) / len(evals):.1f})" if evals else "no bar"
     threshold, rule = row.entry.bar
-    if row.missing:
-        return "no finished run for seed " + ", ".join(map(str, row.missing))
     unevaluated = [s["seed"] for s in row.summaries if s.get("eval_mean") is None]
     if unevaluated:
         return "not evaluated: seed " + ", ".join(map(str, unevaluated))
@@ -773,7 +856,7 @@ def report(runs: list[Run]) -> str:
     """A Markdown table: one row per entry over the seeds that finished, with bar and verdict if any."""
     rows = collect(runs)
     with_flags = any(r.entry.flags or r.entry.tag for r in rows)
-    with_bars = any(r.entry.bar for r in rows)
+    with_bars = any(verdict(r) is not None for r in rows)
     header = ["script", "env", *(["flags"] if with_flags else []), "seeds", "steps",
               "eval return (mean ± std over seeds)", "per seed", "SPS", "wall time",
               *(["bar", "verdict"] if with_bars else [])]
@@ -790,7 +873,8 @@ def report(runs: list[Run]) -> str:
         cells = [entry.script, entry.env_id]
         if with_flags:
             cells.append(" ".join(entry.flags) + (f" (tag {entry.tag})" if entry.tag else ""))
-        cells.append(f"{len(summaries)}" + (f" (missing {', '.join(map(str, row.missing))})" if row.missing else ""))
+        cells.append(f"{len(summaries)}" + (f" (missing {', '.join(map(str, row.missing))})" if row.missing else "")
+                     + (f" (failed {', '.join(str(seed) for seed, _ in row.failed)})" if row.failed else ""))
         if summaries:
             cells += [f"{max(s['global_step'] for s in summaries):,}", evaluation, per_seed,
                       f"{sum(s['sps'] for s in summaries) / len(summaries):,.0f}",
@@ -799,20 +883,20 @@ def report(runs: list[Run]) -> str:
             cells += ["—", evaluation, "", "—", "—"]
         if with_bars:
             bar = f"≥ {entry.bar[0]:g} {entry.bar[1]}" if entry.bar else ""
-            cells += [bar, label(row) if verdict(row) is not False else f"FAIL: {explain(row)}"]
+            cells += [bar, label(row) if verdict(row) is not False else f"FAIL: {explain(row)}".replace("|", "\\|")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def check(runs: list[Run]) -> int:
-    """Prints each row's verdict; 1 if a row with a bar missed it or misses runs, else 0."""
+    """Prints each row's verdict; 1 if a row with a bar missed it or misses runs, or a run failed, else 0."""
     rows = collect(runs)
     for row in rows:
         print(f"{label(row):<11} {row.entry.script} {row.entry.env_id}"
               + (f" [{row.entry.tag}]" if row.entry.tag else "") + f": {explain(row)}")
     failed = [r for r in rows if verdict(r) is False]
     barred = [r for r in rows if r.entry.bar is not None]
-    print(f"check: {len(barred) - len(failed)} of {len(barred)} rows with a bar pass"
+    print(f"check: {sum(verdict(r) is True for r in rows)} of {len(barred)} rows with a bar pass"
           + (f"; failing: {', '.join(f'{r.entry.script} {r.entry.env_id}' for r in failed)}" if failed else ""))
     return 1 if failed else 0
 
@@ -866,10 +950,13 @@ def main(argv: list[str]) -> int:
         runner.close()
     print(report(runs))
     if failed:
-        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.name} (log: {r.log_path})" for r in failed))
+        print(f"{len(failed)} run(s) failed: " + ", ".join(
+            f"{r.name} ({read_summary(r.summary_path)[1] or failure(r.log_path) or last_error(r.log_path)}; "
+            f"log: {r.log_path})" for r in failed))
     missed = [r for r in collect(runs) if verdict(r) is False]
     if missed:
-        print("below the bar or missing runs: " + ", ".join(f"{r.entry.script} {r.entry.env_id}" for r in missed))
+        print("failed, below the bar or missing runs: "
+              + ", ".join(f"{r.entry.script} {r.entry.env_id}" for r in missed))
     return 1 if failed or missed else 0
 
 

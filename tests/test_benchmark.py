@@ -181,6 +181,72 @@ def test_a_failing_run_is_reported_with_its_log_and_others_finish(in_tmp, capsys
     assert out.count("FAILED Env-v0__bad__") == 2
 
 
+def test_a_diverged_run_and_a_nan_evaluation_fail_with_their_error_line(in_tmp, capsys):
+    # A run that stops with exit code 3 (diverged: no summary.json), and a run of a script that did not notice its
+    # divergence and wrote NaN as its evaluation: both fail, with bar or without, then and in --check.
+    (in_tmp / "diverges.py").write_text(STAND_IN.format(body=textwrap.dedent("""
+        print("error: training diverged at step 500: q_loss is nan; try a lower --learning-rate", file=sys.stderr)
+        sys.exit(3)""")))
+    (in_tmp / "nan.py").write_text(STAND_IN.format(body=textwrap.dedent("""
+        run = pathlib.Path("runs") / args.run_name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+            "wall_time": 0.5, "sps": 2000, "eval_mean": float("nan")}))""")))
+    # Seed 2 of nan.py finished before, its summary.json cut short: skipped, not read into a traceback.
+    (in_tmp / "runs" / "Env-v0__nan__2").mkdir(parents=True)
+    (in_tmp / "runs" / "Env-v0__nan__2" / "summary.json").write_text('{"seed": 2, "global_step": 1000, "wall_t')
+    argv = ["--scripts", "diverges.py", "nan.py", "--env-ids", "Env-v0", "--seeds", "1", "2", "--workers", "3",
+            "--progress-interval", "0"]
+    assert benchmark.main(argv) == 1
+    out = capsys.readouterr().out
+    error = "error: training diverged at step 500: q_loss is nan; try a lower --learning-rate"
+    for seed in (1, 2):
+        assert f"FAILED Env-v0__diverges__{seed} (exit code 3): {error}; last lines of" in out
+    assert "FAILED Env-v0__nan__1 (exit code 0): runs/Env-v0__nan__1/summary.json: eval_mean is nan: the run diverged" in out
+    assert "1 of 4 runs already finished; skipping them (1 with a damaged or NaN summary.json" in out
+    assert (f"3 run(s) failed: Env-v0__diverges__1 (exit code 3: {error}; log: runs/Env-v0__diverges__1/stdout.log)"
+            in out)
+    assert "done   " not in out and "| diverges.py | Env-v0 | 0 (failed 1, 2) |" in out
+    assert benchmark.main([*argv, "--check"]) == 1
+    out = capsys.readouterr().out
+    assert (f"FAIL        diverges.py Env-v0: seed 1 failed: exit code 3: {error}; seed 2 failed: exit code 3: {error}\n"
+            in out)
+    assert ("FAIL        nan.py Env-v0: seed 1 failed: runs/Env-v0__nan__1/summary.json: eval_mean is nan: the run "
+            "diverged; seed 2 failed: runs/Env-v0__nan__2/summary.json: not valid JSON (Unterminated string") in out
+    assert "check: 0 of 0 rows with a bar pass; failing: diverges.py Env-v0, nan.py Env-v0" in out
+
+
+@pytest.mark.parametrize("summary, problem", [
+    ('{"seed": 2, "global_step": 1000, "wall_ti', 'not valid JSON (Unterminated string starting at: line 1 column 34'),
+    ('{"seed": 2, "global_step": 1000, "wall_time": 10.0, "eval_mean": 100.0}', "no sps"),
+    ('{"seed": 2, "global_step": 1000, "wall_time": 10.0, "sps": 100, "eval_mean": "100"}',
+     'eval_mean is "100", not a number'),
+    ('{"seed": 2, "global_step": 1e3, "wall_time": 10.0, "sps": 100, "eval_mean": 100.0}',
+     "global_step is 1000.0, not an integer"),
+    ('[100.0]', "holds a JSON list, not an object"),
+    # NaN compares False with the bar, and min() over seeds 1 to 3 would skip it: the row used to pass.
+    ('{"seed": 2, "global_step": 1000, "wall_time": 10.0, "sps": 100, "eval_mean": NaN}',
+     "eval_mean is nan: the run diverged"),
+    ('{"seed": 2, "global_step": 1000, "wall_time": 10.0, "sps": 100, "eval_mean": -Infinity}',
+     "eval_mean is -inf: the run diverged"),
+])
+def test_check_reports_a_damaged_or_nan_summary_as_a_failed_run(test_preset, capsys, summary, problem):
+    path = test_preset / "runs" / "Env-v0__algo_a__2" / "summary.json"
+    path.write_text(summary)
+    assert benchmark.main(["--preset", "test", "--check"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and "Traceback" not in out
+    assert (f"FAIL        algo_a.py Env-v0: seed 2 failed: runs/Env-v0__algo_a__2/summary.json: {problem}" in out)
+    assert "| algo_a.py | Env-v0 |  | 2 (failed 2) | 1,000 | 100.0 ± 0.0 | 1: 100, 3: 100 |" in out
+    assert "check: 1 of 2 rows with a bar pass; failing: algo_a.py Env-v0" in out
+    # A report-only row with a failed run fails too.
+    path.write_text('{"seed": 2, "global_step": 1000, "wall_time": 10.0, "sps": 100, "eval_mean": 100.0}')
+    (test_preset / "runs" / "Other-v0__algo_b__3" / "summary.json").write_text(summary)
+    assert benchmark.main(["--preset", "test", "--check"]) == 1
+    assert "FAIL        algo_b.py Other-v0: seed 3 failed: runs/Other-v0__algo_b__3/summary.json: " in (
+        capsys.readouterr().out)
+
+
 def test_a_preset_entry_without_its_script_is_skipped_and_reported_missing(in_tmp, monkeypatch, capsys):
     (in_tmp / "good.py").write_text(STAND_IN.format(body=textwrap.dedent("""
         run = pathlib.Path("runs") / args.run_name
