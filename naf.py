@@ -75,21 +75,25 @@ All flags:    python naf.py --help
 """
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import difflib
 import itertools
 import json
+import netrc
 import os
 import random
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import gymnasium as gym
 import numpy as np
@@ -216,7 +220,7 @@ class Args:
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     """The env as gymnasium makes it (check_env has checked that it can be made and suits this file)."""
-    return gym.make(env_id, render_mode=render_mode)
+    return flat_observations(gym.make(env_id, render_mode=render_mode))  # Discrete ones one-hot; Part 2
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -251,7 +255,7 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 
 
 class ReplayBuffer:
-    """A circular memory of transitions in preallocated numpy arrays on the host.
+    """A circular memory of transitions in tensors preallocated on the device that trains on them.
 
     Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next
     to s rather than read from row i + 1, because with several envs the rows of one env are not
@@ -266,13 +270,14 @@ class ReplayBuffer:
     slope of Q out there that nothing uses.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
-        self.capacity, self.pos, self.size = capacity, 0, 0
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.actions = np.zeros((capacity, act_dim), np.float32)
-        self.rewards = np.zeros(capacity, np.float32)
-        self.terminated = np.zeros(capacity, np.float32)
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
+        # empty, not zeros: in host memory the pages are only touched as the rows fill.
+        self.obs = torch.empty((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.next_obs = torch.empty((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.actions = torch.empty((capacity, act_dim), dtype=torch.float32, device=device)
+        self.rewards = torch.empty(capacity, dtype=torch.float32, device=device)
+        self.terminated = torch.empty(capacity, dtype=torch.float32, device=device)
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
@@ -283,22 +288,18 @@ class ReplayBuffer:
         if self.pos + n <= self.capacity:
             rows = slice(self.pos, self.pos + n)
         else:
-            rows = (self.pos + np.arange(n)) % self.capacity
-        self.obs[rows] = obs
-        self.actions[rows] = actions
-        self.rewards[rows] = rewards
-        self.next_obs[rows] = next_obs
-        self.terminated[rows] = terminations
+            rows = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
+        for name, value in (("obs", obs), ("actions", actions), ("rewards", rewards), ("next_obs", next_obs),
+                            ("terminated", terminations)):  # as float32 (one-hot observations arrive as int64)
+            getattr(self, name)[rows] = torch.from_numpy(np.asarray(value, np.float32)).to(self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors."""
-        rows = rng.integers(0, self.size, batch_size)
-        return tuple(
-            torch.from_numpy(a[rows]).to(device)
-            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
-        )
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        """A minibatch drawn uniformly (with replacement) from the filled rows: only the row numbers
+        travel to the device, the rows are gathered there."""
+        rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
+        return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +481,7 @@ def train(args: Args) -> dict:
     # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
     # ops are a real share of each gradient step's time at these network sizes.
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
     noise = ActionNoise(args.num_envs, act_dim, args.exploration_noise, args.ou_noise, args.ou_theta)
 
     # What model.pt holds, and what a checkpoint adds to go on training: listed once, to save and to resume.
@@ -490,7 +491,8 @@ def train(args: Args) -> dict:
     run = Run(args, model, training, rng)
     global_step, num_updates = run.start_step, run.start_updates
 
-    act = acting_actions(q_network, device)  # obs -> mu(obs), numpy in and out, for acting at every step
+    acting_network = host_copy(q_network, device)  # q_network itself on the CPU; on a GPU its copy in host memory
+    act = acting_actions(acting_network)  # obs -> mu(obs), numpy in and out, for acting at every step
     # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
     obs, _ = envs.reset(seed=args.seed + global_step)
     while global_step < args.total_timesteps:
@@ -508,11 +510,14 @@ def train(args: Args) -> dict:
         if rb.size >= args.learning_starts:
             run.learning_started(global_step)
             for _ in range(args.num_envs * args.updates_per_step):
-                batch = rb.sample(args.batch_size, rng, device)
+                batch = rb.sample(args.batch_size, rng)
                 num_updates += 1
                 run.record(gradient_step(q_network, target_network, optimizer, batch, args.gamma, args.tau))
+            refresh_host_copy(acting_network, q_network)  # acting goes on with the new weights
 
         # --- Evaluate, log, checkpoint ---
+        if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
+            run.save_final(global_step, num_updates)
         evaluation = None
         if run.evaluation_due(global_step, previous_step):
             with run.off_the_clock():
@@ -543,6 +548,10 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line and exit code 2, without a traceback."""
 
 
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one line and exit code 3."""
+
+
 def check_env_id(env_id: str) -> None:
     if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
         return
@@ -555,6 +564,11 @@ def check_env(env_id: str) -> None:
     """Makes the env once, so that a missing package or spaces this file cannot handle are one line."""
     try:
         env = gym.make(env_id)
+    except ModuleNotFoundError as e:
+        if ":" in env_id:  # "module:Env-v0" imports the module
+            raise UsageError(f"cannot import module '{env_id.split(':')[0]}' for {env_id}: {e}; check the module "
+                             "name and PYTHONPATH")
+        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
     except gym.error.DependencyNotInstalled as e:
         raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
     except gym.error.Error as e:
@@ -570,13 +584,32 @@ def check_env(env_id: str) -> None:
                 f"{env_id}'s action bounds are not finite ({env.action_space}); {ALGORITHM}.py scales a "
                 "tanh to them, so it needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)"
             )
-        if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-            raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+        space = env.observation_space
+        if not isinstance(space, FLATTENED) and (not isinstance(space, gym.spaces.Box) or len(space.shape) != 1):
+            raise UsageError(
+                f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D Box, or a "
+                "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
+                "convolutional network, which it does not have"
+            )
     finally:
         env.close()
 
 
+FLATTENED = (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple, gym.spaces.Dict)
+
+
+def flat_observations(env: gym.Env) -> gym.Env:
+    """make_env's observations as one flat vector, in training, evaluation and loading alike: Discrete,
+    MultiDiscrete, Tuple and Dict ones through gymnasium's FlattenObservation (a Discrete observation
+    becomes one-hot, an int64 array: the buffer and the network take it as float32)."""
+    return gym.wrappers.FlattenObservation(env) if isinstance(env.observation_space, FLATTENED) else env
+
+
 def check_args(args: Args) -> None:
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if isinstance(value, float) and not np.isfinite(value):
+            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
                  "torch_threads", "metrics_every", "learning_rate", "log_interval"):
         if getattr(args, name) <= 0:
@@ -615,16 +648,24 @@ def check_args(args: Args) -> None:
 def atomic_save(obj: dict | str, path: Path) -> None:
     """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
     the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
-    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8."""
+    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8.
+    When the write fails (a full disk), the temporary file goes and the previous file stays."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
 
 
 METRICS = [
@@ -671,22 +712,39 @@ class MetricsLog:
             self.wandb_run.finish()
 
 
+def wandb_url():
+    return urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+
+
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    """Probe the host and port of the wandb server that WANDB_BASE_URL names (default
+    https://api.wandb.ai) in a thread, so that neither DNS nor connect can hang the run."""
+    url = wandb_url()
     result = []
 
     def probe():
         try:
-            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            port = url.port or (80 if url.scheme == "http" else 443)
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
             result.append(True)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a port that is not a number
             pass
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    return bool(result)
+    return bool(result) and url.hostname is not None
+
+
+def wandb_key_configured() -> bool:
+    """An API key in WANDB_API_KEY, or in the netrc file ($NETRC, else ~/.netrc) for the server,
+    where `wandb login` puts it. A missing or broken netrc file holds none."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(wandb_url().netloc) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def init_wandb(args: Args, run_name: str, run_dir: Path):
@@ -696,6 +754,10 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
     if mode is None and not wandb_reachable():
         mode = "offline"
         print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    elif mode is None and not wandb_key_configured():
+        mode = "offline"
+        print(f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {run_dir}/wandb; "
+              "upload later with `wandb sync`")
     return wandb.init(
         project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
         config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
@@ -715,10 +777,12 @@ def steps_crossed(every: int, step: int, previous_step: int) -> int:
 
 def buffer_state(rb: ReplayBuffer) -> dict:
     """The filled rows, oldest first (in a full buffer the oldest row is the next to overwrite), so
-    that they load into a buffer of any capacity that holds them, the next write going after them."""
-    oldest_first = (rb.pos + np.arange(rb.size)) % rb.size if rb.size == rb.capacity else slice(0, rb.size)
+    that they load into a buffer of any capacity that holds them, the next write going after them.
+    Gathered by an index (a copy of the filled rows alone: a slice would save the whole tensor's
+    memory), and on the CPU, so that the file loads on any machine."""
+    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
     return {"size": rb.size} | {
-        name: torch.from_numpy(getattr(rb, name)[oldest_first])
+        name: getattr(rb, name)[oldest_first.to(rb.device)].cpu()
         for name in ("obs", "actions", "rewards", "next_obs", "terminated")
     }
 
@@ -728,41 +792,89 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
     rb.size = min(state["size"], rb.capacity)
     rb.pos = rb.size % rb.capacity
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].numpy()
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
+
+
+def to_cpu(state):
+    """A state_dict (nested dicts and lists of tensors) with every tensor on the CPU, so that files
+    written on a GPU load anywhere. On the CPU nothing is copied."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(to_cpu(value) for value in state)
+    return state
+
+
+def mismatch(saved: dict, objects: dict) -> str | None:
+    """What in a checkpoint does not fit these objects: a plain value (the env's spaces) or the shape of
+    a network's tensor; None when everything fits."""
+    for name, obj in objects.items():
+        if isinstance(obj, nn.Module):
+            for key, tensor in obj.state_dict().items():
+                old = saved.get(name, {}).get(key)
+                if old is not None and old.shape != tensor.shape:
+                    return f"{name}.{key} has shape {tuple(old.shape)} there, {tuple(tensor.shape)} here"
+        elif not hasattr(obj, "state_dict") and saved.get(name) != obj:
+            return f"{name} is {saved.get(name)} there, {obj} here"
+    return None
+
+
+def make_run_dir(path: Path) -> None:
+    """The run directory, or one line saying why it cannot be written, before any training."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
 
 
 class Run:
     """The files and the console of one training run, so that train() reads as the algorithm.
 
     runs/<run-name>/ (a new directory, or the resumed checkpoint's) gets args.json, metrics.csv (and
-    wandb with --track), checkpoint.pt every --checkpoint-every steps, then summary.json and model.pt.
-    `model` names what model.pt holds (the networks and what rebuilds them), `training` what a
-    checkpoint adds to go on where it stopped (target networks, optimizers, the replay buffer). Both
-    are listed once, in train(), and serve saving and resuming alike, so the two cannot drift apart.
+    wandb with --track), checkpoint.pt every --checkpoint-every steps and at the end, then model.pt
+    before the final evaluation, and summary.json after it. A resumed run reads as one run: its
+    checkpoint carries the time spent so far. A row, checkpoint or model that is no longer finite
+    stops the run (Diverged) with the last finite checkpoint kept. `model` names what model.pt holds
+    (the networks and what rebuilds them), `training` what a checkpoint adds to go on where it stopped
+    (target networks, optimizers, the replay buffer). Both are listed once, in train(), and serve
+    saving and resuming alike, so the two cannot drift apart.
     """
 
     def __init__(self, args: Args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates = 0, 0
+        self.time_before, self.eval_time = 0.0, 0.0  # seconds of the run before this process, of evaluation
+        self.checkpoint_step: int | None = None  # the step of this run's checkpoint.pt, once there is one
+        self.final_saved = False
         if args.resume:
-            self.resume(args.resume)
             self.dir = Path(args.resume).parent
+            self.resume(args.resume)
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(self.dir)
         atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(
             self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
             resume_step=self.start_step if args.resume else None,
         )
+        if self.training["buffer"].device.type == "cuda":
+            print(f"device cuda: acting on a CPU copy of the {ACTING_NETWORK} (refreshed after each update); "
+                  "updates and the replay buffer on the GPU")
         # Per gradient step, kept as tensors and averaged once per metrics row: no .item() sync per update.
         self.values: dict[str, list[torch.Tensor]] = {}
         self.episode_returns: list[float] = []
         self.episode_lengths: list[float] = []
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.start_time = self.last_print = time.time()
-        self.eval_time = 0.0
         self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
+
+    def elapsed(self) -> float:
+        """Wall time of the whole run: this process's, plus what the checkpoint it resumed from had."""
+        return self.time_before + time.time() - self.start_time
 
     # --- Checkpoints: save and resume ---
 
@@ -771,7 +883,7 @@ class Run:
         (None with --no-save-buffer), a plain value as it is."""
         return {
             name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
-            else obj.state_dict() if hasattr(obj, "state_dict") else obj
+            else to_cpu(obj.state_dict()) if hasattr(obj, "state_dict") else obj
             for name, obj in objects.items()
         }
 
@@ -781,37 +893,109 @@ class Run:
         return header | self.state(self.model) | {"global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
+        what = self.non_finite_weight()
+        if what is not None:  # never replace the last finite checkpoint with a diverged one
+            raise self.diverged(step, what)
         atomic_save(
             self.model_state(step) | self.state(self.training) | {
                 "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "elapsed": self.elapsed(), "eval_time": self.eval_time,
             },
             self.dir / "checkpoint.pt",
         )
+        self.checkpoint_step = step
+
+    def save_final(self, step: int, num_updates: int) -> None:
+        """At the last step, before the final evaluation (which may still fail): the final checkpoint
+        (with --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        what = self.non_finite_weight()
+        if what is not None:  # first the last row, the diagnosis (its own check may name a loss instead)
+            self.log({"global_step": step, "gradient_steps": num_updates}, None)
+            raise self.diverged(step, what)
+        if self.args.checkpoint_every > 0:
+            self.save_checkpoint(step, num_updates)
+        if self.args.save_model:
+            atomic_save(self.model_state(step), self.dir / "model.pt")
+            model_path = self.dir / "model.pt"
+            print(f"model saved to {model_path}; evaluate it with: python {ALGORITHM}.py --evaluate {model_path}")
+        self.final_saved = True
 
     def resume(self, path: str) -> None:
+        """Everything in a checkpoint back in place, after the checks that nothing of a finished run
+        would be overwritten and that it fits these networks; before anything is written."""
         # Onto the CPU: the replay buffer and the RNG state live on the host;
         # load_state_dict moves the weights and optimizer state onto the device.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        for name, obj in (self.model | self.training).items():
-            if isinstance(obj, ReplayBuffer):
-                if ckpt[name] is not None:  # None: saved with --no-save-buffer
-                    load_buffer(obj, ckpt[name])
-            elif hasattr(obj, "load_state_dict"):
-                obj.load_state_dict(ckpt[name])
         self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
+        summary = self.dir / "summary.json"
+        if summary.exists():
+            try:
+                finished = json.loads(summary.read_text())["global_step"]
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+            # Past the summary's step the checkpoint is a later extension of the run: resuming it is fine.
+            if self.start_step < finished:
+                raise UsageError(
+                    f"{self.dir} finished at step {finished} (summary.json); its checkpoint.pt is from step "
+                    f"{self.start_step}, so resuming would redo steps past it and overwrite the finished run's "
+                    "files; start a new run (without --resume) instead"
+                )
         if self.start_step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
             raise UsageError(f"{path} ends at step {self.start_step}, already the end of --total-timesteps "
                              f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
+        fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
+        problem = mismatch(ckpt, self.model)
+        if problem:
+            raise UsageError(f"{path} does not fit these networks: {problem}; {fix}")
+        for name, obj in (self.model | self.training).items():
+            try:
+                if isinstance(obj, ReplayBuffer):
+                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
+                        load_buffer(obj, ckpt[name])
+                elif hasattr(obj, "load_state_dict"):
+                    obj.load_state_dict(ckpt[name])
+            except (RuntimeError, ValueError) as e:
+                lines = str(e).strip().splitlines()
+                raise UsageError(f"{path} does not fit these networks: {lines[-1].strip()}; {fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # the first min(saved, here) devices
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
+        self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0
+        """Every --checkpoint-every steps; the last one is save_final's."""
+        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0 and step < self.args.total_timesteps
+
+    # --- Divergence ---
+
+    def diverged(self, step: int, what: str) -> Diverged:
+        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+        kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        if self.final_saved and self.args.save_model:
+            (self.dir / "model.pt").unlink(missing_ok=True)
+        self.metrics.close()
+        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate or check "
+                        "--exploration-noise")
+
+    def non_finite_weight(self) -> str | None:
+        """The first floating tensor of the networks that is not finite, as the divergence message names it."""
+        for name, obj in self.model.items():
+            if isinstance(obj, nn.Module):
+                for key, tensor in obj.state_dict().items():
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        return f"{name}.{key} is not finite"
+        return None
 
     # --- Metrics, evaluation, progress ---
 
@@ -849,8 +1033,9 @@ class Run:
         self.eval_time += time.time() - start
 
     def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
-        return (step - self.start_step) / max(elapsed - self.eval_time, 1e-9)
+        """Steps per second of training alone, over the whole run (resumed parts included): the time
+        spent in evaluation episodes is left out."""
+        return step / max(elapsed - self.eval_time, 1e-9)
 
     def row_due(self, step: int, previous_step: int) -> bool:
         return step >= self.args.total_timesteps or steps_crossed(self.args.metrics_every, step, previous_step) > 0
@@ -858,7 +1043,7 @@ class Run:
     def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
         """One row of metrics.csv (and wandb): the caller's counters, the recorded values averaged
         over the gradient steps since the last row, the episodes that ended since, the evaluation."""
-        elapsed = time.time() - self.start_time
+        elapsed = self.elapsed()
         self.recent_returns.extend(self.episode_returns)
         row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
         row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
@@ -877,6 +1062,13 @@ class Run:
             )
         self.metrics.write(row)
         self.values, self.episode_returns, self.episode_lengths = {}, [], []
+        # Divergence, where the numbers are on the host anyway: no sync per gradient step. The row is
+        # written first: it is the diagnosis.
+        watched = [c for c in row if c.endswith("_loss") or c.startswith("eval_")
+                   or c in ("q_taken", "advantage_taken", "episodic_return")]
+        for column in watched:
+            if row[column] != "" and not np.isfinite(row[column]):
+                raise self.diverged(row["global_step"], f"{column} is {row[column]}")
 
     def progress(self, step: int, uniform: bool) -> None:
         """The console line, every --log-interval seconds and at the end."""
@@ -884,7 +1076,7 @@ class Run:
         if now - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
         self.last_print = now
-        elapsed = now - self.start_time
+        elapsed = self.elapsed()
         # Time left at the pace since the first gradient step, evaluations included. Not the average
         # since the start: the steps before it make no updates and run many times faster.
         since_time, since_step = self.learning_from or (self.start_time, self.start_step)
@@ -899,8 +1091,8 @@ class Run:
         )
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
-        """summary.json and model.pt (with --save-model); closes metrics.csv and wandb."""
-        wall_time = time.time() - self.start_time
+        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
+        wall_time = self.elapsed()
         summary = {
             "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
             "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
@@ -913,10 +1105,6 @@ class Run:
                 "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
                 "eval_discounted_returns": discounted, "eval_start_q": start_q,
             }
-        if self.args.save_model:
-            atomic_save(self.model_state(step), self.dir / "model.pt")
-            model_path = self.dir / "model.pt"
-            print(f"model saved to {model_path}; evaluate it with: python {ALGORITHM}.py --evaluate {model_path}")
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
@@ -927,24 +1115,34 @@ class Run:
 # ---------------------------------------------------------------------------------------------
 
 
-def acting_actions(q_network: QNetwork, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+ACTING_NETWORK = "Q-network"  # what host_copy copies, as the start-up line on CUDA names it
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """The network that acts: on the CPU the trained network itself (no copy: the same numbers at the
+    same speed); on a GPU a copy in host memory, so that an environment step makes no round trip to
+    the device. refresh_host_copy brings it up to date when the weights change."""
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    """The trained network's current weights into its host copy (in place, so numpy views of it stay
+    valid); nothing to do on the CPU, where the two are one network."""
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+
+
+def acting_actions(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
     """mu(obs), the greedy action, for the envs' observations, numpy in and numpy out: what acting
     needs every step. Only the trunk and the mu head: V and L play no part in choosing the action.
 
-    On the CPU this is the forward pass written in numpy, on arrays that share memory with the
-    parameters: detach().numpy() is a view, not a copy, and optimizer steps and load_state_dict
-    write the parameters in place, so the view always holds the current weights. For one
-    observation, PyTorch's fixed cost per call (dispatch, inference-mode bookkeeping, tensor
-    wrapping) is several times the arithmetic; numpy's is a fraction of it, and acting runs every
-    environment step. On a GPU the parameters are not in host memory, and acting is an ordinary
-    forward pass.
+    The forward pass written in numpy, on arrays that share memory with the parameters of a network
+    in host memory (train() gives it host_copy's): detach().numpy() is a view, not a copy, and
+    optimizer steps and load_state_dict write the parameters in place, so the view always holds
+    the current weights. For one observation, PyTorch's fixed cost per call (dispatch,
+    inference-mode bookkeeping, tensor wrapping) is several times the arithmetic; numpy's is a
+    fraction of it, and acting runs every environment step.
     """
-    if device.type != "cpu":
-        def act(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return q_network.heads(torch.from_numpy(np.asarray(obs, np.float32)).to(device))[1].cpu().numpy()
-        return act
-
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
               for layer in (*q_network.hidden, q_network.mu_head)]
     scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
@@ -984,9 +1182,7 @@ def evaluate(
     assumes the episode goes on; with gamma 0.98 and Pendulum-v1's 200 steps the missing tail is
     weighted 0.98^200 = 0.018, negligible.)
     """
-    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
-    if video_dir is not None:
-        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    env = evaluation_env(env_id, video_dir)
     returns, discounted_returns, start_q = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -1008,16 +1204,40 @@ def evaluate(
     return returns, discounted_returns, start_q
 
 
+def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+    """The env of the evaluation episodes, recording them to video_dir when one is given. Video never
+    takes a run down: an env that cannot render frames here is evaluated without it, said in one line."""
+    env = make_env(env_id)
+    if video_dir is None:
+        return env
+    try:
+        if "rgb_array" not in env.metadata.get("render_modes", []):
+            raise RuntimeError("it has no rgb_array render mode")
+        env.close()
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
+        env = make_env(env_id, render_mode="rgb_array")
+        env.reset()
+        env.render()  # the first frame: where a missing display or GL library shows
+        return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    except Exception as e:  # noqa: BLE001 (renderers fail in many ways: no display, no GL library, no package)
+        env.close()
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
+        return make_env(env_id)
+
+
 
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
-    """Rebuilds the network from model.pt or checkpoint.pt."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    """Rebuilds the network from model.pt or checkpoint.pt: loaded onto the CPU (a file written on
+    any machine), then moved to the device."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
     hidden_sizes = state["args"]["hidden_sizes"]
     q_network = QNetwork(state["obs_dim"], state["act_dim"], hidden_sizes, state["action_low"], state["action_high"])
-    q_network.to(device).load_state_dict(state["q_network"])
-    return q_network, state
+    q_network.load_state_dict(state["q_network"])
+    return q_network.to(device), state
 
 
 
@@ -1062,9 +1282,16 @@ def parse_args(argv: list[str] | None = None) -> Args:
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
-            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
-        except Exception as e:  # noqa: BLE001 (a foreign or damaged file fails in many ways; all are the user's)
-            raise UsageError(f"cannot read {saved_from}: {e}")
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (a foreign or damaged file fails in many ways; all are the user's)
+            saved = None
+        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or "algorithm" not in saved:
+            raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
+        if saved["algorithm"] != ALGORITHM:
+            other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
+            raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
+                             f"{flag} {saved_from}")
+        saved = saved["args"]
         saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
         saved |= {"resume": args.resume, "evaluate": args.evaluate}
         args = tyro.cli(Args, args=argv, default=Args(**saved))
@@ -1081,6 +1308,12 @@ def main(argv: list[str] | None = None) -> None:
             train(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except OSError as e:  # a last resort: the files and devices of the run, where no check above says more
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)

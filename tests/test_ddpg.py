@@ -4,8 +4,12 @@ and the script as a user runs it."""
 
 import copy
 import csv
+import errno
 import json
 import math
+import socket
+import sys
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +69,15 @@ class CountingBoxEnv(gym.Env):
 gym.register("GlassboxCountingBox-v0", entry_point=CountingBoxEnv, max_episode_steps=3)
 
 
+class ImageEnv(CountingBoxEnv):
+    """Image observations, which no flattening makes fit for an MLP."""
+
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+
+
+gym.register("GlassboxImage-v0", entry_point=ImageEnv, max_episode_steps=3)
+
+
 def constant_actor(obs_dim, low, high, tanh_value):
     """An Actor whose tanh output is `tanh_value` (per dimension) whatever the observation."""
     actor = ddpg.Actor(obs_dim, len(low), [4], low, high)
@@ -93,7 +106,7 @@ def linear_critic():
 def fill_from_counting_envs(actions_per_step):
     """Steps two GlassboxCountingBox-v0 envs through ddpg's vector env, storing every step."""
     envs = ddpg.make_vector_env(ddpg.Args(env_id="GlassboxCountingBox-v0", num_envs=2))
-    rb = ddpg.ReplayBuffer(100, obs_dim=1, act_dim=2)
+    rb = ddpg.ReplayBuffer(100, obs_dim=1, act_dim=2, device=torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
     for first_coordinates in actions_per_step:
         actions = np.array([[a, -1.0] for a in first_coordinates], np.float32)
@@ -123,7 +136,7 @@ def test_buffer_keeps_true_final_obs_and_stores_done_as_terminated_only():
 
 
 def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
-    rb = ddpg.ReplayBuffer(5, obs_dim=2, act_dim=1)
+    rb = ddpg.ReplayBuffer(5, obs_dim=2, act_dim=1, device=torch.device("cpu"))
     no_end = np.zeros(2, bool)
     for step in range(4):  # 2 envs x 4 steps = 8 transitions into 5 rows
         obs = np.array([[step, 0], [step, 1]], np.float32)
@@ -132,13 +145,13 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     assert rb.size == 5 and rb.pos == 3
     assert sorted(map(tuple, rb.obs.tolist())) == [(1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
     np.testing.assert_array_equal(rb.next_obs, rb.obs + 10)
-    b_obs, b_actions, b_rewards, _, _ = rb.sample(64, np.random.default_rng(0), "cpu")
+    b_obs, b_actions, b_rewards, _, _ = rb.sample(64, np.random.default_rng(0))
     assert b_obs.shape == (64, 2) and b_actions.shape == (64, 1) and b_actions.dtype == torch.float32
     torch.testing.assert_close(b_actions[:, 0], b_rewards)  # rows stay whole: action and reward match
 
     # Into a larger buffer: the five rows arrive oldest first (the full buffer's oldest is at its
     # pos, 3) and the next write goes after them, so no unwritten row is ever sampled.
-    restored = ddpg.ReplayBuffer(10, obs_dim=2, act_dim=1)
+    restored = ddpg.ReplayBuffer(10, obs_dim=2, act_dim=1, device=torch.device("cpu"))
     ddpg.load_buffer(restored, ddpg.buffer_state(rb))
     assert (restored.pos, restored.size) == (5, 5)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
@@ -148,7 +161,7 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     restored.add(obs, np.zeros((2, 1)), obs + 10, np.zeros(2), np.zeros(2, bool), np.zeros(2, bool), {})
     assert (restored.pos, restored.size) == (7, 7) and restored.obs[5:7].tolist() == [[4, 4], [4, 4]]
     # Into a smaller buffer: the newest four of the five, oldest first; the next write replaces the oldest.
-    smaller = ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1)
+    smaller = ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1, device=torch.device("cpu"))
     ddpg.load_buffer(smaller, ddpg.buffer_state(rb))
     assert (smaller.pos, smaller.size) == (0, 4)
     assert smaller.obs.tolist() == [[2, 0], [2, 1], [3, 0], [3, 1]]
@@ -331,7 +344,7 @@ def test_gradient_step_actor_step_leaves_the_critic_alone_and_moves_the_targets(
 def test_acting_actions_match_the_actor_and_follow_its_updates():
     torch.manual_seed(0)
     actor = ddpg.Actor(4, 2, [32, 16], LOW, HIGH)
-    act = ddpg.acting_actions(actor, torch.device("cpu"))
+    act = ddpg.acting_actions(actor)
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
 
     def torch_actions():
@@ -462,6 +475,18 @@ def test_resume_without_buffer_collects_uniform_data_first(in_tmp):
     (["--env-id", "CartPole-v1"],
      ("CartPole-v1 has a Discrete action space; ddpg.py needs a flat Box one (continuous actions); for "
      "discrete actions use dqn.py")),
+    # The tiny budget beside the flags below: code that lets them through trains for a second, not minutes.
+    ([*TINY_DDPG, "--learning-rate", "nan"], "--learning-rate must be a finite number, got nan"),
+    ([*TINY_DDPG, "--gamma", "inf"], "--gamma must be a finite number, got inf"),
+    ([*TINY_DDPG, "--exploration-noise", "nan"], "--exploration-noise must be a finite number, got nan"),
+    ([*TINY_DDPG, "--env-id", "nosuchmod:Foo-v0"],
+     "cannot import module 'nosuchmod' for nosuchmod:Foo-v0: No module named 'nosuchmod'"),
+    ([*TINY_DDPG, "--env-id", "GlassboxImage-v0"],
+     ("GlassboxImage-v0 has Box(0, 255, (8, 8, 3), uint8) observations; ddpg.py's networks take a flat vector (a "
+      "1-D Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
+      "convolutional network, which it does not have")),
+    ([*TINY_DDPG, "--evaluate", __file__],
+     f"cannot read {__file__}: not a model.pt or checkpoint.pt saved by these scripts"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -513,3 +538,200 @@ def test_track_without_network_falls_back_to_offline(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "wandb: no network, logging offline" in result.stdout
     assert list((tmp_path / "runs/tr/wandb").glob("offline-run-*"))
+
+
+# --- Failures that must lose nothing and hide nothing ---
+
+
+def test_atomic_save_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ddpg.atomic_save({"step": 1}, path)
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ddpg.os, "fsync", full_disk)
+    with pytest.raises(ddpg.UsageError) as error:
+        ddpg.atomic_save({"step": 2}, path)
+    assert str(error.value) == (f"cannot write {path}: No space left on device; the previous checkpoint.pt is kept; "
+                                "free space and --resume from it")
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+    with pytest.raises(ddpg.UsageError, match="the previous summary.json is kept; free space and run again"):
+        ddpg.atomic_save("{}", tmp_path / "summary.json")
+
+
+def test_run_directory_that_cannot_be_made_is_one_line(in_tmp, capsys):
+    (in_tmp / "runs").write_text("a regular file where the directory of runs should be")
+    with pytest.raises(SystemExit) as exit_info:
+        ddpg.main([*TINY_DDPG, "--run-name", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: cannot write the run directory runs/x: Not a directory; choose another --run-name or a writable "
+        "working directory")
+
+
+def test_divergence_stops_the_run_with_exit_code_3_and_keeps_the_last_finite_checkpoint(in_tmp, capsys):
+    # One Adam step moves every weight by about the learning rate: 1e30 sends the next losses to inf.
+    with pytest.raises(SystemExit) as exit_info:
+        ddpg.main([*TINY_DDPG, "--learning-rate", "1e30", "--run-name", "div", "--checkpoint-every", "100"])
+    assert exit_info.value.code == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step 200: critic_loss is "), lines
+    assert lines[0].endswith("; runs/div/checkpoint.pt (step 100) holds the last finite weights; try a lower "
+                             "--learning-rate or check --exploration-noise")
+    run_dir = in_tmp / "runs/div"
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "summary.json").exists()
+    rows = read_metrics(run_dir)  # the row that diverged is written: it is the diagnosis
+    assert int(rows[-1]["global_step"]) == 200 and not np.isfinite(float(rows[-1]["critic_loss"]))
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == 100 and all(torch.isfinite(t).all() for t in ckpt["critic"].values())
+
+
+def test_discrete_observations_one_hot_and_video_skipped_without_frames(in_tmp, capsys):
+    # Discrete(5) observations train one-hot; the env cannot render, so --capture-video says so and
+    # the run still ends with its model and summary.
+    summary = ddpg.train(tiny_args("--env-id", "toy_envs:ToyWalkDiscrete-v0", "--run-name", "walk", "--capture-video",
+                                   "--total-timesteps", "200"))
+    assert ("video skipped: toy_envs:ToyWalkDiscrete-v0 cannot render frames here (it has no rgb_array render "
+            "mode); evaluating without video") in capsys.readouterr().out
+    run_dir = in_tmp / "runs/walk"
+    assert (run_dir / "model.pt").exists() and (run_dir / "summary.json").exists()
+    assert not (run_dir / "videos").exists()
+    actor, critic, state = ddpg.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
+    assert state["obs_dim"] == 5
+    returns = ddpg.evaluate(actor, critic, "toy_envs:ToyWalkDiscrete-v0", 2, ddpg.eval_seed(1), 0.98,
+                            torch.device("cpu"))[0]
+    assert returns == summary["eval_returns"]
+
+
+def test_dict_observations_are_flattened_by_make_env():
+    env = ddpg.make_env("toy_envs:ToyWalkDict-v0")
+    assert env.observation_space.shape == (6,)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, [0, 0, 1, 0, 0, 0])  # position 2 one-hot, then the last action, 0
+
+
+def test_resume_refuses_a_finished_run_and_other_networks_leaving_its_files_alone(in_tmp, capsys):
+    ddpg.train(tiny_args("--run-name", "fin", "--checkpoint-every", "150", "--eval-episodes", "0",
+                         "--total-timesteps", "200"))
+    run_dir = in_tmp / "runs/fin"
+    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["global_step"] == 200  # the final state, written at the end of training
+
+    def refused(*flags):
+        files = {f: (run_dir / f).read_bytes() for f in ("model.pt", "summary.json", "metrics.csv", "args.json",
+                                                         "checkpoint.pt")}
+        with pytest.raises(SystemExit) as exit_info:
+            ddpg.main(["--resume", str(ckpt_path), *flags])
+        assert exit_info.value.code == 2
+        assert {f: (run_dir / f).read_bytes() for f in files} == files
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    assert refused("--total-timesteps", "600", "--hidden-sizes", "8") == (
+        f"error: {ckpt_path} does not fit these networks: actor.hidden.0.weight has shape (16, 3) there, (8, 3) "
+        "here; resume with the flags it was trained with (drop --hidden-sizes)")
+    assert refused("--total-timesteps", "600", "--env-id", "GlassboxCountingBox-v0") == (
+        f"error: {ckpt_path} does not fit these networks: obs_dim is 3 there, 1 here; resume with the flags it was "
+        "trained with (drop --env-id)")
+    # A checkpoint from before the end of a finished run: resuming would redo its last steps.
+    torch.save(ckpt | {"global_step": 150}, ckpt_path)
+    assert refused() == (
+        f"error: {run_dir} finished at step 200 (summary.json); its checkpoint.pt is from step 150, so resuming "
+        "would redo steps past it and overwrite the finished run's files; start a new run (without --resume) instead")
+
+
+def test_a_resumed_run_reads_as_one_run_and_restores_the_cuda_random_state(in_tmp, monkeypatch):
+    # Fakes of torch.cuda's random state (no GPU here): the state saved must be the state restored.
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([7, 8], dtype=torch.uint8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    ddpg.train(tiny_args("--run-name", "one", "--checkpoint-every", "200", "--eval-episodes", "0",
+                         "--total-timesteps", "200"))
+    ckpt_path = in_tmp / "runs/one/checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["elapsed"] > 0 and ckpt["cuda_rng"][0].tolist() == [7, 8]
+
+    def tensors(x):
+        if isinstance(x, dict):
+            return [t for v in x.values() for t in tensors(v)]
+        return [t for v in x for t in tensors(v)] if isinstance(x, list | tuple) else [x] * isinstance(x, torch.Tensor)
+    assert {t.device.type for t in tensors(ckpt)} == {"cpu"}
+    # As if the first 200 steps had taken 10,000 s: the resumed part's time and speed continue from them.
+    torch.save(ckpt | {"elapsed": 10_000.0}, ckpt_path)
+    summary = ddpg.train(ddpg.parse_args(["--resume", str(ckpt_path), "--total-timesteps", "300"]))
+    assert [r.tolist() for r in restored[0]] == [[7, 8]]
+    rows = read_metrics(in_tmp / "runs/one")
+    assert float(rows[1]["time"]) < 10_000 <= float(rows[2]["time"]) and rows[2]["sps"] == "0"
+    assert summary["wall_time"] >= 10_000 and summary["sps"] == 0  # 300 steps over the whole run's time
+
+
+def test_wandb_probes_the_named_port_and_goes_offline_without_an_api_key(tmp_path, monkeypatch, capsys):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert ddpg.wandb_reachable(timeout=2.0)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: kw))
+    assert ddpg.init_wandb(ddpg.Args(), "r", tmp_path)["mode"] == "offline"
+    assert capsys.readouterr().out.strip() == (
+        f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {tmp_path}/wandb; upload "
+        "later with `wandb sync`")
+    (tmp_path / "netrc").write_text(f"machine 127.0.0.1:{port} login user password key\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert ddpg.init_wandb(ddpg.Args(), "r", tmp_path)["mode"] == "online"
+    server.close()
+    assert not ddpg.wandb_reachable(timeout=2.0)
+
+
+# --- Devices: files that load anywhere, acting on the host, the buffer on the device ---
+
+
+def test_load_model_loads_onto_the_cpu_then_moves_the_networks(tmp_path):
+    # "meta" tensors cannot become numpy or be read: a device unlike the CPU, available everywhere.
+    actor, critic = ddpg.Actor(3, 2, [4], LOW, HIGH), ddpg.Critic(3, 2, [4])
+    torch.save({"algorithm": "ddpg", "args": {"hidden_sizes": [4]}, "obs_dim": 3, "act_dim": 2,
+                "action_low": LOW.tolist(), "action_high": HIGH.tolist(), "actor": actor.state_dict(),
+                "critic": critic.state_dict(), "global_step": 1}, tmp_path / "model.pt")
+    on_meta, critic_on_meta, state = ddpg.load_model(str(tmp_path / "model.pt"), torch.device("meta"))
+    assert {p.device.type for p in [*on_meta.parameters(), *critic_on_meta.parameters()]} == {"meta"}
+    assert {t.device.type for t in [*state["actor"].values(), *state["critic"].values()]} == {"cpu"}
+
+
+def test_the_host_copy_acts_with_the_weights_of_its_last_refresh():
+    torch.manual_seed(0)
+    actor = ddpg.Actor(4, 2, [16], LOW, HIGH)
+    assert ddpg.host_copy(actor, torch.device("cpu")) is actor  # on the CPU the actor acts itself
+    host = copy.deepcopy(actor)  # what host_copy makes on a GPU
+    act = ddpg.acting_actions(host)
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    before = act(obs)
+    optimizer = torch.optim.Adam(actor.parameters(), lr=0.1)
+    actor(torch.from_numpy(obs)).sum().backward()
+    optimizer.step()
+    np.testing.assert_array_equal(act(obs), before)  # not refreshed: the old weights still act
+    ddpg.refresh_host_copy(host, actor)
+    with torch.no_grad():
+        np.testing.assert_allclose(act(obs), actor(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(act(obs), before)
+
+
+def test_replay_buffer_stores_and_samples_on_its_device():
+    rb = ddpg.ReplayBuffer(4, obs_dim=5, act_dim=1, device=torch.device("meta"))
+    one_hot = np.eye(5, dtype=np.int64)[[1, 3]]  # one-hot observations arrive as int64
+    rb.add(one_hot, np.zeros((2, 1), np.float32), one_hot, np.ones(2), np.zeros(2, bool), np.zeros(2, bool), {})
+    batch = rb.sample(3, np.random.default_rng(0))
+    assert [(t.device.type, t.dtype, tuple(t.shape)) for t in batch] == [
+        ("meta", torch.float32, (3, 5)), ("meta", torch.float32, (3, 1)), ("meta", torch.float32, (3,)),
+        ("meta", torch.float32, (3, 5)), ("meta", torch.float32, (3,))]
+    on_cpu = ddpg.ReplayBuffer(4, obs_dim=5, act_dim=1, device=torch.device("cpu"))
+    on_cpu.add(one_hot, np.zeros((2, 1), np.float32), one_hot, np.ones(2), np.zeros(2, bool), np.zeros(2, bool), {})
+    assert on_cpu.obs[:2].tolist() == one_hot.tolist() and on_cpu.obs.dtype == torch.float32

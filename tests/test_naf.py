@@ -16,6 +16,7 @@ from conftest import run_script
 # Importing test_ddpg also registers its GlassboxCountingBox-v0 env.
 from test_ddpg import HIGH, LOW, read_metrics
 
+import ddpg
 import naf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,7 @@ def test_gradient_step_matches_a_plain_reference():
 
 def test_acting_actions_are_mu_and_follow_updates():
     net = random_network(spread=1.0)
-    act = naf.acting_actions(net, torch.device("cpu"))
+    act = naf.acting_actions(net)
     obs = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
 
     def torch_mu():
@@ -198,10 +199,11 @@ def test_acting_actions_are_mu_and_follow_updates():
 # --- The code shared with ddpg.py is ddpg.py's ---
 
 
-SHARED = ["UsageError", "check_env_id", "check_env", "make_env", "make_vector_env", "true_next_obs",
-          "ReplayBuffer", "mlp_layers", "hidden_features", "ActionNoise", "select_actions", "update_target",
-          "steps_crossed", "atomic_save", "MetricsLog", "wandb_reachable", "init_wandb", "buffer_state",
-          "load_buffer", "Run", "eval_seed", "print_eval", "parse_args", "main"]
+SHARED = ["UsageError", "Diverged", "check_env_id", "check_env", "flat_observations", "make_env", "make_vector_env",
+          "true_next_obs", "ReplayBuffer", "mlp_layers", "hidden_features", "ActionNoise", "select_actions",
+          "update_target", "steps_crossed", "atomic_save", "MetricsLog", "wandb_url", "wandb_reachable",
+          "wandb_key_configured", "init_wandb", "buffer_state", "load_buffer", "to_cpu", "mismatch", "make_run_dir",
+          "Run", "host_copy", "refresh_host_copy", "eval_seed", "evaluation_env", "print_eval", "parse_args", "main"]
 
 
 def top_level(path: Path) -> dict[str, str]:
@@ -261,6 +263,10 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
     assert ckpt["optimizer"]["state"]
     # The target is a Polyak average, saved as such: it lags the online network.
     assert not all(torch.equal(ckpt["target_network"][k], ckpt["q_network"][k]) for k in ckpt["q_network"])
+    with pytest.raises(ddpg.UsageError) as error:  # the other script refuses it, naming this one
+        ddpg.parse_args(["--resume", "runs/ck/checkpoint.pt"])
+    assert str(error.value) == ("runs/ck/checkpoint.pt was saved by naf.py, not ddpg.py; use python naf.py --resume "
+                                "runs/ck/checkpoint.pt")
     summary = naf.train(naf.parse_args(["--resume", str(in_tmp / "runs/ck/checkpoint.pt"), "--total-timesteps", "500"]))
     assert summary["global_step"] == 500
     rows = read_metrics(in_tmp / "runs/ck")
@@ -318,9 +324,10 @@ def test_save_evaluate_later_with_video_then_resume(tmp_path):
     assert f"Q(first state) predicted {np.mean(summary['eval_start_q']):.2f}" in later.stdout
     assert len(list((tmp_path / "runs/cli/videos").glob("*.mp4"))) == 1
 
-    # A model of the other script is refused in one line.
+    # A model or checkpoint of the other script is refused in one line that names the script to use.
     wrong = run_script("ddpg.py", "--evaluate", "runs/cli/model.pt", cwd=tmp_path)
-    assert wrong.returncode == 2 and wrong.stderr.strip() == "error: runs/cli/model.pt is not a ddpg.py model (algorithm: naf)"
+    assert wrong.returncode == 2 and wrong.stderr.strip() == (
+        "error: runs/cli/model.pt was saved by naf.py, not ddpg.py; use python naf.py --evaluate runs/cli/model.pt")
 
     resumed = run_script("naf.py", "--resume", "runs/cli/checkpoint.pt", "--total-timesteps", "500",
                          "--eval-episodes", "0", cwd=tmp_path)
@@ -336,3 +343,38 @@ def test_track_without_network_falls_back_to_offline(tmp_path):
     assert "wandb: no network, logging offline" in result.stdout
     assert list((tmp_path / "runs/tr/wandb").glob("offline-run-*"))
 
+
+
+# --- Failures that must lose nothing and hide nothing; devices (the shared code is tested in test_ddpg) ---
+
+
+def test_divergence_stops_the_run_with_exit_code_3(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        naf.main([*TINY_NAF, "--learning-rate", "1e30", "--run-name", "div"])
+    assert exit_info.value.code == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step 200: td_loss is "), lines
+    assert lines[0].endswith("; no checkpoint was written; try a lower --learning-rate or check --exploration-noise")
+    assert not (in_tmp / "runs/div/model.pt").exists() and not (in_tmp / "runs/div/summary.json").exists()
+
+
+def test_dict_observations_train_flattened_and_video_skipped_without_frames(in_tmp, capsys):
+    summary = naf.train(tiny_args("--env-id", "toy_envs:ToyWalkDict-v0", "--run-name", "walk", "--capture-video",
+                                  "--total-timesteps", "200"))
+    assert ("video skipped: toy_envs:ToyWalkDict-v0 cannot render frames here (it has no rgb_array render mode); "
+            "evaluating without video") in capsys.readouterr().out
+    assert (in_tmp / "runs/walk/summary.json").exists()
+    net, state = naf.load_model(str(in_tmp / "runs/walk/model.pt"), torch.device("cpu"))
+    assert state["obs_dim"] == 6
+    assert naf.evaluate(net, "toy_envs:ToyWalkDict-v0", 2, naf.eval_seed(1), 0.98, torch.device("cpu"))[0] == (
+        summary["eval_returns"])
+
+
+def test_load_model_loads_onto_the_cpu_then_moves_the_network(tmp_path):
+    net = naf.QNetwork(3, 2, [4], LOW, HIGH)
+    torch.save({"algorithm": "naf", "args": {"hidden_sizes": [4]}, "obs_dim": 3, "act_dim": 2,
+                "action_low": LOW.tolist(), "action_high": HIGH.tolist(), "q_network": net.state_dict(),
+                "global_step": 1}, tmp_path / "model.pt")
+    on_meta, state = naf.load_model(str(tmp_path / "model.pt"), torch.device("meta"))
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+    assert {t.device.type for t in state["q_network"].values()} == {"cpu"}

@@ -52,3 +52,35 @@ gym.register("ToyCounterBox-v0", entry_point=lambda **kw: Counter(gym.spaces.Box
              max_episode_steps=5)
 gym.register("ToyCounterDiscrete-v0", entry_point=lambda **kw: Counter(gym.spaces.Discrete(2), **kw), max_episode_steps=5)
 gym.register("ToyMultiDiscrete-v0", entry_point=TwoChoices, max_episode_steps=20)
+
+
+class Walk(gym.Env):
+    """Box(-1, 1, (1,)) actions on a line of positions 0..4: a positive action steps right, any other
+    left; reaching 4 earns 1 and terminates. The position is a Discrete(5) observation, or with
+    dict_obs a Dict of it and the last action. No rgb_array rendering."""
+
+    def __init__(self, dict_obs=False, render_mode=None):
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        position = gym.spaces.Discrete(5)
+        last_action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.observation_space = gym.spaces.Dict(position=position, last_action=last_action) if dict_obs else position
+        self.dict_obs, self.position = dict_obs, 2
+
+    def _observe(self, action):
+        if self.dict_obs:
+            return {"position": self.position, "last_action": np.array([action], np.float32)}
+        return self.position
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position = 2
+        return self._observe(0.0), {}
+
+    def step(self, action):
+        a = float(np.asarray(action).reshape(-1)[0])
+        self.position = min(max(self.position + (1 if a > 0 else -1), 0), 4)
+        return self._observe(a), float(self.position == 4), self.position == 4, False, {}
+
+
+gym.register("ToyWalkDiscrete-v0", entry_point=Walk, max_episode_steps=10)
+gym.register("ToyWalkDict-v0", entry_point=lambda **kw: Walk(dict_obs=True, **kw), max_episode_steps=10)
