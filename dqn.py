@@ -48,11 +48,13 @@ Evaluate:     python dqn.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python dqn.py --help
 """
 
+import copy
 import csv
 import dataclasses
 import difflib
 import itertools
 import json
+import netrc
 import os
 import random
 import socket
@@ -64,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import gymnasium as gym
 import numpy as np
@@ -211,10 +214,9 @@ class Args:
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     try:
         env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.Error as e:
+    except (gym.error.Error, ModuleNotFoundError) as e:
         raise env_error(env_id, e)
-    check_spaces(env, env_id)  # Discrete actions, flat observations; one error line otherwise
-    return env
+    return check_spaces(env, env_id)  # Discrete actions; flat float32 observations (Discrete ones one-hot)
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -250,20 +252,23 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 
 
 class ReplayBuffer:
-    """A circular memory of transitions in preallocated numpy arrays on the host.
+    """A circular memory of transitions in tensors preallocated on the device that trains on them.
 
     Row i holds one whole transition (s, a, r, s', terminated): s' is stored next to s rather than
     read from row i + 1, because with several envs the rows of one env are not adjacent, and after
     an autoreset the next row belongs to another episode. One more copy of each observation buys
-    the end of every question about which rows follow which."""
+    the end of every question about which rows follow which. On the CPU the tensors are read and
+    written through numpy views of their memory: a numpy call costs a fraction of a torch one."""
 
-    def __init__(self, capacity: int, obs_dim: int):
-        self.capacity, self.pos, self.size = capacity, 0, 0
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.actions = np.zeros(capacity, np.int64)
-        self.rewards = np.zeros(capacity, np.float32)
-        self.terminated = np.zeros(capacity, np.float32)
+    def __init__(self, capacity: int, obs_dim: int, device: torch.device):
+        self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
+        self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.next_obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.actions = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.columns = (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        self.views = tuple(column.numpy() for column in self.columns) if device.type == "cpu" else None
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
@@ -276,19 +281,19 @@ class ReplayBuffer:
             rows = slice(self.pos, self.pos + n)
         else:
             rows = (self.pos + np.arange(n)) % self.capacity
-        self.obs[rows] = obs
-        self.actions[rows] = actions
-        self.rewards[rows] = rewards
-        self.next_obs[rows] = next_obs
-        self.terminated[rows] = terminations
+        for column, value in zip(self.views or self.columns, (obs, actions, rewards, next_obs, terminations)):
+            column[rows] = value if self.views else torch.as_tensor(value, dtype=column.dtype)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors."""
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors on the
+        device. On a GPU only the row numbers travel there, and the rows are gathered where they are."""
         rows = rng.integers(0, self.size, batch_size)
-        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
-        return tuple(torch.from_numpy(a[rows]).to(device) for a in arrays)
+        if self.views:
+            return tuple(torch.from_numpy(view[rows]) for view in self.views)
+        rows = torch.from_numpy(rows).to(self.device)
+        return tuple(column[rows] for column in self.columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,22 +320,16 @@ class QNetwork(nn.Module):
         return F.linear(x, self.out.weight, self.out.bias)
 
 
-def acting_q_values(q_network: QNetwork, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+def acting_q_values(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
     """Q(obs, .) for the envs' observations, numpy in and numpy out: what acting needs every step.
 
-    On the CPU, the network's forward pass in numpy on views of the parameters (detach().numpy()
-    shares memory; optimizer steps and load_state_dict write in place), so it always uses the
+    The forward pass in numpy on views of the parameters of a network in host memory (detach().numpy()
+    shares memory; optimizer steps and load_state_dict write in place), so it always uses its
     current weights. For one observation torch's fixed cost per call is several times the
     arithmetic: 46 us against numpy's 14 for the 256-256 network, 37 against 10 for 120-84 (timeit
     on this project's CPU); the difference is over a tenth of the training time in the README's speed
     benchmark (120-84, one gradient step every 10 environment steps, 7,300 steps per second), about
-    4% with the defaults (about 1,400). On a GPU (weights not in host memory): a forward pass."""
-    if device.type != "cpu":
-        def q_values(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return q_network(torch.from_numpy(obs).to(device)).cpu().numpy()
-        return q_values
-
+    4% with the defaults (about 1,400). On a GPU, give it the host copy of the network (host_copy)."""
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
               for layer in (*q_network.hidden, q_network.out)]
 
@@ -465,13 +464,14 @@ def train(args: Args) -> dict:
     target_network.load_state_dict(q_network.state_dict())
     # fused: Adam's update of each tensor in one pass instead of several small ops on it.
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
-    rb = ReplayBuffer(args.buffer_size, obs_dim)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, device)
     # A checkpoint holds these state_dicts, the buffer, the counters and the generators (Run, Part 2).
     checkpointed = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
     run = Run(args, device, checkpointed, rb, rng)
     global_step, num_updates = run.start_step, run.start_updates
 
-    q_values = acting_q_values(q_network, device)
+    acting_network = host_copy(q_network, device)  # q_network itself on the CPU, a copy in host memory on a GPU
+    q_values = acting_q_values(acting_network)
     # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
     obs, _ = envs.reset(seed=args.seed + global_step)
     exploration_steps = args.exploration_fraction * args.total_timesteps
@@ -497,13 +497,17 @@ def train(args: Args) -> dict:
             if rounds and args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
             for _ in range(rounds * args.gradient_steps):
-                batch = rb.sample(args.batch_size, rng, device)
+                batch = rb.sample(args.batch_size, rng)
                 loss, q = gradient_step(q_network, target_network, optimizer, batch, args)
                 losses.append(loss)
                 q_taken.append(q)
                 num_updates += 1
+            if rounds:
+                refresh_host_copy(acting_network, q_network)  # acting goes on with the new weights
 
         # --- Evaluate, log, checkpoint: Run's bookkeeping (Part 2) ---
+        if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
+            run.save_final(global_step, num_updates)
         if run.evaluation_due(global_step, previous_step):
             run.evaluate(q_network, global_step)
         if run.row_due(global_step, previous_step):
@@ -538,6 +542,10 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line and exit code 2, without a traceback."""
 
 
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one line and exit code 3."""
+
+
 def check_env_id(env_id: str) -> None:
     if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
         return
@@ -546,27 +554,49 @@ def check_env_id(env_id: str) -> None:
     raise UsageError(f"unknown env id '{env_id}'{hint}")
 
 
-def env_error(env_id: str, error: gym.error.Error) -> UsageError:
+def env_error(env_id: str, error: Exception) -> UsageError:
     """make_env's error line for an env gymnasium cannot make."""
-    if isinstance(error, gym.error.DependencyNotInstalled):
+    if isinstance(error, ModuleNotFoundError) and ":" in env_id:  # "module:Env-v0" imports the module
+        module = env_id.split(":")[0]
+        return UsageError(
+            f"cannot import module '{module}' for {env_id}: {error}; check the module name and PYTHONPATH"
+        )
+    if isinstance(error, gym.error.DependencyNotInstalled | ModuleNotFoundError):
         return UsageError(f"{env_id} needs a missing package ({error}); pip install -r requirements.txt")
     return UsageError(f"cannot make {env_id}: {error}")
 
 
-def check_spaces(env: gym.Env, env_id: str) -> None:
-    """This file's network needs a Discrete action space and a flat Box observation space."""
+def check_spaces(env: gym.Env, env_id: str) -> gym.Env:
+    """This file's network needs a Discrete action space and a flat vector of observations. Discrete,
+    MultiDiscrete, Tuple and Dict observations are flattened by gymnasium's wrapper (a Discrete one
+    becomes one-hot), and observations of every dtype reach the buffer and the network as float32.
+    Returns the env, wrapped where it needs to be."""
     if not isinstance(env.action_space, gym.spaces.Discrete) or env.action_space.start != 0:
         env.close()
         raise UsageError(
             f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
             "Discrete one (actions 0..n-1); for continuous actions use ddpg.py or naf.py"
         )
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) and space.is_np_flattenable:
+        env = gym.wrappers.FlattenObservation(env)
+    elif not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         env.close()
-        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+        raise UsageError(
+            f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D Box, or a "
+            "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
+            "convolutional network, which it does not have"
+        )
+    if env.observation_space.dtype != np.float32:
+        env = gym.wrappers.DtypeObservation(env, np.float32)
+    return env
 
 
 def check_args(args: Args) -> None:
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if isinstance(value, float) and not np.isfinite(value):
+            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
                  "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every", "learning_rate",
                  "max_grad_norm", "log_interval", "start_temperature", "end_temperature", "huber_delta"):
@@ -606,16 +636,23 @@ def check_args(args: Args) -> None:
 def atomic_save(obj: dict | str, path: Path) -> None:
     """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
     the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
-    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8."""
+    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8.
+    When the write fails (a full disk), the temporary file goes and the previous file stays."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
 
 
 METRICS = [
@@ -662,22 +699,41 @@ class MetricsLog:
             self.wandb_run.finish()
 
 
+def wandb_url():
+    """The wandb server: WANDB_BASE_URL, as wandb itself reads it."""
+    return urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+
+
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-    result = []
+    """Probe the host and port of the wandb server that WANDB_BASE_URL names (default
+    https://api.wandb.ai) in a thread, so that neither DNS nor connect can hang the run."""
+    url, result = wandb_url(), []
+    if url.hostname is None:
+        return False
 
     def probe():
         try:
-            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            port = url.port or (80 if url.scheme == "http" else 443)
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
             result.append(True)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a port that is not a number
             pass
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
     return bool(result)
+
+
+def wandb_key_configured() -> bool:
+    """An API key in WANDB_API_KEY, or in the netrc file ($NETRC, else ~/.netrc) for the server,
+    where `wandb login` puts it. A missing or broken netrc file holds none."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(wandb_url().netloc) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def init_wandb(args: Args, run_name: str, run_dir: Path):
@@ -687,10 +743,54 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
     if mode is None and not wandb_reachable():
         mode = "offline"
         print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    elif mode is None and not wandb_key_configured():
+        mode = "offline"
+        print(f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {run_dir}/wandb; "
+              "upload later with `wandb sync`")
     return wandb.init(
         project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
         config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices: acting on the host, files on the CPU
+# ---------------------------------------------------------------------------------------------
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """The network that acts, one small forward pass per env step: on the CPU the trained module
+    itself (no copy: the same numbers at the same speed); on a GPU a copy in host memory, so that an
+    env step makes no host-device round trip. refresh_host_copy keeps it current."""
+    return module if device.type == "cpu" else copy.deepcopy(module).to("cpu")
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    """Copies the trained module's weights into its host copy (in place); nothing when they are one."""
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+
+
+def to_cpu(state):
+    """A (nested) state with every tensor on the CPU, so that the files load on any machine."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(to_cpu(value) for value in state)
+    return state
+
+
+def first_non_finite(state, name: str) -> str | None:
+    """The name of the first floating tensor in a (nested) state that holds NaN or inf, or None."""
+    if isinstance(state, torch.Tensor):
+        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if bad := first_non_finite(value, f"{name}.{key}"):
+                return bad
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,60 +810,99 @@ class Run:
     def __init__(self, args: Args, device: torch.device, checkpointed: dict, rb: ReplayBuffer,
                  rng: np.random.Generator):
         self.args, self.device, self.checkpointed, self.rb, self.rng = args, device, checkpointed, rb, rng
+        self.checkpoint_step: int | None = None  # of the checkpoint.pt this run wrote or resumed from
+        self.time_before, self.eval_time = 0.0, 0.0  # a resumed run's clock goes on from its checkpoint's
         self.start_step, self.start_updates = self.resume(args.resume) if args.resume else (0, 0)
         if args.resume:
             self.dir = Path(args.resume).parent
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.dir / "metrics.csv", resume_step=self.start_step if args.resume else None)
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
+                             "--run-name or a writable working directory") from None
+        self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir) if args.track else None
         atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(
-            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
-            resume_step=self.start_step if args.resume else None,
-        )
+        if device.type == "cuda":
+            print("device cuda: acting on a CPU copy of the Q-network (refreshed after each round of gradient "
+                  "steps); updates and the replay buffer on the GPU")
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.evaluation: tuple[list[float], list[float], list[float]] | None = None
-        self.eval_time = 0.0
         self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
         self.start_time = self.last_print = time.time()
 
     # --- What a checkpoint holds, for saving and for resuming ---
 
     def model_state(self, step: int) -> dict:
-        """model.pt: the Q-network and what rebuilding it needs."""
+        """model.pt: the Q-network and what rebuilding it needs, on the CPU."""
         q_network = self.checkpointed["q_network"]
         return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), "obs_dim": q_network.obs_dim,
-                "n_actions": q_network.n_actions, "q_network": q_network.state_dict(), "global_step": step}
+                "n_actions": q_network.n_actions, "q_network": to_cpu(q_network.state_dict()), "global_step": step}
 
     def checkpoint(self, step: int, num_updates: int) -> dict:
         """checkpoint.pt: model.pt's contents, the state of every checkpointed object, the buffer's
-        rows (None with --no-save-buffer), the update counter and both random generators."""
-        return self.model_state(step) | {name: obj.state_dict() for name, obj in self.checkpointed.items()} | {
+        rows (None with --no-save-buffer), the update counter, the random generators and the clock."""
+        return self.model_state(step) | {name: to_cpu(obj.state_dict()) for name, obj in self.checkpointed.items()} | {
             "buffer": buffer_state(self.rb) if self.args.save_buffer else None, "num_updates": num_updates,
             "numpy_rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "elapsed": self.elapsed(), "eval_time": self.eval_time,
         }
 
     def resume(self, path: str) -> tuple[int, int]:
-        """Loads what checkpoint() saved back into the same objects; returns (global_step, num_updates)."""
-        # Onto the CPU: the replay buffer and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
+        """Loads what checkpoint() saved back into the same objects; returns (global_step, num_updates).
+        Refuses, before anything is written, what would overwrite a finished run or cannot fit."""
+        # Onto the CPU: the RNG states live on the host; load_state_dict moves the weights, the
+        # optimizer state and the buffer's rows to where their objects are.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        for name, obj in self.checkpointed.items():
-            obj.load_state_dict(ckpt[name])
-        if ckpt["buffer"] is not None:  # None: left out by --no-save-buffer
-            load_buffer_state(self.rb, ckpt["buffer"])
-        step = ckpt["global_step"]
+        step, run_dir = ckpt["global_step"], Path(path).parent
+        if (run_dir / "summary.json").exists():  # a finished run: only its final state may train on
+            finished = json.loads((run_dir / "summary.json").read_text()).get("global_step")
+            if finished != step:
+                raise UsageError(
+                    f"{run_dir} finished at step {finished} (summary.json); its checkpoint.pt is from step {step}, "
+                    "so resuming would redo steps past it and overwrite the finished run's files; start a new "
+                    "run (without --resume) instead"
+                )
         if step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
             raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps "
                              f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
+        self.check_fits(path, ckpt)
+        for name, obj in self.checkpointed.items():
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (RuntimeError, ValueError) as e:  # what check_fits cannot foresee
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; resume "
+                                 "with the flags it was trained with (drop --env-id/--hidden-sizes)") from None
+        if ckpt["buffer"] is not None:  # None: left out by --no-save-buffer
+            load_buffer_state(self.rb, ckpt["buffer"])
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # as many devices as both have
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
+        self.checkpoint_step = step
         print(f"resumed from {path} at step {step} with {self.rb.size} transitions in the buffer")
         return step, ckpt["num_updates"]
+
+    def check_fits(self, path: str, ckpt: dict) -> None:
+        """The checkpoint's networks against the ones these flags built: the flag that differs."""
+        q_network, saved = self.checkpointed["q_network"], ckpt["args"]
+        if (ckpt["obs_dim"], ckpt["n_actions"]) != (q_network.obs_dim, q_network.n_actions):
+            raise UsageError(
+                f"{path} was trained on {saved['env_id']} ({ckpt['obs_dim']} observations, {ckpt['n_actions']} "
+                f"actions), not on {self.args.env_id} ({q_network.obs_dim}, {q_network.n_actions}); resume "
+                "without --env-id"
+            )
+        if list(saved["hidden_sizes"]) != list(self.args.hidden_sizes):
+            raise UsageError(f"{path} holds networks with --hidden-sizes {saved['hidden_sizes']}, not "
+                             f"{self.args.hidden_sizes}; resume without --hidden-sizes")
 
     # --- Called from the training loop ---
 
@@ -799,8 +938,9 @@ class Run:
 
     def log(self, row: dict) -> None:
         """One row of metrics.csv (and wandb): the caller's learning values, plus the time, steps per
-        second, the episodes finished since the last row and this step's evaluation, if any."""
-        elapsed = time.time() - self.start_time
+        second, the episodes finished since the last row and this step's evaluation, if any. A loss,
+        Q value, return or evaluation that is not finite stops the run, after its row is written."""
+        elapsed = self.elapsed()
         self.recent_returns.extend(self.episode_returns)
         row = row | {
             "time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed)),
@@ -817,22 +957,50 @@ class Run:
                 flush=True,
             )
         self.metrics.write(row)
+        for column in ("td_loss", "q_taken", "episodic_return", "eval_return", "eval_discounted_return",
+                       "eval_start_q"):
+            if row.get(column, "") != "" and not np.isfinite(row[column]):
+                raise self.diverged(row["global_step"], f"{column} is {row[column]}")
         self.episode_returns, self.episode_lengths = [], []
         if row["global_step"] < self.args.total_timesteps:  # the last evaluation goes into the summary
             self.evaluation = None
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0
+        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0 and self.checkpoint_step != step
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
-        atomic_save(self.checkpoint(step, num_updates), self.dir / "checkpoint.pt")
+        """checkpoint.pt, unless a weight is no longer finite: a good checkpoint is never replaced by a bad one."""
+        state = self.checkpoint(step, num_updates)
+        if bad := first_non_finite({name: state[name] for name in self.checkpointed}, "checkpoint"):
+            raise self.diverged(step, f"{bad} holds NaN or inf")
+        atomic_save(state, self.dir / "checkpoint.pt")
+        self.checkpoint_step = step
+
+    def save_final(self, step: int, num_updates: int) -> None:
+        """At the last step, before the last evaluation (which can fail): the final checkpoint (with
+        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        if self.args.checkpoint_every > 0:
+            self.save_checkpoint(step, num_updates)
+        if self.args.save_model:
+            state, path = self.model_state(step), self.dir / "model.pt"
+            if bad := first_non_finite(state["q_network"], "q_network"):
+                raise self.diverged(step, f"{bad} holds NaN or inf")
+            atomic_save(state, path)
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+
+    def diverged(self, step: int, what: str) -> Diverged:
+        """The error that stops a diverged run (closing its metrics: their last row is the diagnosis)."""
+        self.metrics.close()
+        kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate")
 
     def progress(self, step: int, epsilon: float, temperature: float) -> None:
         """The console line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
         self.last_print = time.time()
-        elapsed = time.time() - self.start_time
+        elapsed = self.elapsed()
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         explore = f"epsilon {epsilon:.3f}" if self.args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
         print(
@@ -843,8 +1011,9 @@ class Run:
         )
 
     def finish(self, step: int) -> dict:
-        """summary.json, model.pt (with --save-model) and the final evaluation's lines; returns the summary."""
-        wall_time = time.time() - self.start_time
+        """summary.json and the final evaluation's lines (model.pt was saved before that evaluation);
+        returns the summary."""
+        wall_time = self.elapsed()
         summary = {
             "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
             "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
@@ -857,19 +1026,19 @@ class Run:
                 "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
                 "eval_discounted_returns": discounted, "eval_start_q": start_q,
             }
-        if self.args.save_model:
-            path = self.dir / "model.pt"
-            atomic_save(self.model_state(step), path)
-            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
 
     # --- The clock ---
 
+    def elapsed(self) -> float:
+        """Seconds since the run started, a resumed run's time before its checkpoint included."""
+        return self.time_before + time.time() - self.start_time
+
     def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone: the time spent in evaluation episodes is left out."""
-        return (step - self.start_step) / max(elapsed - self.eval_time, 1e-9)
+        """Steps per second of training alone, over the whole run: evaluation time is left out."""
+        return step / max(elapsed - self.eval_time, 1e-9)
 
     def time_left(self, step: int) -> float:
         """Seconds to the end at the pace since the first gradient step, evaluations included. Not
@@ -881,10 +1050,10 @@ class Run:
 def buffer_state(rb: ReplayBuffer) -> dict:
     """The buffer's filled rows for a checkpoint, oldest first (in a full buffer the oldest row is
     the next to overwrite), so that they load into a buffer of any capacity that holds them, with
-    the next write going after them."""
+    the next write going after them. Copies on the CPU (a slice would save the whole buffer)."""
     oldest_first = (rb.pos + np.arange(rb.size)) % rb.size if rb.size == rb.capacity else slice(0, rb.size)
     return {"size": rb.size} | {
-        name: torch.from_numpy(getattr(rb, name)[oldest_first])
+        name: getattr(rb, name)[oldest_first].to("cpu", copy=True)
         for name in ("obs", "actions", "rewards", "next_obs", "terminated")
     }
 
@@ -894,7 +1063,7 @@ def load_buffer_state(rb: ReplayBuffer, state: dict) -> None:
     rb.size = min(state["size"], rb.capacity)
     rb.pos = rb.size % rb.capacity
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].numpy()
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -906,6 +1075,31 @@ def eval_seed(seed: int) -> int:
     """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
     ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
     return seed + 10_000
+
+
+def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+    """The env of the evaluation episodes; with video_dir, recording every episode there if the env
+    can render frames here. Video never takes a run down: if it cannot, one line says why and the
+    episodes run without it."""
+    if video_dir is None:
+        return make_env(env_id)
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen with EGL where there is no display
+    env = make_env(env_id)
+    reason = None if "rgb_array" in env.metadata.get("render_modes", []) else "it has no rgb_array render mode"
+    env.close()
+    if reason is None:
+        env = make_env(env_id, render_mode="rgb_array")
+        try:
+            env.reset()
+            if env.render() is None:
+                raise ValueError("render() gave no frame")
+            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+        except Exception as e:  # whatever the renderer raises: MuJoCo without OpenGL, a missing package, ...
+            env.close()
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
+    return make_env(env_id)
 
 
 def evaluate(
@@ -921,16 +1115,15 @@ def evaluate(
     while Q assumes the episode goes on: on CartPole-v1 a perfect policy earns
     (1 - 0.99^500) / 0.01 = 99.3 while Q should say 100; that small gap is not overestimation.)
     """
-    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
-    if video_dir is not None:
-        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    env = evaluation_env(env_id, video_dir)
+    q_network = host_copy(q_network, device)  # one observation at a time: on the host, like acting in training
     returns, discounted_returns, start_q = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done, total, discounted, discount, t = False, 0.0, 0.0, 1.0, 0
         while not done:
             with torch.inference_mode():
-                q = q_network(torch.from_numpy(np.asarray(obs, np.float32)[None]).to(device))[0]
+                q = q_network(torch.from_numpy(np.asarray(obs, np.float32)[None]))[0]
             if t == 0:
                 start_q.append(float(q.max()))
             obs, reward, terminated, truncated, _ = env.step(int(q.argmax()))
@@ -953,13 +1146,14 @@ def print_eval(returns: list[float], discounted_returns: list[float], start_q: l
 
 
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
-    """Rebuilds the Q-network from model.pt or checkpoint.pt."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    """Rebuilds the Q-network from model.pt or checkpoint.pt on the device. The file is read onto
+    the CPU first, so that one saved on a GPU loads on any machine."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
-    q_network = QNetwork(state["obs_dim"], state["n_actions"], state["args"]["hidden_sizes"]).to(device)
+    q_network = QNetwork(state["obs_dim"], state["n_actions"], state["args"]["hidden_sizes"])
     q_network.load_state_dict(state["q_network"])
-    return q_network, state
+    return q_network.to(device), state
 
 
 def run_evaluation(args: Args) -> dict:
@@ -994,10 +1188,16 @@ def parse_args(argv: list[str] | None = None) -> Args:
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
-            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
-        except Exception as e:
-            raise UsageError(f"cannot read {saved_from}: {e}")
-        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
+            state = torch.load(saved_from, map_location="cpu", weights_only=True)
+        except Exception:  # not a torch file, or one that holds more than tensors and plain values
+            state = None
+        if not isinstance(state, dict) or not isinstance(state.get("args"), dict) or "algorithm" not in state:
+            raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
+        if state["algorithm"] != ALGORITHM:
+            flag = "--resume" if args.resume else "--evaluate"
+            raise UsageError(f"{saved_from} was saved by {state['algorithm']}.py, not {ALGORITHM}.py; use python "
+                             f"{state['algorithm']}.py {flag} {saved_from}")
+        saved = {k: v for k, v in state["args"].items() if k in {f.name for f in dataclasses.fields(Args)}}
         saved |= {"resume": args.resume, "evaluate": args.evaluate}
         args = tyro.cli(Args, args=argv, default=Args(**saved))
     return args
@@ -1014,9 +1214,15 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # the last resort: a file the checks above did not foresee
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

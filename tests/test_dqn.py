@@ -83,7 +83,7 @@ def one_hot(states, n):
 def fill_from_counting_envs(actions_per_step):
     """Steps two GlassboxCounting-v0 envs through dqn's vector env, storing every step in a buffer."""
     envs = dqn.make_vector_env(dqn.Args(env_id="GlassboxCounting-v0", num_envs=2))
-    rb = dqn.ReplayBuffer(100, obs_dim=1)
+    rb = dqn.ReplayBuffer(100, obs_dim=1, device=torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
     for actions in actions_per_step:
         actions = np.array(actions)
@@ -114,7 +114,7 @@ def test_buffer_keeps_true_final_obs_and_stores_done_as_terminated_only():
 
 
 def test_buffer_wraps_around_and_samples_only_filled_rows():
-    rb = dqn.ReplayBuffer(5, obs_dim=2)
+    rb = dqn.ReplayBuffer(5, obs_dim=2, device=torch.device("cpu"))
     no_end = np.zeros(2, bool)
     for step in range(4):  # 2 envs x 4 steps = 8 transitions into 5 rows
         obs = np.array([[step, 0], [step, 1]], np.float32)
@@ -124,12 +124,12 @@ def test_buffer_wraps_around_and_samples_only_filled_rows():
     assert sorted(map(tuple, rb.obs.tolist())) == [(1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
     np.testing.assert_array_equal(rb.next_obs, rb.obs + 10)
 
-    partial = dqn.ReplayBuffer(10, obs_dim=2)
+    partial = dqn.ReplayBuffer(10, obs_dim=2, device=torch.device("cpu"))
     final_obs = np.array([np.full(2, 9.0, np.float32), None], dtype=object)  # env 0's episode ended
     partial.add(np.ones((2, 2), np.float32), np.array([1, 0]), np.zeros((2, 2), np.float32),
                 np.array([5.0, 7.0], np.float32), np.array([True, False]), no_end, {"final_obs": final_obs})
     np.testing.assert_array_equal(partial.next_obs[:2], [[9, 9], [0, 0]])
-    b_obs, b_actions, b_rewards, _, b_terminated = partial.sample(64, np.random.default_rng(0), "cpu")
+    b_obs, b_actions, b_rewards, _, b_terminated = partial.sample(64, np.random.default_rng(0))
     assert b_obs.shape == (64, 2) and b_actions.dtype == torch.int64
     assert set(b_rewards.tolist()) == {5.0, 7.0}  # both filled rows, never an empty one
     torch.testing.assert_close(b_terminated, (b_rewards == 5.0).float())
@@ -137,13 +137,13 @@ def test_buffer_wraps_around_and_samples_only_filled_rows():
 
 def test_buffer_state_round_trip():
     rb = fill_from_counting_envs([[0, 1]] * 5)
-    restored = dqn.ReplayBuffer(100, obs_dim=1)
+    restored = dqn.ReplayBuffer(100, obs_dim=1, device=torch.device("cpu"))
     dqn.load_buffer_state(restored, dqn.buffer_state(rb))
     assert (restored.pos, restored.size) == (rb.pos, rb.size) == (10, 10)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(rb, name))
     # A smaller buffer keeps the newest rows, and writes next over the oldest of them.
-    smaller = dqn.ReplayBuffer(4, obs_dim=1)
+    smaller = dqn.ReplayBuffer(4, obs_dim=1, device=torch.device("cpu"))
     dqn.load_buffer_state(smaller, dqn.buffer_state(rb))
     assert (smaller.pos, smaller.size) == (0, 4)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
@@ -284,7 +284,7 @@ def action_frequencies(exploration, epsilon=0.0, temperature=1.0, n=30_000):
     """Actions chosen in state 0 of a 3-action table network, as fractions, over n envs at once."""
     net = table_network([[0.0, math.log(2.0), math.log(5.0)]])  # greedy: action 2
     obs = np.ones((n, 1), np.float32)
-    q_values = dqn.acting_q_values(net, torch.device("cpu"))
+    q_values = dqn.acting_q_values(net)
     actions = dqn.select_actions(q_values, 3, obs, exploration, epsilon, temperature, np.random.default_rng(0))
     return np.bincount(actions, minlength=3) / n
 
@@ -306,7 +306,7 @@ def test_boltzmann_frequencies_follow_softmax_of_q_over_temperature():
 def test_acting_q_values_match_the_network_and_follow_its_updates():
     torch.manual_seed(0)
     net = dqn.QNetwork(4, 3, [32, 16])
-    q_values = dqn.acting_q_values(net, torch.device("cpu"))
+    q_values = dqn.acting_q_values(net)
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
 
     def torch_q():
@@ -456,25 +456,38 @@ def test_resume_restores_everything_the_checkpoint_holds(in_tmp):
     q_network, target_network = dqn.QNetwork(4, 2, [16, 16]), dqn.QNetwork(4, 2, [16, 16])
     checkpointed = {"q_network": q_network, "target_network": target_network,
                     "optimizer": torch.optim.Adam(q_network.parameters(), lr=1.0)}
-    run = dqn.Run(args, torch.device("cpu"), checkpointed, dqn.ReplayBuffer(1000, 4), np.random.default_rng(0))
+    cpu = torch.device("cpu")
+    run = dqn.Run(args, cpu, checkpointed, dqn.ReplayBuffer(1000, 4, cpu), np.random.default_rng(0))
     run.metrics.close()
     assert (run.start_step, run.start_updates) == (400, 28)
     again = run.checkpoint(400, 28)
     assert again["args"]["total_timesteps"] == 500 and ckpt["args"]["total_timesteps"] == 400
-    assert_same_state({k: v for k, v in again.items() if k != "args"}, {k: v for k, v in ckpt.items() if k != "args"})
+    # The clock goes on from the checkpoint's: the only key that may differ besides the args.
+    assert again["elapsed"] >= ckpt["elapsed"] > 0
+    assert_same_state({k: v for k, v in again.items() if k not in ("args", "elapsed")},
+                      {k: v for k, v in ckpt.items() if k not in ("args", "elapsed")})
 
 
 def test_resume_refuses_a_model_another_scripts_checkpoint_or_a_finished_run(in_tmp, capsys):
     dqn.train(tiny_args("--run-name", "m", "--checkpoint-every", "200", "--eval-episodes", "0"))
     ckpt = torch.load(in_tmp / "runs/m/checkpoint.pt", weights_only=True)
     torch.save(ckpt | {"algorithm": "ddqn"}, in_tmp / "ddqn_checkpoint.pt")
+    torch.save({"algorithm": "ppo_discrete", "args": {}}, in_tmp / "ppo.pt")
+    (in_tmp / "notes.txt").write_text("not a checkpoint")
+    torch.save({"numpy": np.zeros(2)}, in_tmp / "pickled.pt")  # refused by weights_only
     capsys.readouterr()
-    for path in ("runs/m/model.pt", "ddqn_checkpoint.pt"):
+    for flag, path, message in [
+        ("--resume", "runs/m/model.pt", "{path} is not a checkpoint.pt of dqn.py"),
+        ("--resume", "ddqn_checkpoint.pt", "{path} was saved by ddqn.py, not dqn.py; use python ddqn.py --resume {path}"),
+        ("--evaluate", "ppo.pt", "{path} was saved by ppo_discrete.py, not dqn.py; use python ppo_discrete.py --evaluate"),
+        ("--resume", "notes.txt", "cannot read {path}: not a model.pt or checkpoint.pt saved by these scripts"),
+        ("--evaluate", "pickled.pt", "cannot read {path}: not a model.pt or checkpoint.pt saved by these scripts"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
-            dqn.main(["--resume", str(in_tmp / path)])
+            dqn.main([flag, str(in_tmp / path)])
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and f"{in_tmp / path} is not a checkpoint.pt of dqn.py" in lines[0], lines
+        assert len(lines) == 1 and message.format(path=in_tmp / path) in lines[0], lines
     # The run's own checkpoint, at its end: nothing to train, and its summary stays as it was.
     summary = (in_tmp / "runs/m/summary.json").read_text()
     with pytest.raises(SystemExit) as exit_info:
@@ -499,8 +512,26 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(in_tmp):
     ckpt = torch.load(in_tmp / "runs/crash/checkpoint.pt", weights_only=True)
     ckpt["global_step"] = 200  # as if the run had died right after step 200
     torch.save(ckpt, in_tmp / "runs/crash/checkpoint.pt")
+    (in_tmp / "runs/crash/summary.json").unlink()  # which a run that died has not written
     dqn.train(dqn.parse_args(["--resume", str(in_tmp / "runs/crash/checkpoint.pt")]))
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [100, 200, 300, 400]
+
+
+def test_resume_of_a_finished_run_from_an_earlier_checkpoint_is_refused_and_changes_nothing(in_tmp, capsys):
+    # A finished run whose checkpoint.pt is not its final state (a checkpoint written before the
+    # last one, as files of older versions hold): resuming would retrain and overwrite its results.
+    dqn.train(tiny_args("--run-name", "done", "--checkpoint-every", "200", "--eval-episodes", "0"))
+    ckpt = torch.load(in_tmp / "runs/done/checkpoint.pt", weights_only=True)
+    torch.save(ckpt | {"global_step": 200}, in_tmp / "runs/done/checkpoint.pt")
+    files = {name: (in_tmp / "runs/done" / name).read_bytes() for name in ("model.pt", "summary.json", "metrics.csv")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main(["--resume", str(in_tmp / "runs/done/checkpoint.pt"), "--total-timesteps", "600"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "runs/done finished at step 400 (summary.json); its checkpoint.pt is from step 200" \
+        in lines[0], lines
+    assert all((in_tmp / "runs/done" / name).read_bytes() == data for name, data in files.items())
 
 
 def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(in_tmp):
