@@ -36,6 +36,7 @@ Evaluate:     python a2c.py --evaluate runs/<run-name>/model.pt --capture-video
 """
 
 import contextlib
+import copy
 import csv
 import difflib
 import json
@@ -149,8 +150,7 @@ class Args:
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     with env_errors(env_id):  # a missing package or a bad id: one error line (Part 2)
         env = gym.make(env_id, render_mode=render_mode)
-    check_spaces(env, env_id)  # its action and observation spaces, or one error line (Part 2)
-    return env
+    return check_spaces(env, env_id)  # checked spaces, flat obs (Discrete ones one-hot), or one error line (Part 2)
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -360,8 +360,8 @@ class Rollout:
 
 
 def collect_rollout(envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, obs: np.ndarray,
-                    obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None,
-                    device: torch.device) -> tuple[np.ndarray, list[tuple[float, int]]]:
+                    obs_rms: RunningMeanStd | None,
+                    reward_scaler: RewardScaler | None) -> tuple[np.ndarray, list[tuple[float, int]]]:
     """Steps the envs num_steps times with the current policy, filling `rollout` (only actions are
     needed here; the obs statistics stay fixed); returns the last observation and each ended episode's
     (return, length)."""
@@ -372,7 +372,7 @@ def collect_rollout(envs: gym.vector.VectorEnv, agent: Agent, rollout: Rollout, 
     for step in range(len(rollout.rewards)):
         rollout.obs[step] = obs
         with torch.inference_mode():
-            action = agent.act(torch.from_numpy(normalize_obs(obs, obs_rms)).to(device)).cpu().numpy()
+            action = agent.act(torch.from_numpy(normalize_obs(obs, obs_rms))).numpy()
         # The rollout keeps the unclipped sample (its log-prob is pi's); only the env sees it clipped.
         rollout.actions[step] = action
         env_action = np.clip(action, space.low, space.high) if agent.continuous else action.reshape(env_action_shape)
@@ -472,22 +472,24 @@ def train(args: Args) -> dict:
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
     # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
-    run = Run(args, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "dims": dims, "continuous": continuous},
+    run = Run(args, device, num_iterations, batch_size,
+              shapes={"obs_dim": obs_dim, "dims": dims, "continuous": continuous},
               model={"agent": agent, "obs_rms": obs_rms},
               training={"optimizer": optimizer, "reward_rms": reward_scaler.rms if reward_scaler else None},
               counters={"global_step": 0, "iteration": 0})
     global_step = run.counters["global_step"]
     rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim, np.float32 if continuous else np.int64)
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
+    acting_agent = host_copy(agent, device)  # the agent itself, or its CPU copy when it trains on a GPU (Part 2)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
 
     for iteration in range(run.counters["iteration"] + 1, num_iterations + 1):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
-        obs, episodes = collect_rollout(envs, agent, rollout, obs, obs_rms, reward_scaler, device)
+        obs, episodes = collect_rollout(envs, acting_agent, rollout, obs, obs_rms, reward_scaler)
         global_step += batch_size
         batch = compute_advantages(agent, rollout, obs, obs_rms, reward_scaler, args.gamma, args.gae_lambda, device)
         stats = update(agent, optimizer, batch, args)
+        refresh_host_copy(acting_agent, agent)  # the copy is pi_old for the next rollout
 
         run.log({
             "global_step": global_step, "iteration": iteration, "learning_rate": optimizer.param_groups[0]["lr"],
@@ -498,7 +500,7 @@ def train(args: Args) -> dict:
             run.save_checkpoint(global_step=global_step, iteration=iteration)
         run.progress(global_step, done=iteration == num_iterations)
     envs.close()
-    return run.finish(global_step, device)
+    return run.finish(global_step)
 
 
 # =============================================================================================
@@ -509,6 +511,10 @@ def train(args: Args) -> dict:
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """Losses or weights that stopped being finite: reported as one line and exit code 3."""
 
 
 def check_env_id(env_id: str) -> None:
@@ -524,6 +530,9 @@ def env_errors(env_id: str):
     """gymnasium's errors while making an env, as one UsageError line."""
     try:
         yield
+    except ModuleNotFoundError as e:  # "module:Env-v0" whose module cannot be imported
+        raise UsageError(f"cannot import module '{env_id.split(':')[0]}' for {env_id}: {e}; "
+                         "check the module name and PYTHONPATH")
     except gym.error.DependencyNotInstalled as e:
         raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
     except gym.error.Error as e:
@@ -537,8 +546,9 @@ def action_dims(space: gym.Space) -> list[int]:
     return [int(n) for n in space.nvec.reshape(-1)]
 
 
-def check_spaces(env: gym.Env, env_id: str) -> None:
-    """This script needs a Discrete, MultiDiscrete or flat Box action space and a flat Box observation space."""
+def check_spaces(env: gym.Env, env_id: str) -> gym.Env:
+    """This script needs a Discrete, MultiDiscrete or flat Box action space and flat observations; returns the env,
+    its observations flattened by gymnasium's FlattenObservation unless they are a 1-D Box already."""
     if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box)):
         env.close()
         raise UsageError(
@@ -548,12 +558,24 @@ def check_spaces(env: gym.Env, env_id: str) -> None:
     if isinstance(env.action_space, gym.spaces.Box) and len(env.action_space.shape) != 1:
         env.close()
         raise UsageError(f"{env_id} needs a flat Box action space, got {env.action_space}")
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+    space = env.observation_space
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple, gym.spaces.Dict)):
+        return gym.wrappers.FlattenObservation(env)  # one flat vector; a Discrete observation becomes one-hot
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         env.close()
-        raise UsageError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+        raise UsageError(
+            f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D Box, or a "
+            "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
+            "convolutional network, which it does not have"
+        )
+    return env
 
 
 def check_args(args: Args) -> None:
+    for field in fields(Args):  # nan and inf pass every comparison below: refused first
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("total_timesteps", "num_envs", "num_steps", "torch_threads"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -585,16 +607,23 @@ def check_args(args: Args) -> None:
 def atomic_save(obj: dict | str, path: Path) -> None:
     """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
     the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
-    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8."""
+    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8. A failed
+    write (a full disk) removes the temporary file and leaves the previous one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, most likely
+        tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; "
+                         f"free space and {then}")
 
 
 METRICS = [
@@ -613,8 +642,9 @@ def finished_episodes(infos: dict) -> list[tuple[float, int]]:
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
     """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
-    var = np.var(target)
-    return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run's inf values: Run.log says so in one line
+        var = np.var(target)
+        return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
 
 
 class MetricsLog:
@@ -655,14 +685,38 @@ class MetricsLog:
             self.wandb_run.finish()
 
 
-def wandb_reachable(timeout: float = 3.0) -> bool:
+def wandb_server() -> tuple[str, int]:
+    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai): the URL's port,
+    else 443 for https and 80 for http (a self-hosted server often listens elsewhere)."""
+    import urllib.parse  # here, like wandb itself: only --track needs it
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        port = url.port
+    except ValueError:  # not a number; wandb itself will report the URL
+        port = None
+    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_api_key(host: str) -> bool:
+    """Whether an API key is configured: WANDB_API_KEY, or the netrc entry `wandb login` writes for the host."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+        return False
+
+
+def wandb_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
     result = []
 
     def probe():
         try:
-            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             result.append(True)
         except OSError:
             pass
@@ -677,9 +731,15 @@ def init_wandb(args: Args, run_name: str, run_dir: Path):
     import wandb
 
     mode = os.environ.get("WANDB_MODE")
-    if mode is None and not wandb_reachable():
-        mode = "offline"
-        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    if mode is None:
+        host, port = wandb_server()
+        if not wandb_reachable(host, port):
+            mode = "offline"
+            print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+        elif not wandb_api_key(host):
+            mode = "offline"
+            print(f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {run_dir}/wandb; "
+                  "upload later with `wandb sync`")
     return wandb.init(
         project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
         config=asdict(args), dir=str(run_dir), mode=mode or "online",
@@ -695,12 +755,24 @@ def state_dict(obj) -> dict:
     """What a checkpoint saves of obj: torch's state_dict, or a RunningMeanStd's statistics as tensors."""
     if isinstance(obj, RunningMeanStd):
         return {"mean": torch.tensor(obj.mean), "var": torch.tensor(obj.var), "count": obj.count}
-    return obj.state_dict()
+    return to_cpu(obj.state_dict())
+
+
+def to_cpu(state):
+    """The state with every tensor on the host (a GPU's state_dict holds GPU tensors): files load anywhere."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [to_cpu(value) for value in state]
+    return state
 
 
 def load_state_dict(obj, state: dict) -> None:
     if isinstance(obj, RunningMeanStd):
-        obj.mean, obj.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
+        obj.mean = state["mean"].cpu().numpy().astype(np.float64)  # .cpu(): wherever the file was loaded to
+        obj.var = state["var"].cpu().numpy().astype(np.float64)
         obj.count = state["count"]
     else:
         obj.load_state_dict(state)
@@ -710,97 +782,176 @@ def state_dicts(objects: dict) -> dict:
     return {key: state_dict(obj) if obj is not None else None for key, obj in objects.items()}
 
 
+def non_finite(state: dict, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor of a (nested) state dict holding a NaN or inf, else None."""
+    for key, value in state.items():
+        if isinstance(value, dict) and (found := non_finite(value, f"{prefix}{key}.")):
+            return found
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return f"{prefix}{key}"
+    return None
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """The network that acts, one small forward pass per env step. On the CPU the module itself (the same
+    numbers, no copy); on a GPU a CPU copy, so that an env step needs no host-device round trip."""
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    """Gives the host copy the trained module's new weights; nothing to do when they are one object."""
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+
+
+def finished_step(run_dir: Path) -> int | None | bool:
+    """The global_step of a finished run (its summary.json), None if that file is unreadable, False if none."""
+    if not (run_dir / "summary.json").is_file():
+        return False
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class Run:
     """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
 
     runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and
     wandb with --track), checkpoint.pt every --checkpoint-every steps, and at the end summary.json
-    and model.pt. What a checkpoint holds is named once, by train(): `model` and `training` map
-    checkpoint keys to the objects whose state_dict is saved there (None for one switched off),
-    `counters` the plain numbers with their starting values. Saving and resuming both go by these
-    names, so the two cannot drift apart. model.pt holds `shapes` and `model` alone.
+    and model.pt (model.pt first: nothing after training can lose it). What a checkpoint holds is named
+    once, by train(): `model` and `training` map checkpoint keys to the objects whose state_dict is saved
+    there (None for one switched off), `counters` the plain numbers with their starting values. Saving and
+    resuming both go by these names, so the two cannot drift apart. model.pt holds `shapes` and `model` alone.
+    A run whose losses or weights stop being finite raises Diverged, keeping its last finite checkpoint.
     """
 
-    def __init__(self, args: Args, num_iterations: int, batch_size: int, shapes: dict, model: dict,
-                 training: dict, counters: dict):
-        self.args, self.shapes, self.model, self.training = args, shapes, model, training
+    def __init__(self, args: Args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
+                 model: dict, training: dict, counters: dict):
+        self.args, self.device, self.shapes, self.model, self.training = args, device, shapes, model, training
         self.total_steps = num_iterations * batch_size
         self.counters = dict(counters)
+        self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
         if args.resume:
             self.counters = self.resume(num_iterations)
             self.dir = Path(args.resume).parent
         else:
             run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
             self.dir = Path("runs") / run_name
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:  # the first writes: a directory that cannot be made or written is one error line
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.dir / "metrics.csv",
+                                      resume_step=self.counters["global_step"] if args.resume else None)
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror}; "
+                             "choose another --run-name or a writable working directory")
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(
-            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
-            resume_step=self.counters["global_step"] if args.resume else None,
-        )
+        if args.track:
+            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
+        if device.type == "cuda":
+            print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
+                  "updates and the advantage pass on the GPU")
         self.recent_returns: deque[float] = deque(maxlen=20)
-        self.start_step = self.counters["global_step"]
         self.start_time = self.last_print = time.time()
 
     def resume(self, num_iterations: int) -> dict:
-        """Restores every object and counter a checkpoint holds, and the torch RNG state."""
+        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
+        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
+        path = self.args.resume
         # Onto the CPU: the normalisation statistics and the RNG state live on the host;
         # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(self.args.resume, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{self.args.resume} is not a checkpoint.pt of {ALGORITHM}.py; "
-                             "resume from that run's checkpoint.pt")
-        for key, obj in (self.model | self.training).items():
-            if obj is not None and ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
-                raise UsageError(f"{self.args.resume} holds no {key}: its run trained without it; "
-                                 "resume without --norm-obs / --norm-reward")
-            if obj is not None:
-                load_state_dict(obj, ckpt[key])
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         counters = {key: ckpt[key] for key in self.counters}
+        finished = finished_step(Path(path).parent)
+        if finished is not False and finished != counters["global_step"]:  # extending a finished run is fine
+            raise UsageError(f"{Path(path).parent} finished at step {finished} (summary.json); its checkpoint.pt is "
+                             f"from step {counters['global_step']}, so resuming would redo steps past it and overwrite "
+                             "the finished run's files; start a new run (without --resume) instead")
         if counters["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{self.args.resume} ends at step {counters['global_step']}, already the end of "
+            raise UsageError(f"{path} ends at step {counters['global_step']}, already the end of "
                              f"--total-timesteps {self.args.total_timesteps}; "
                              "pass a larger --total-timesteps to train on")
+        for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
+            if ckpt.get(key) != value:
+                raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
+                                 f"flags give {self.args.env_id} ({key} {value}); resume with the flags it was "
+                                 "trained with (drop --env-id)")
+        for key, obj in (self.model | self.training).items():
+            if obj is not None and ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
+                raise UsageError(f"{path} holds no {key}: its run trained without it; "
+                                 "resume without --norm-obs / --norm-reward")
+            try:
+                if obj is not None:
+                    load_state_dict(obj, ckpt[key])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
+                                 "resume with the flags it was trained with (drop --env-id)")
         torch.set_rng_state(ckpt["torch_rng"])
-        print(f"resumed from {self.args.resume} at step {counters['global_step']}")
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # older checkpoints lack it
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][:torch.cuda.device_count()])
+        self.checkpoint_step, self.elapsed_before = counters["global_step"], ckpt.get("elapsed", 0.0)
+        print(f"resumed from {path} at step {counters['global_step']}")
         return counters
 
+    def elapsed(self) -> float:
+        """Wall time of the whole run, so that a resumed run reads as one: before the resume, and since."""
+        return self.elapsed_before + time.time() - self.start_time
+
+    def diverged(self, step: int, what: str, value) -> Diverged:
+        kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
+
     def model_state(self, global_step: int) -> dict:
-        """model.pt: what --evaluate and load_model need to rebuild the policy."""
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes,
-                **state_dicts(self.model), "global_step": global_step}
+        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
+        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
+        model = state_dicts(self.model)
+        if bad := non_finite(model):
+            raise self.diverged(global_step, bad, "not finite")
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model, "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """True when a multiple of --checkpoint-every lies in (previous_step, step]."""
+        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
+        checkpoint of a finished run is its final state."""
         every = self.args.checkpoint_every
-        return bool(every) and step // every > previous_step // every
+        return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
     def save_checkpoint(self, **counters) -> None:
         counters = {key: counters[key] for key in self.counters}  # exactly the counters named in train()
         atomic_save(
             self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
-            | {"torch_rng": torch.get_rng_state()},
+            | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             self.dir / "checkpoint.pt",
         )
+        self.checkpoint_step = counters["global_step"]
 
     def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
-        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended."""
+        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
+        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
         episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
         self.recent_returns.extend(episode_returns)
-        elapsed = time.time() - self.start_time
-        self.metrics.write(row | {
-            "time": round(elapsed, 2), "sps": round((row["global_step"] - self.start_step) / elapsed),
+        elapsed = self.elapsed()
+        row = row | {
+            "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
             "episodic_return": np.mean(episode_returns) if episode_returns else "",
             "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-        })
+        }
+        self.metrics.write(row)
+        for column, value in row.items():
+            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
+                    and not math.isfinite(value):
+                raise self.diverged(row["global_step"], column, value)
 
     def progress(self, global_step: int, done: bool) -> None:
         """The progress line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and not done:
             return
         self.last_print = time.time()
-        elapsed = self.last_print - self.start_time
-        sps = (global_step - self.start_step) / elapsed
+        elapsed = self.elapsed()
+        sps = global_step / elapsed
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         eta = (self.total_steps - global_step) / max(sps, 1e-9)
         print(
@@ -809,26 +960,28 @@ class Run:
             flush=True,
         )
 
-    def finish(self, global_step: int, device: torch.device) -> dict:
-        """Evaluates the final policy, writes model.pt and summary.json, closes the log; returns the summary."""
-        wall_time = time.time() - self.start_time
+    def finish(self, global_step: int) -> dict:
+        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
+        closes the log; returns the summary. Diverged weights write neither file."""
+        wall_time = self.elapsed()
         args = self.args
+        model = self.model_state(global_step)
+        if args.save_model:
+            atomic_save(model, self.dir / "model.pt")
+            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
+                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
         summary = {
             "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-            "wall_time": round(wall_time, 1), "sps": round((global_step - self.start_step) / wall_time),
+            "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
             "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
         }
         if args.eval_episodes:
             video_dir = self.dir / "videos" if args.capture_video else None
             returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.eval_episodes,
-                               eval_seed(args.seed), device, video_dir)
+                               eval_seed(args.seed), self.device, video_dir)
             print_eval(returns)
             summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
                         "eval_returns": returns}
-        if args.save_model:
-            atomic_save(self.model_state(global_step), self.dir / "model.pt")
-            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
-                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
@@ -854,9 +1007,7 @@ def evaluate(
     Observations go through the *training* statistics, frozen: the policy was trained on inputs
     normalised that way, and statistics gathered from the evaluation episodes would shift them.
     """
-    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
-    if video_dir is not None:
-        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+    env = eval_env(env_id, video_dir)
     returns = []
     low, high = (env.action_space.low, env.action_space.high) if agent.continuous else (None, None)
     for episode in range(episodes):
@@ -866,7 +1017,8 @@ def evaluate(
             with torch.no_grad():
                 action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
             action = action[0].cpu().numpy()
-            action = np.clip(action, low, high) if agent.continuous else action.reshape(env.action_space.shape)
+            # Shaped like the space; [()] turns a Discrete one into a scalar (FrozenLake-v1 indexes a dict with it).
+            action = np.clip(action, low, high) if agent.continuous else action.reshape(env.action_space.shape)[()]
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
@@ -875,13 +1027,42 @@ def evaluate(
     return returns
 
 
+def eval_env(env_id: str, video_dir: Path | None) -> gym.Env:
+    """The evaluation env. With video_dir, it records every episode there if frames can be rendered; if not,
+    one line says why and evaluation goes on without video: a video never takes a trained run down."""
+    env = make_env(env_id)
+    if video_dir is None:
+        return env
+    if "rgb_array" not in env.metadata.get("render_modes", []):
+        reason = "it has no rgb_array render mode"
+    else:
+        env.close()
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, with no display
+        env = make_env(env_id, render_mode="rgb_array")
+        try:
+            env.reset()
+            if not isinstance(env.render(), np.ndarray):
+                raise RuntimeError("render() returned no frame")
+            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+        except Exception as e:  # a missing GL library, no display, no video writer, ...
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            with contextlib.suppress(Exception):
+                env.close()
+            env = make_env(env_id)
+    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video")
+    return env
+
+
 def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
-    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt. Loaded onto the CPU
+    wherever it was saved: the statistics stay there, in numpy; the agent then moves to `device`."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not an {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
-    agent = Agent(state["obs_dim"], state["dims"], state["continuous"]).to(device)
+    agent = Agent(state["obs_dim"], state["dims"], state["continuous"])
     agent.load_state_dict(state["agent"])
+    agent.to(device)  # after loading: from the host's copy of the weights to where they will act
     obs_rms = None
     if state["obs_rms"] is not None:
         obs_rms = RunningMeanStd((state["obs_dim"],))
@@ -923,9 +1104,16 @@ def parse_args(argv: list[str] | None = None) -> Args:
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
-            saved = torch.load(saved_from, map_location="cpu", weights_only=True)["args"]
-        except Exception as e:
-            raise UsageError(f"cannot read {saved_from}: {e}")
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable, not a torch file, or objects that weights_only refuses
+            saved = None
+        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+            raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
+        if saved.get("algorithm") != ALGORITHM:
+            flag = "--resume" if args.resume else "--evaluate"
+            raise UsageError(f"{saved_from} was saved by {saved.get('algorithm')}.py, not {ALGORITHM}.py; "
+                             f"use python {saved.get('algorithm')}.py {flag} {saved_from}")
+        saved = saved["args"]
         saved = {k: v for k, v in saved.items() if k in {f.name for f in fields(Args)}}
         saved |= {"resume": args.resume, "evaluate": args.evaluate}
         args = tyro.cli(Args, args=argv, default=Args(**saved))
@@ -943,9 +1131,15 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # the last resort for the file system's errors: one line too
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

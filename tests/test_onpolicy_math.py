@@ -280,7 +280,7 @@ def test_collect_rollout_keeps_the_final_observation_and_the_unclipped_action(na
     scaler = algo.RewardScaler(num_envs=2, num_steps=7, gamma=0.5)
     rms = algo.RunningMeanStd((1,))
     obs, _ = envs.reset(seed=0)
-    obs, episodes = algo.collect_rollout(Recording(), agent, rollout, obs, rms, scaler, torch.device("cpu"))
+    obs, episodes = algo.collect_rollout(Recording(), agent, rollout, obs, rms, scaler)
     envs.close()
 
     # The time limit is 5 steps: the 5th step (row 4) truncates, returns the next episode's first

@@ -19,6 +19,7 @@ SCRIPTS = {
     "a2c": ("CartPole-v1", None, None),  # takes every action kind
 }
 PPO = ["ppo_continuous", "ppo_discrete"]
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(params=list(SCRIPTS))
@@ -108,8 +109,9 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(algo, in_tmp):
     algo.train(tiny_args(algo, "--run-name", "crash", "--checkpoint-every", "256", "--total-timesteps", "512",
                         "--eval-episodes", "0"))
     ckpt = torch.load(in_tmp / "runs/crash/checkpoint.pt", weights_only=True)
-    ckpt["global_step"], ckpt["iteration"] = 256, 2  # as if the run had died right after step 256
+    ckpt["global_step"], ckpt["iteration"] = 256, 2  # as if the run had died right after step 256...
     torch.save(ckpt, in_tmp / "runs/crash/checkpoint.pt")
+    (in_tmp / "runs/crash/summary.json").unlink()  # ...before finishing
     algo.train(algo.parse_args(["--resume", str(in_tmp / "runs/crash/checkpoint.pt")]))
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [128, 256, 384, 512]
 
@@ -151,7 +153,7 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
     model, training = objects(True)
     args = tiny_args(algo, "--run-name", "names", "--eval-episodes", "0")
     counters = {"global_step": 0, "iteration": 0, "beta": 1.0}
-    run = algo.Run(args, 4, 128, shapes={"obs_dim": 2}, model=model, training=training, counters=counters)
+    run = algo.Run(args, CPU, 4, 128, shapes={"obs_dim": 2}, model=model, training=training, counters=counters)
     with pytest.raises(KeyError):  # a counter left out of the save is an error, not a silent gap
         run.save_checkpoint(global_step=256, iteration=2)
     run.save_checkpoint(global_step=256, iteration=2, beta=0.25)
@@ -159,11 +161,12 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
     after_save = torch.rand(3)  # drawn from the RNG state the checkpoint holds
     path = in_tmp / "runs/names/checkpoint.pt"
     assert set(torch.load(path, weights_only=True)) == {"algorithm", "args", "obs_dim", "agent", "obs_rms", "optimizer",
-                                                        "global_step", "iteration", "beta", "torch_rng"}
+                                                        "global_step", "iteration", "beta", "torch_rng",
+                                                        "cuda_rng", "elapsed"}
 
     model2, training2 = objects(False)
     torch.manual_seed(123)
-    resumed = algo.Run(algo.parse_args(["--resume", str(path)]), 4, 128, shapes={"obs_dim": 2},
+    resumed = algo.Run(algo.parse_args(["--resume", str(path)]), CPU, 4, 128, shapes={"obs_dim": 2},
                        model=model2, training=training2, counters=counters)
     resumed.metrics.close()
     assert resumed.counters == {"global_step": 256, "iteration": 2, "beta": 0.25}
@@ -178,7 +181,7 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
 def test_checkpoint_cadence(algo, in_tmp):
     """A checkpoint is due when a multiple of --checkpoint-every lies in (previous step, step]."""
     def run(every: int):
-        r = algo.Run(tiny_args(algo, "--checkpoint-every", str(every), "--run-name", f"c{every}"), 4, 128,
+        r = algo.Run(tiny_args(algo, "--checkpoint-every", str(every), "--run-name", f"c{every}"), CPU, 4, 128,
                      shapes={}, model={}, training={}, counters={"global_step": 0, "iteration": 0})
         r.metrics.close()
         return r
@@ -300,3 +303,4 @@ def test_async_envs_give_the_same_run_as_sync(algo, in_tmp):
     drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]  # noqa: E731
     assert drop_timing(read_metrics(in_tmp / "runs/sync")) == drop_timing(read_metrics(in_tmp / "runs/async"))
     assert sync["eval_returns"] == subprocesses["eval_returns"]
+
