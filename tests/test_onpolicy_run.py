@@ -1,9 +1,21 @@
 """The on-policy scripts end to end: train() on a tiny budget, and each script as a user runs it."""
 
+import copy
 import csv
+import dataclasses
+import errno
+import fractions
 import importlib
+import inspect
 import json
+import math
+import os
+import re
+import socket
+import sys
+import types
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -304,3 +316,303 @@ def test_async_envs_give_the_same_run_as_sync(algo, in_tmp):
     assert drop_timing(read_metrics(in_tmp / "runs/sync")) == drop_timing(read_metrics(in_tmp / "runs/async"))
     assert sync["eval_returns"] == subprocesses["eval_returns"]
 
+
+# --- Nothing lost, nothing silent ---
+
+
+class DictObservations(gym.Env):
+    """Dict observations, a Discrete(3) "cell" and a 2-D Box "position" (sorted by key when flattened),
+    with the given action space; one step per episode."""
+
+    def __init__(self, action_space: gym.Space):
+        self.observation_space = gym.spaces.Dict(cell=gym.spaces.Discrete(3),
+                                                  position=gym.spaces.Box(-1.0, 1.0, (2,), np.float32))
+        self.action_space = action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"cell": 2, "position": np.array([0.5, -0.5], np.float32)}, {}
+
+    def step(self, action):
+        return self.reset()[0], 0.0, True, False, {}
+
+
+gym.register("OnPolicyDictBox-v0", entry_point=lambda **kw: DictObservations(gym.spaces.Box(-1.0, 1.0, (1,), np.float32)))
+gym.register("OnPolicyDictDiscrete-v0", entry_point=lambda **kw: DictObservations(gym.spaces.Discrete(2)))
+TOY = {"ppo_continuous": "Box", "ppo_discrete": "Discrete", "a2c": "Box"}  # an action space each script takes
+
+
+def test_make_env_flattens_observations_of_every_kind(algo):
+    env = algo.make_env(f"OnPolicyDict{TOY[algo.__name__]}-v0")
+    assert env.observation_space.shape == (5,)
+    np.testing.assert_array_equal(env.reset(seed=0)[0], [0, 0, 1, 0.5, -0.5])  # the cell one-hot, then the position
+    if algo.__name__ != "ppo_continuous":  # Tuple(Discrete(32), Discrete(11), Discrete(2)), Discrete actions
+        assert algo.make_env("Blackjack-v1").observation_space.shape == (45,)
+
+
+def test_frozenlake_trains_on_one_hot_observations_and_its_model_evaluates(in_tmp):
+    import ppo_discrete
+
+    summary = ppo_discrete.train(tiny_args(ppo_discrete, "--env-id", "FrozenLake-v1", "--run-name", "fl"))
+    agent, obs_rms, state = ppo_discrete.load_model(str(in_tmp / "runs/fl/model.pt"), CPU)
+    assert state["obs_dim"] == 16  # Discrete(16) positions, one-hot
+    later = ppo_discrete.evaluate(agent, obs_rms, "FrozenLake-v1", 2, ppo_discrete.eval_seed(1), CPU)
+    assert later == summary["eval_returns"]
+
+
+def test_non_finite_float_flags_are_refused(algo):
+    names = [f.name for f in dataclasses.fields(algo.Args) if f.type in (float, float | None)]
+    assert {"learning_rate", "gamma", "log_interval"} <= set(names)
+    for name in names:
+        for value in (math.nan, math.inf, -math.inf):
+            with pytest.raises(algo.UsageError, match=f"^--{name.replace('_', '-')} must be a finite number, got {value}$"):
+                algo.check_args(dataclasses.replace(algo.Args(), **{name: value}))
+
+
+def test_a_diverging_run_stops_with_exit_code_3_and_leaves_no_result(algo, in_tmp, capsys):
+    with pytest.raises(SystemExit) as stop:
+        algo.main([*tiny(algo.__name__), "--run-name", "div", "--learning-rate", "1e30", "--checkpoint-every", "128"])
+    assert stop.value.code == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"error: training diverged at step (\d+): (\w+_loss|entropy) is (nan|inf|-inf); (.*); try a lower --learning-rate",
+        lines[0]), lines
+    step, kept = int(re.search(r"step (\d+)", lines[0])[1]), lines[0].split("; ")[1]
+    rows = read_metrics(in_tmp / "runs/div")
+    assert int(rows[-1]["global_step"]) == step  # the row that diverged is written: it is the diagnosis
+    if step > 128:
+        assert kept == f"runs/div/checkpoint.pt (step {step - 128}) holds the last finite weights"
+        assert torch.load(in_tmp / "runs/div/checkpoint.pt", weights_only=True)["global_step"] == step - 128
+    else:
+        assert kept == "no checkpoint was written"
+    assert not (in_tmp / "runs/div/model.pt").exists() and not (in_tmp / "runs/div/summary.json").exists()
+
+
+def test_weights_that_are_not_finite_are_never_saved(algo, in_tmp):
+    agent = torch.nn.Linear(2, 1)
+    run = algo.Run(tiny_args(algo, "--run-name", "nan"), CPU, 4, 128, shapes={}, model={"agent": agent},
+                   training={}, counters={"global_step": 0, "iteration": 0})
+    run.save_checkpoint(global_step=128, iteration=1)
+    before = (in_tmp / "runs/nan/checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        agent.weight[0, 1] = float("inf")
+    message = r"^training diverged at step 256: agent.weight is not finite; runs/nan/checkpoint.pt \(step 128\) holds"
+    with pytest.raises(algo.Diverged, match=message):
+        run.save_checkpoint(global_step=256, iteration=2)
+    with pytest.raises(algo.Diverged, match=message):
+        run.finish(256)
+    run.metrics.close()
+    assert (in_tmp / "runs/nan/checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in (in_tmp / "runs/nan").iterdir()) == ["args.json", "checkpoint.pt", "metrics.csv"]
+
+
+def test_video_that_cannot_be_rendered_is_skipped_and_the_run_finishes(algo, in_tmp, capsys):
+    env_id = f"ToyCounter{TOY[algo.__name__]}-v0"  # no rgb_array rendering
+    summary = algo.train(tiny_args(algo, "--env-id", env_id, "--run-name", "video", "--capture-video"))
+    assert (f"video skipped: {env_id} cannot render frames here (it has no rgb_array render mode); "
+            "evaluating without video") in capsys.readouterr().out
+    assert len(summary["eval_returns"]) == 2
+    assert (in_tmp / "runs/video/model.pt").is_file() and (in_tmp / "runs/video/summary.json").is_file()
+
+
+def test_the_model_is_saved_before_the_final_evaluation(in_tmp, monkeypatch):
+    import a2c
+
+    def evaluation_fails(*args, **kwargs):
+        raise RuntimeError("cannot render")
+
+    monkeypatch.setattr(a2c, "evaluate", evaluation_fails)
+    with pytest.raises(RuntimeError):
+        a2c.train(tiny_args(a2c, "--run-name", "first"))
+    assert (in_tmp / "runs/first/model.pt").is_file() and not (in_tmp / "runs/first/summary.json").exists()
+
+
+def test_a_finished_run_ends_with_a_checkpoint_refuses_a_resume_from_before_and_extends_as_one_run(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "fin", "--checkpoint-every", "256", "--total-timesteps", "384",
+                         "--eval-episodes", "0"))
+    run_dir, path = in_tmp / "runs/fin", in_tmp / "runs/fin/checkpoint.pt"
+    final = torch.load(path, weights_only=True)
+    assert final["global_step"] == 384  # the end of training, not only the multiples of 256
+    assert 0 < final["elapsed"] < 100
+    assert all(t.device.type == "cpu" for t in final["agent"].values())
+
+    # A checkpoint from before the end (as one written by the code before this one): refused, files untouched.
+    torch.save(final | {"global_step": 256, "iteration": 2}, path)
+    files = {name: (run_dir / name).read_bytes() for name in ("model.pt", "summary.json", "metrics.csv", "args.json")}
+    with pytest.raises(algo.UsageError, match=r"^runs/fin finished at step 384 \(summary.json\); its checkpoint.pt is "
+                                              r"from step 256, so resuming would redo steps past it .*\(without --resume\) instead$"):
+        algo.train(algo.parse_args(["--resume", "runs/fin/checkpoint.pt", "--total-timesteps", "512"]))
+    assert {name: (run_dir / name).read_bytes() for name in files} == files
+
+    # The final checkpoint extends the run, whose clock goes on from the checkpoint's.
+    torch.save(final | {"elapsed": 1000.0}, path)
+    summary = algo.train(algo.parse_args(["--resume", "runs/fin/checkpoint.pt", "--total-timesteps", "512"]))
+    rows = read_metrics(run_dir)
+    assert [int(r["global_step"]) for r in rows] == [128, 256, 384, 512]
+    assert float(rows[2]["time"]) < 100 and float(rows[3]["time"]) >= 1000
+    assert int(rows[3]["sps"]) == round(512 / float(rows[3]["time"]))
+    assert summary["wall_time"] >= 1000 and abs(summary["sps"] - 512 / summary["wall_time"]) <= 1
+
+
+def test_resume_with_another_env_or_weights_that_do_not_fit_is_one_error(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "env", "--checkpoint-every", "128", "--total-timesteps", "128",
+                         "--eval-episodes", "0"))
+    env, other = {"ppo_continuous": ("Pendulum-v1", "MountainCarContinuous-v0")}.get(
+        algo.__name__, ("CartPole-v1", "Acrobot-v1"))
+    dims = {"Pendulum-v1": 3, "MountainCarContinuous-v0": 2, "CartPole-v1": 4, "Acrobot-v1": 6}
+    with pytest.raises(algo.UsageError, match=rf"^runs/env/checkpoint.pt was trained on {env} \(obs_dim {dims[env]}\), "
+                                              rf"these flags give {other} \(obs_dim {dims[other]}\); resume with the "
+                                              r"flags it was trained with \(drop --env-id\)$"):
+        algo.train(algo.parse_args(["--resume", "runs/env/checkpoint.pt", "--total-timesteps", "512", "--env-id", other]))
+    ckpt = torch.load("runs/env/checkpoint.pt", weights_only=True)
+    ckpt["agent"]["critic.0.weight"] = torch.zeros(3, 3)
+    torch.save(ckpt, "runs/env/checkpoint.pt")
+    with pytest.raises(algo.UsageError, match=r"^runs/env/checkpoint.pt does not fit these networks: .*Agent.*; "
+                                              r"resume with the flags it was trained with"):
+        algo.train(algo.parse_args(["--resume", "runs/env/checkpoint.pt", "--total-timesteps", "512"]))
+
+
+def test_resume_or_evaluate_of_a_file_of_another_kind_is_one_error(algo, in_tmp):
+    torch.save({"algorithm": "dqn", "args": {"env_id": "CartPole-v1"}}, "dqn.pt")
+    for flag in ("--resume", "--evaluate"):
+        with pytest.raises(algo.UsageError, match=f"^dqn.pt was saved by dqn.py, not {algo.__name__}.py; "
+                                                  f"use python dqn.py {flag} dqn.pt$"):
+            algo.parse_args([flag, "dqn.pt"])
+    (in_tmp / "junk.pt").write_bytes(b"not a torch file")
+    torch.save({"args": fractions.Fraction(1, 2)}, "pickled.pt")  # an object weights_only refuses to load
+    for name in ("junk.pt", "pickled.pt"):
+        with pytest.raises(algo.UsageError, match=f"^cannot read {name}: not a model.pt or checkpoint.pt saved by "
+                                                  "these scripts$"):
+            algo.parse_args(["--evaluate", name])
+
+
+def test_cuda_random_state_is_saved_and_restored_and_old_checkpoints_still_resume(algo, in_tmp, monkeypatch):
+    states, restored = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append([s.tolist() for s in new]))
+    counters = {"global_step": 0, "iteration": 0}
+
+    def run(*argv):
+        r = algo.Run(tiny_args(algo, *argv) if argv[0] != "--resume" else algo.parse_args(list(argv)), CPU, 4, 128,
+                     shapes={}, model={}, training={}, counters=counters)
+        r.metrics.close()
+        return r
+
+    run("--run-name", "cu").save_checkpoint(global_step=128, iteration=1)
+    path = str(in_tmp / "runs/cu/checkpoint.pt")
+    run("--resume", path)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a machine with fewer GPUs: the first ones
+    run("--resume", path)
+    assert restored == [[[1, 2, 3], [4, 5]], [[1, 2, 3]]]
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["cuda_rng"], ckpt["elapsed"]  # as the code before wrote them
+    torch.save(ckpt, path)
+    assert run("--resume", path).elapsed_before == 0 and len(restored) == 2
+
+
+def test_load_model_keeps_the_statistics_on_the_host_wherever_the_agent_goes(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "meta", "--norm-obs", "--eval-episodes", "0"))
+    # meta: a device whose tensors cannot become numpy, as CUDA's cannot.
+    agent, obs_rms, _ = algo.load_model("runs/meta/model.pt", torch.device("meta"))
+    assert isinstance(obs_rms.mean, np.ndarray) and isinstance(obs_rms.var, np.ndarray) and obs_rms.count > 1
+    assert {p.device.type for p in agent.parameters()} == {"meta"}
+    loads = re.findall(r"torch\.load\([^\n]*", inspect.getsource(algo))
+    assert len(loads) == 3 and all('map_location="cpu"' in line for line in loads)  # every load, onto the host
+
+
+def test_host_copy_acts_like_the_trained_agent_once_refreshed(algo):
+    torch.manual_seed(0)
+    agent = torch.nn.Linear(3, 2)
+    assert algo.host_copy(agent, CPU) is agent  # on the CPU: no copy
+    host = algo.host_copy(agent, torch.device("cuda"))  # what a GPU run gets (copied from this CPU module)
+    assert host is not agent and {p.device.type for p in host.parameters()} == {"cpu"}
+    obs = torch.randn(4, 3)
+    before = agent(obs).detach()
+    agent(obs).pow(2).sum().backward()
+    torch.optim.SGD(agent.parameters(), lr=0.1).step()
+    torch.testing.assert_close(host(obs), before)  # not refreshed yet: the policy before the update
+    algo.refresh_host_copy(host, agent)
+    torch.testing.assert_close(host(obs), agent(obs))
+
+
+def test_acting_on_a_separate_host_copy_gives_the_same_run(algo, in_tmp, monkeypatch):
+    """On a GPU the rollouts act through a CPU copy; a copy refreshed after each update gives the same numbers."""
+    algo.train(tiny_args(algo, "--run-name", "same", "--eval-episodes", "0"))
+    monkeypatch.setattr(algo, "host_copy", lambda module, device: copy.deepcopy(module))
+    algo.train(tiny_args(algo, "--run-name", "copy", "--eval-episodes", "0"))
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]  # noqa: E731
+    assert drop_timing(read_metrics(in_tmp / "runs/same")) == drop_timing(read_metrics(in_tmp / "runs/copy"))
+
+
+def test_one_line_errors_for_a_missing_module_an_unwritable_run_directory_and_a_full_disk(algo, in_tmp, monkeypatch):
+    with pytest.raises(algo.UsageError, match="^cannot import module 'nosuchmod' for nosuchmod:Foo-v0: .*; check the "
+                                              "module name and PYTHONPATH$"):
+        algo.make_env("nosuchmod:Foo-v0")
+    (in_tmp / "runs").mkdir()
+    (in_tmp / "runs/file").write_text("")
+    with pytest.raises(algo.UsageError, match="^cannot write the run directory runs/file/sub: Not a directory; "
+                                              "choose another --run-name or a writable working directory$"):
+        algo.Run(tiny_args(algo, "--run-name", "file/sub"), CPU, 4, 128, shapes={}, model={}, training={},
+                 counters={"global_step": 0, "iteration": 0})
+
+    path = in_tmp / "checkpoint.pt"
+    algo.atomic_save({"step": 1}, path)
+    before = path.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(algo.UsageError, match=f"^cannot write {path}: No space left on device; the previous "
+                                              "checkpoint.pt is kept; free space and --resume from it$"):
+        algo.atomic_save({"step": 2}, path)
+    assert path.read_bytes() == before and not (in_tmp / "checkpoint.pt.tmp").exists()
+    with pytest.raises(algo.UsageError, match="model.pt is kept; free space and run again$"):
+        algo.atomic_save({"step": 2}, in_tmp / "model.pt")
+    assert list(in_tmp.glob("*.tmp")) == []
+
+
+def test_main_reports_other_file_system_errors_in_one_line(algo, monkeypatch, capsys):
+    def train(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "runs/x/metrics.csv")
+
+    monkeypatch.setattr(algo, "train", train)
+    with pytest.raises(SystemExit) as stop:
+        algo.main(["--no-cuda"])
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: runs/x/metrics.csv: Permission denied\n"
+
+
+def test_wandb_probe_uses_the_host_and_port_that_wandb_base_url_names(algo, monkeypatch):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        assert algo.wandb_server() == ("127.0.0.1", port)
+        assert algo.wandb_reachable("127.0.0.1", port, timeout=2)
+    assert not algo.wandb_reachable("127.0.0.1", port, timeout=2)  # the same port, closed
+    monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.example.org")
+    assert algo.wandb_server() == ("wandb.example.org", 80)
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert algo.wandb_server() == ("api.wandb.ai", 443)
+
+
+def test_track_without_an_api_key_logs_offline(algo, in_tmp, monkeypatch, capsys):
+    modes = []  # a stand-in for wandb: only the mode init_wandb picks matters here
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kwargs: modes.append(kwargs["mode"])))
+    monkeypatch.setattr(algo, "wandb_reachable", lambda host, port, timeout=3.0: True)
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(in_tmp / "missing"))
+    algo.init_wandb(algo.Args(), "r", in_tmp)
+    assert "wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to" in capsys.readouterr().out
+    (in_tmp / "netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789\n")
+    (in_tmp / "netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(in_tmp / "netrc"))
+    algo.init_wandb(algo.Args(), "r", in_tmp)
+    monkeypatch.setenv("NETRC", str(in_tmp / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789")
+    algo.init_wandb(algo.Args(), "r", in_tmp)
+    assert modes == ["offline", "online", "online"]
