@@ -200,8 +200,8 @@ class Args:
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """The env as gymnasium makes it (check_env has checked that it can be made and suits this file)."""
-    return flat_observations(gym.make(env_id, render_mode=render_mode))  # Discrete ones one-hot; Part 2
+    """The env as gymnasium makes it, observations flattened (check_env has checked that it suits this file)."""
+    return flat_observations(gym.make(env_id, render_mode=render_mode))  # Discrete ones one-hot (Part 2)
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -701,6 +701,7 @@ class MetricsLog:
 
 
 def wandb_url():
+    """The wandb server's URL: WANDB_BASE_URL's, else wandb's own."""
     return urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
 
 
