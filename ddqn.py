@@ -606,8 +606,9 @@ def check_spaces(env: gym.Env, env_id: str) -> gym.Env:
             "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
             "convolutional network, which it does not have"
         )
-    if env.observation_space.dtype != np.float32:
-        env = gym.wrappers.DtypeObservation(env, np.float32)
+    if env.observation_space.dtype != np.float32:  # bounds cast here: gymnasium's DtypeObservation warns
+        low, high = env.observation_space.low.astype(np.float32), env.observation_space.high.astype(np.float32)
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs, np.float32), gym.spaces.Box(low, high))
     return env
 
 

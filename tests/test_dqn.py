@@ -3,8 +3,16 @@ values and plain references; then train() on a tiny budget and the script as a u
 
 import copy
 import csv
+import errno
 import json
 import math
+import os
+import re
+import shutil
+import socket
+import sys
+import types
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +32,24 @@ TINY_DQN = ["--total-timesteps", "400", "--learning-starts", "100", "--buffer-si
 
 def tiny_args(*extra: str) -> dqn.Args:
     return tyro.cli(dqn.Args, args=[*TINY_DQN, *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished tiny run with checkpoints every 200 steps (its last at the final step 400),
+    trained once for the tests that only read it or resume copies of it (see copy_run)."""
+    root, cwd = tmp_path_factory.mktemp("finished"), os.getcwd()
+    os.chdir(root)
+    try:
+        dqn.train(tiny_args("--run-name", "fin", "--checkpoint-every", "200", "--eval-episodes", "0"))
+    finally:
+        os.chdir(cwd)
+    return root / "runs" / "fin"
+
+
+def copy_run(finished_run, in_tmp, name="fin"):
+    shutil.copytree(finished_run, in_tmp / "runs" / name)
+    return in_tmp / "runs" / name
 
 
 def read_metrics(run_dir):
@@ -150,6 +176,25 @@ def test_buffer_state_round_trip():
         np.testing.assert_array_equal(getattr(smaller, name), getattr(rb, name)[6:10])
 
 
+def test_buffer_on_a_device_stores_and_samples_what_the_host_path_does():
+    # On a GPU the buffer is written and read with torch ops on its tensors (no numpy views): the
+    # same path runs here on CPU tensors with the views switched off, wrapping around the end.
+    host, device = (dqn.ReplayBuffer(5, obs_dim=2, device=torch.device("cpu")) for _ in range(2))
+    device.views = None
+    no_end = np.zeros(2, bool)
+    for step in range(4):
+        obs = np.array([[step, 0], [step, 1]], np.float64)  # float64 and bool arrive as the buffer's dtypes
+        final_obs = np.array([obs[0] + 20, None], dtype=object)  # env 0's episodes end every step
+        for rb in (host, device):
+            rb.add(obs, np.array([step, 1]), obs + 10, np.array([step, -step], np.float64),
+                   np.array([True, False]), no_end, {"final_obs": final_obs})
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        assert getattr(device, name).dtype == getattr(host, name).dtype
+        assert torch.equal(getattr(device, name), getattr(host, name)), name
+    for a, b in zip(host.sample(32, np.random.default_rng(1)), device.sample(32, np.random.default_rng(1))):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("new", [json.dumps({"eval_mean": 2.0}), {"eval_mean": 2.0}], ids=["text", "torch"])
 def test_atomic_save_leaves_the_old_file_whole_when_interrupted(tmp_path, monkeypatch, new):
     path = tmp_path / "summary.json"
@@ -163,6 +208,24 @@ def test_atomic_save_leaves_the_old_file_whole_when_interrupted(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         dqn.atomic_save(new, path)
     assert json.loads(path.read_text()) == {"eval_mean": 1.0}
+
+
+@pytest.mark.parametrize("name, then", [("checkpoint.pt", "free space and --resume from it"),
+                                        ("summary.json", "free space and run again")])
+def test_atomic_save_on_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary_one(tmp_path, monkeypatch,
+                                                                                        name, then):
+    path = tmp_path / name
+    dqn.atomic_save(json.dumps({"step": 1}), path)
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dqn.os, "fsync", disk_full)
+    with pytest.raises(dqn.UsageError) as error:
+        dqn.atomic_save({"step": 2}, path)
+    assert str(error.value) == (f"cannot write {path}: No space left on device; the previous {name} is kept; "
+                                f"{then}")
+    assert json.loads(path.read_text()) == {"step": 1} and list(tmp_path.iterdir()) == [path]
 
 
 def test_vector_env_gives_true_final_observation_on_truncation():
@@ -323,6 +386,52 @@ def test_acting_q_values_match_the_network_and_follow_its_updates():
     np.testing.assert_allclose(q_values(obs), torch_q(), rtol=1e-5, atol=1e-6)
 
 
+def test_host_copy_acts_on_the_weights_of_its_last_refresh():
+    torch.manual_seed(0)
+    net = dqn.QNetwork(4, 3, [8])
+    assert dqn.host_copy(net, torch.device("cpu")) is net  # on the CPU the trained network acts itself
+    # What a GPU gets: a separate copy in host memory (its type is what matters, not where net is).
+    host = dqn.host_copy(net, torch.device("cuda"))
+    assert host is not net and all(p.device.type == "cpu" for p in host.parameters())
+    q_values = dqn.acting_q_values(host)  # built once, like train() does
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+
+    def torch_q(network):
+        with torch.no_grad():
+            return network(torch.from_numpy(obs)).numpy()
+    before = torch_q(net)
+    np.testing.assert_allclose(q_values(obs), before, rtol=1e-5, atol=1e-6)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.from_numpy(obs)).sum().backward()
+    optimizer.step()
+    np.testing.assert_allclose(q_values(obs), before, rtol=1e-5, atol=1e-6)  # not refreshed: the old weights
+    assert not np.allclose(torch_q(net), before)
+    dqn.refresh_host_copy(host, net)
+    np.testing.assert_allclose(q_values(obs), torch_q(net), rtol=1e-5, atol=1e-6)
+    dqn.refresh_host_copy(net, net)  # the CPU case: nothing to do
+
+
+def test_make_env_flattens_observations_to_float32_and_refuses_images():
+    # Blackjack-v1: Tuple(Discrete(32), Discrete(11), Discrete(2)), one-hot in 45 entries.
+    env = dqn.make_env("Blackjack-v1")
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (45,) and obs.dtype == np.float32 and obs.sum() == 3
+    assert set(np.unique(obs)) <= {0.0, 1.0}
+    sys.path.insert(0, str(Path(__file__).parent))  # toy_envs
+    float64 = dqn.make_env("toy_envs:ToyFloat64-v0")
+    assert float64.observation_space.dtype == np.float32 and float64.reset(seed=0)[0].dtype == np.float32
+    # An image: one line that says what is missing.
+    gym.register("GlassboxImage-v0", entry_point=lambda **kw: ImageEnv(), max_episode_steps=2)
+    with pytest.raises(dqn.UsageError, match=re.escape("GlassboxImage-v0 has Box(0, 255, (8, 8, 3), uint8) "
+                                                       "observations; dqn.py's networks take a flat vector")):
+        dqn.make_env("GlassboxImage-v0")
+
+
+class ImageEnv(gym.Env):
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+
 def test_steps_crossed():
     assert dqn.steps_crossed(10, 20, 19) == 1
     assert dqn.steps_crossed(10, 24, 20) == 0
@@ -342,6 +451,21 @@ def test_evaluate_reports_predicted_q_beside_earned_discounted_return():
     assert returns == [6.0, 6.0]
     assert discounted == [1 + 0.5 * 2 + 0.25 * 3] * 2
     assert start_q == [5.0, 5.0]
+
+
+def test_load_model_reads_onto_the_cpu_then_moves_the_network(tmp_path):
+    # "meta" stands for a device whose tensors the host cannot read (like CUDA's): the network goes
+    # there, while everything read from the file stays on the CPU, as it is after torch.load on any machine.
+    net = dqn.QNetwork(3, 2, [8])
+    torch.save({"algorithm": "dqn", "args": {"hidden_sizes": [8]}, "obs_dim": 3, "n_actions": 2,
+                "q_network": net.state_dict(), "global_step": 0}, tmp_path / "model.pt")
+    loaded, state = dqn.load_model(str(tmp_path / "model.pt"), torch.device("meta"))
+    assert all(p.device.type == "meta" for p in loaded.parameters())
+    assert all(t.device.type == "cpu" for t in state["q_network"].values())
+    # Every file this script reads is read onto the CPU, wherever it was saved.
+    source = (Path(dqn.__file__)).read_text()
+    loads = re.findall(r"torch\.load\(([^)]*)\)", source)
+    assert loads and all('map_location="cpu"' in call for call in loads), loads
 
 
 # --- train() end to end ---
@@ -365,6 +489,67 @@ def test_train_smoke_writes_metrics_model_and_summary(in_tmp):
     assert summary["algorithm"] == "dqn"
     net, _ = dqn.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
     assert dqn.evaluate(net, "CartPole-v1", 2, dqn.eval_seed(1), 0.99, torch.device("cpu"))[0] == summary["eval_returns"]
+
+
+def test_discrete_observations_train_and_their_model_evaluates(in_tmp, capsys):
+    # FrozenLake-v1: Discrete(16) positions, one-hot in training, in the buffer and in --evaluate.
+    summary = dqn.train(tiny_args("--env-id", "FrozenLake-v1", "--run-name", "lake"))
+    assert np.isfinite(summary["eval_mean"])
+    ckpt_free = torch.load(in_tmp / "runs/lake/model.pt", weights_only=True)
+    assert ckpt_free["obs_dim"] == 16
+    capsys.readouterr()
+    dqn.main(["--evaluate", str(in_tmp / "runs/lake/model.pt"), "--eval-episodes", "2"])
+    assert f"eval: {summary['eval_mean']:.1f} ± {summary['eval_std']:.1f} over 2 episodes" in capsys.readouterr().out
+
+
+def test_video_that_cannot_render_is_skipped_and_the_run_is_kept(in_tmp, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))  # toy_envs
+    dqn.main([*TINY_DQN, "--env-id", "toy_envs:ToyCounterDiscrete-v0", "--run-name", "novideo", "--capture-video"])
+    out = capsys.readouterr().out
+    assert ("video skipped: toy_envs:ToyCounterDiscrete-v0 cannot render frames here (it has no rgb_array "
+            "render mode); evaluating without video") in out
+    assert (in_tmp / "runs/novideo/model.pt").exists() and (in_tmp / "runs/novideo/summary.json").exists()
+
+
+def test_divergence_stops_the_run_with_exit_3_and_no_result_files(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main([*TINY_DQN, "--run-name", "nan", "--learning-rate", "1e30"])
+    assert exit_info.value.code == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"error: training diverged at step 100: td_loss is nan; no checkpoint was written; try a lower "
+        r"--learning-rate", lines[0]), lines
+    assert not (in_tmp / "runs/nan/model.pt").exists() and not (in_tmp / "runs/nan/summary.json").exists()
+    assert read_metrics(in_tmp / "runs/nan")[-1]["td_loss"] == "nan"  # the row that shows it is kept
+
+
+def test_non_finite_evaluation_or_weights_stop_the_run_and_keep_the_last_good_checkpoint(in_tmp):
+    torch.manual_seed(0)
+    q_network, target_network = dqn.QNetwork(4, 2, [8]), dqn.QNetwork(4, 2, [8])
+    checkpointed = {"q_network": q_network, "target_network": target_network,
+                    "optimizer": torch.optim.Adam(q_network.parameters())}
+    cpu = torch.device("cpu")
+    run = dqn.Run(tiny_args("--run-name", "unit", "--checkpoint-every", "100"), cpu, checkpointed,
+                  dqn.ReplayBuffer(10, 4, cpu), np.random.default_rng(0))
+    run.save_checkpoint(100, 4)
+    good = (in_tmp / "runs/unit/checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        q_network.out.bias[1] = float("inf")
+    with pytest.raises(dqn.Diverged, match=re.escape(
+            "training diverged at step 200: checkpoint.q_network.out.bias holds NaN or inf; "
+            "runs/unit/checkpoint.pt (step 100) holds the last finite weights")):
+        run.save_checkpoint(200, 8)
+    assert (in_tmp / "runs/unit/checkpoint.pt").read_bytes() == good
+    with pytest.raises(dqn.Diverged, match="q_network.out.bias holds NaN or inf"):
+        run.save_final(400, 16)
+    assert not (in_tmp / "runs/unit/model.pt").exists()
+    # A NaN evaluation in a metrics row (the row is written first: it is the diagnosis).
+    run = dqn.Run(tiny_args("--run-name", "unit2"), cpu, checkpointed, dqn.ReplayBuffer(10, 4, cpu),
+                  np.random.default_rng(0))
+    run.evaluation = ([float("nan")], [0.0], [0.0])
+    with pytest.raises(dqn.Diverged, match="training diverged at step 200: eval_return is nan; no checkpoint"):
+        run.log({"global_step": 200, "gradient_steps": 8, "td_loss": 0.5, "q_taken": 1.0})
+    assert read_metrics(in_tmp / "runs/unit2")[-1]["eval_return"] == "nan"
 
 
 def test_training_loop_stores_only_real_transitions(in_tmp):
@@ -410,10 +595,19 @@ def test_same_seed_gives_the_same_numbers_on_cpu(in_tmp):
     assert c["eval_start_q"] != a["eval_start_q"]
 
 
-def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
-    dqn.train(tiny_args("--run-name", "ck", "--checkpoint-every", "200", "--eval-episodes", "0"))
+def all_tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict | list | tuple):
+        for value in state.values() if isinstance(state, dict) else state:
+            yield from all_tensors(value)
+
+
+def test_checkpoint_with_buffer_then_resume_trains_at_once(finished_run, in_tmp):
+    copy_run(finished_run, in_tmp, "ck")
     ckpt = torch.load(in_tmp / "runs/ck/checkpoint.pt", weights_only=True)
     assert ckpt["global_step"] == 400 and ckpt["num_updates"] == 28
+    assert all(t.device.type == "cpu" for t in all_tensors(ckpt))  # it loads on any machine
     assert ckpt["buffer"]["size"] == 400 and not (in_tmp / "runs/ck/checkpoint.pt.tmp").exists()
     model = torch.load(in_tmp / "runs/ck/model.pt", weights_only=True)
     assert all(torch.equal(ckpt["q_network"][k], model["q_network"][k]) for k in model["q_network"])
@@ -429,6 +623,10 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
     assert int(rows[-1]["gradient_steps"]) == 28 + 8
     # The exploration schedule continues on the new total: epsilon at step 500 of 500.
     assert float(rows[-1]["epsilon"]) == pytest.approx(0.04)
+    # One run: the time column goes on from the checkpoint's clock, and the wall time covers both parts.
+    times = [float(r["time"]) for r in rows]
+    assert times == sorted(times) and times[-1] >= ckpt["elapsed"] > 0
+    assert summary["wall_time"] >= round(ckpt["elapsed"], 1)
 
 
 def assert_same_state(a, b, where="checkpoint"):
@@ -447,18 +645,22 @@ def assert_same_state(a, b, where="checkpoint"):
         assert a == b, where
 
 
-def test_resume_restores_everything_the_checkpoint_holds(in_tmp):
-    # Saving and resuming go by the same list: a checkpoint restored into fresh objects and saved
-    # again is the same checkpoint, key for key (all but the args, which the resume overrides).
-    dqn.train(tiny_args("--run-name", "rs", "--checkpoint-every", "400", "--eval-episodes", "0"))
-    ckpt = torch.load(in_tmp / "runs/rs/checkpoint.pt", weights_only=True)
-    args = dqn.parse_args(["--resume", str(in_tmp / "runs/rs/checkpoint.pt"), "--total-timesteps", "500"])
+def fresh_run(args, device=torch.device("cpu")):
+    """A Run over new objects of the tiny run's shapes, as train() would make them."""
     q_network, target_network = dqn.QNetwork(4, 2, [16, 16]), dqn.QNetwork(4, 2, [16, 16])
     checkpointed = {"q_network": q_network, "target_network": target_network,
                     "optimizer": torch.optim.Adam(q_network.parameters(), lr=1.0)}
-    cpu = torch.device("cpu")
-    run = dqn.Run(args, cpu, checkpointed, dqn.ReplayBuffer(1000, 4, cpu), np.random.default_rng(0))
+    run = dqn.Run(args, device, checkpointed, dqn.ReplayBuffer(1000, 4, torch.device("cpu")), np.random.default_rng(0))
     run.metrics.close()
+    return run
+
+
+def test_resume_restores_everything_the_checkpoint_holds(finished_run, in_tmp):
+    # Saving and resuming go by the same list: a checkpoint restored into fresh objects and saved
+    # again is the same checkpoint, key for key (all but the args, which the resume overrides).
+    copy_run(finished_run, in_tmp, "rs")
+    ckpt = torch.load(in_tmp / "runs/rs/checkpoint.pt", weights_only=True)
+    run = fresh_run(dqn.parse_args(["--resume", str(in_tmp / "runs/rs/checkpoint.pt"), "--total-timesteps", "500"]))
     assert (run.start_step, run.start_updates) == (400, 28)
     again = run.checkpoint(400, 28)
     assert again["args"]["total_timesteps"] == 500 and ckpt["args"]["total_timesteps"] == 400
@@ -468,8 +670,8 @@ def test_resume_restores_everything_the_checkpoint_holds(in_tmp):
                       {k: v for k, v in ckpt.items() if k not in ("args", "elapsed")})
 
 
-def test_resume_refuses_a_model_another_scripts_checkpoint_or_a_finished_run(in_tmp, capsys):
-    dqn.train(tiny_args("--run-name", "m", "--checkpoint-every", "200", "--eval-episodes", "0"))
+def test_resume_refuses_a_model_another_scripts_checkpoint_or_a_finished_run(finished_run, in_tmp, capsys):
+    copy_run(finished_run, in_tmp, "m")
     ckpt = torch.load(in_tmp / "runs/m/checkpoint.pt", weights_only=True)
     torch.save(ckpt | {"algorithm": "ddqn"}, in_tmp / "ddqn_checkpoint.pt")
     torch.save({"algorithm": "ppo_discrete", "args": {}}, in_tmp / "ppo.pt")
@@ -497,6 +699,55 @@ def test_resume_refuses_a_model_another_scripts_checkpoint_or_a_finished_run(in_
     assert (in_tmp / "runs/m/summary.json").read_text() == summary
 
 
+def test_cuda_random_state_is_saved_and_restored(finished_run, in_tmp, monkeypatch):
+    run_dir = copy_run(finished_run, in_tmp)
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["cuda_rng"] is None  # saved without CUDA
+    torch.save(ckpt | {"cuda_rng": states}, run_dir / "checkpoint.pt")  # as a 2-GPU machine saves it
+    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]))
+    assert len(restored) == 1 and torch.equal(restored[0], states[0])  # one device here: the first state
+    saved = run.checkpoint(400, 28)["cuda_rng"]
+    assert len(saved) == 2 and all(torch.equal(a, b) for a, b in zip(saved, states))
+    # A checkpoint written before these keys existed still resumes.
+    old = {k: v for k, v in ckpt.items() if k not in ("cuda_rng", "elapsed", "eval_time")}
+    torch.save(old, run_dir / "checkpoint.pt")
+    restored.clear()
+    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]))
+    assert run.start_step == 400 and restored == [] and run.elapsed() < ckpt["elapsed"] + 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "Acrobot-v1"], "was trained on CartPole-v1 (4 observations, 2 actions), not on Acrobot-v1 (6, 3); "
+                                 "resume without --env-id"),
+    (["--hidden-sizes", "32"], "holds networks with --hidden-sizes [16, 16], not [32]; resume without --hidden-sizes"),
+    ([], "does not fit these networks: Error(s) in loading state_dict for QNetwork:"),  # a damaged file
+])
+def test_resume_with_flags_that_change_the_networks_names_the_flag(finished_run, in_tmp, capsys, flags, message):
+    run_dir = copy_run(finished_run, in_tmp)
+    if not flags:
+        ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        ckpt["q_network"]["out.weight"] = torch.zeros(2, 5)
+        torch.save(ckpt, run_dir / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500", *flags])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_cuda_run_says_once_what_runs_where(in_tmp, capsys):
+    fresh_run(tiny_args("--run-name", "gpu"), device=torch.device("cuda"))  # nothing of it touches the GPU
+    assert capsys.readouterr().out.count(
+        "device cuda: acting on a CPU copy of the Q-network (refreshed after each round of gradient steps); "
+        "updates and the replay buffer on the GPU") == 1
+
+
 def test_resume_without_buffer_refills_before_training(in_tmp):
     dqn.train(tiny_args("--run-name", "nb", "--checkpoint-every", "400", "--eval-episodes", "0", "--no-save-buffer"))
     assert torch.load(in_tmp / "runs/nb/checkpoint.pt", weights_only=True)["buffer"] is None
@@ -507,8 +758,8 @@ def test_resume_without_buffer_refills_before_training(in_tmp):
     assert [int(r["gradient_steps"]) for r in rows][-2:] == [28 + 4, 28 + 12]
 
 
-def test_resume_drops_metrics_logged_after_the_checkpoint(in_tmp):
-    dqn.train(tiny_args("--run-name", "crash", "--checkpoint-every", "200", "--eval-episodes", "0"))
+def test_resume_drops_metrics_logged_after_the_checkpoint(finished_run, in_tmp):
+    copy_run(finished_run, in_tmp, "crash")
     ckpt = torch.load(in_tmp / "runs/crash/checkpoint.pt", weights_only=True)
     ckpt["global_step"] = 200  # as if the run had died right after step 200
     torch.save(ckpt, in_tmp / "runs/crash/checkpoint.pt")
@@ -517,10 +768,11 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(in_tmp):
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/crash")] == [100, 200, 300, 400]
 
 
-def test_resume_of_a_finished_run_from_an_earlier_checkpoint_is_refused_and_changes_nothing(in_tmp, capsys):
+def test_resume_of_a_finished_run_from_an_earlier_checkpoint_is_refused_and_changes_nothing(finished_run, in_tmp,
+                                                                                           capsys):
     # A finished run whose checkpoint.pt is not its final state (a checkpoint written before the
     # last one, as files of older versions hold): resuming would retrain and overwrite its results.
-    dqn.train(tiny_args("--run-name", "done", "--checkpoint-every", "200", "--eval-episodes", "0"))
+    copy_run(finished_run, in_tmp, "done")
     ckpt = torch.load(in_tmp / "runs/done/checkpoint.pt", weights_only=True)
     torch.save(ckpt | {"global_step": 200}, in_tmp / "runs/done/checkpoint.pt")
     files = {name: (in_tmp / "runs/done" / name).read_bytes() for name in ("model.pt", "summary.json", "metrics.csv")}
@@ -568,6 +820,9 @@ def test_boltzmann_variant_trains_and_logs_temperature(in_tmp):
     (["--hidden-sizes", "64", "0"], "--hidden-sizes needs one or more positive"),
     (["--loss", "huber", "--huber-delta", "0"], "--huber-delta must be positive"),
     (["--resume", "no/such/checkpoint.pt"], "no file at no/such/checkpoint.pt"),
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number, got nan"),
+    (["--gamma", "inf"], "--gamma must be a finite number, got inf"),
+    (["--env-id", "nosuchmod:Foo-v0"], "cannot import module 'nosuchmod' for nosuchmod:Foo-v0: "),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -575,6 +830,27 @@ def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, flags, message):
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(in_tmp, capsys):
+    (in_tmp / "runs").write_text("a file where the runs directory would go")
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main([*TINY_DQN, "--run-name", "x"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: cannot write the run directory runs/x: Not a directory; choose another --run-name or "
+                     "a writable working directory"]
+
+
+def test_an_unforeseen_os_error_is_one_line(in_tmp, capsys, monkeypatch):
+    def train(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "runs/x/metrics.csv")
+
+    monkeypatch.setattr(dqn, "train", train)
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.main(TINY_DQN)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: runs/x/metrics.csv: Permission denied"]
 
 
 def test_box_action_env_points_to_continuous_scripts(tmp_path):
@@ -631,3 +907,34 @@ def test_track_without_network_falls_back_to_offline(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "wandb: no network, logging offline" in result.stdout
     assert list((tmp_path / "runs/tr/wandb").glob("offline-run-*"))
+
+
+def test_wandb_probes_the_host_and_port_that_wandb_base_url_names(monkeypatch):
+    server = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+    try:
+        assert dqn.wandb_reachable(timeout=2.0)  # a self-hosted server on its own port
+    finally:
+        server.close()
+    assert not dqn.wandb_reachable(timeout=2.0)  # the same port, closed
+
+
+def test_wandb_without_an_api_key_logs_offline(in_tmp, monkeypatch, capsys):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NETRC", str(in_tmp / "netrc"))  # missing for now
+    calls = []
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw)))
+    try:
+        dqn.init_wandb(tiny_args(), "run", in_tmp / "run")
+        assert calls[-1]["mode"] == "offline"
+        assert ("wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to "
+                f"{in_tmp / 'run'}/wandb; upload later with `wandb sync`") in capsys.readouterr().out
+        (in_tmp / "netrc").write_text(f"machine 127.0.0.1:{port} login user password secret\n")  # `wandb login`
+        dqn.init_wandb(tiny_args(), "run", in_tmp / "run")
+        assert calls[-1]["mode"] == "online"
+    finally:
+        server.close()

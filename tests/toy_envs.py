@@ -84,3 +84,27 @@ class Walk(gym.Env):
 
 gym.register("ToyWalkDiscrete-v0", entry_point=Walk, max_episode_steps=10)
 gym.register("ToyWalkDict-v0", entry_point=lambda **kw: Walk(dict_obs=True, **kw), max_episode_steps=10)
+
+
+class Float64Obs(gym.Env):
+    """Box float64 observations, as custom envs often give, and Discrete(2) actions: the observation
+    is (x, -x) with x uniform in [-1, 1]; action 1 earns 1 when x > 0, action 0 when it is not."""
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float64)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def _observe(self):
+        self.x = self.np_random.uniform(-1.0, 1.0)
+        return np.array([self.x, -self.x])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._observe(), {}
+
+    def step(self, action):
+        reward = float(int(action) == int(self.x > 0))
+        return self._observe(), reward, False, False, {}
+
+
+gym.register("ToyFloat64-v0", entry_point=Float64Obs, max_episode_steps=10)
