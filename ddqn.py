@@ -234,7 +234,7 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         env = gym.make(env_id, render_mode=render_mode)
     except (gym.error.Error, ModuleNotFoundError) as e:
         raise env_error(env_id, e)
-    return check_spaces(env, env_id)  # Discrete actions; flat float32 observations (Discrete ones one-hot)
+    return check_spaces(env, env_id)  # checked spaces, flat float32 obs (Discrete ones one-hot), or one error line
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -300,7 +300,7 @@ class ReplayBuffer:
         else:
             rows = (self.pos + np.arange(n)) % self.capacity
         for column, value in zip(self.views or self.columns, (obs, actions, rewards, next_obs, terminations)):
-            column[rows] = value if self.views else torch.as_tensor(value, dtype=column.dtype)
+            column[rows] = value if self.views else torch.as_tensor(value, dtype=column.dtype, device=self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -525,7 +525,7 @@ def train(args: Args) -> dict:
                 refresh_host_copy(acting_network, q_network)  # acting goes on with the new weights
 
         # --- Evaluate, log, checkpoint: Run's bookkeeping (Part 2) ---
-        if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
+        if global_step >= args.total_timesteps:  # saved before the last evaluation, which could fail
             run.save_final(global_step, num_updates)
         if run.evaluation_due(global_step, previous_step):
             run.evaluate(q_network, global_step)
@@ -1117,7 +1117,7 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
             return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
         except Exception as e:  # whatever the renderer raises: MuJoCo without OpenGL, a missing package, ...
             env.close()
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
     return make_env(env_id)
 
