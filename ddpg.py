@@ -71,6 +71,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1284,6 +1285,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # numpy's overflow warnings from acting on diverging weights: the divergence check reports it, in one line.
+    warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)
         if args.evaluate:
