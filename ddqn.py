@@ -831,7 +831,9 @@ class Run:
                  rng: np.random.Generator):
         self.args, self.device, self.checkpointed, self.rb, self.rng = args, device, checkpointed, rb, rng
         self.checkpoint_step: int | None = None  # of the checkpoint.pt this run wrote or resumed from
-        self.time_before, self.eval_time = 0.0, 0.0  # a resumed run's clock goes on from its checkpoint's
+        # A resumed run's clock goes on from its checkpoint's: seconds and evaluation seconds before it,
+        # and the step it counts steps per second from (the resumed step for a checkpoint without a clock).
+        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
         self.start_step, self.start_updates = self.resume(args.resume) if args.resume else (0, 0)
         if args.resume:
             self.dir = Path(args.resume).parent
@@ -907,6 +909,7 @@ class Run:
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # as many devices as both have
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
+        self.clock_step = 0 if "elapsed" in ckpt else step
         self.checkpoint_step = step
         print(f"resumed from {path} at step {step} with {self.rb.size} transitions in the buffer")
         return step, ckpt["num_updates"]
@@ -1058,7 +1061,7 @@ class Run:
 
     def training_sps(self, step: int, elapsed: float) -> float:
         """Steps per second of training alone, over the whole run: evaluation time is left out."""
-        return step / max(elapsed - self.eval_time, 1e-9)
+        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
 
     def time_left(self, step: int) -> float:
         """Seconds to the end at the pace since the first gradient step, evaluations included. Not
@@ -1190,7 +1193,7 @@ def run_evaluation(args: Args) -> dict:
     )
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns, discounted, start_q)
-    if video_dir is not None:
+    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
     return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
 
