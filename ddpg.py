@@ -498,11 +498,13 @@ def train(args: Args) -> dict:
             for _ in range(args.num_envs * args.updates_per_step):
                 batch = rb.sample(args.batch_size, rng)
                 num_updates += 1
+                update_actor = num_updates % args.policy_frequency == 0
                 run.record(gradient_step(
                     actor, critic, target_actor, target_critic, actor_optimizer, critic_optimizer, batch,
-                    args.gamma, args.tau, update_actor=num_updates % args.policy_frequency == 0,
+                    args.gamma, args.tau, update_actor,
                 ))
-            refresh_host_copy(acting_actor, actor)  # acting goes on with the new weights
+                if update_actor:
+                    refresh_host_copy(acting_actor, actor)  # acting goes on with the new weights
 
         # --- Evaluate, log, checkpoint ---
         if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
