@@ -735,3 +735,14 @@ def test_replay_buffer_stores_and_samples_on_its_device():
     on_cpu = ddpg.ReplayBuffer(4, obs_dim=5, act_dim=1, device=torch.device("cpu"))
     on_cpu.add(one_hot, np.zeros((2, 1), np.float32), one_hot, np.ones(2), np.zeros(2, bool), np.zeros(2, bool), {})
     assert on_cpu.obs[:2].tolist() == one_hot.tolist() and on_cpu.obs.dtype == torch.float32
+
+
+def test_acting_through_a_refreshed_host_copy_gives_the_same_run(in_tmp, monkeypatch):
+    # What a GPU does (a copy of the actor in host memory acts), forced on the CPU: refreshed after
+    # every actor step, the copy must choose the actions the actor itself would, so the run is the same.
+    flags = ("--total-timesteps", "200", "--eval-episodes", "0")
+    ddpg.train(tiny_args("--run-name", "itself", *flags))
+    monkeypatch.setattr(ddpg, "host_copy", lambda module, device: copy.deepcopy(module))
+    ddpg.train(tiny_args("--run-name", "copy", *flags))
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]
+    assert drop_timing(read_metrics(in_tmp / "runs/itself")) == drop_timing(read_metrics(in_tmp / "runs/copy"))

@@ -378,3 +378,13 @@ def test_load_model_loads_onto_the_cpu_then_moves_the_network(tmp_path):
     on_meta, state = naf.load_model(str(tmp_path / "model.pt"), torch.device("meta"))
     assert {p.device.type for p in on_meta.parameters()} == {"meta"}
     assert {t.device.type for t in state["q_network"].values()} == {"cpu"}
+
+
+def test_acting_through_a_refreshed_host_copy_gives_the_same_run(in_tmp, monkeypatch):
+    # What a GPU does (a copy of the network in host memory acts), forced on the CPU: the same run.
+    flags = ("--total-timesteps", "200", "--eval-episodes", "0")
+    naf.train(tiny_args("--run-name", "itself", *flags))
+    monkeypatch.setattr(naf, "host_copy", lambda module, device: copy.deepcopy(module))
+    naf.train(tiny_args("--run-name", "copy", *flags))
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]
+    assert drop_timing(read_metrics(in_tmp / "runs/itself")) == drop_timing(read_metrics(in_tmp / "runs/copy"))
