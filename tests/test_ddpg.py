@@ -740,7 +740,7 @@ def test_replay_buffer_stores_and_samples_on_its_device():
 def test_acting_through_a_refreshed_host_copy_gives_the_same_run(in_tmp, monkeypatch):
     # What a GPU does (a copy of the actor in host memory acts), forced on the CPU: refreshed after
     # every actor step, the copy must choose the actions the actor itself would, so the run is the same.
-    flags = ("--total-timesteps", "200", "--eval-episodes", "0")
+    flags = ("--total-timesteps", "150", "--metrics-every", "50", "--eval-episodes", "0")
     ddpg.train(tiny_args("--run-name", "itself", *flags))
     monkeypatch.setattr(ddpg, "host_copy", lambda module, device: copy.deepcopy(module))
     ddpg.train(tiny_args("--run-name", "copy", *flags))

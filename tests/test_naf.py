@@ -382,7 +382,7 @@ def test_load_model_loads_onto_the_cpu_then_moves_the_network(tmp_path):
 
 def test_acting_through_a_refreshed_host_copy_gives_the_same_run(in_tmp, monkeypatch):
     # What a GPU does (a copy of the network in host memory acts), forced on the CPU: the same run.
-    flags = ("--total-timesteps", "200", "--eval-episodes", "0")
+    flags = ("--total-timesteps", "150", "--metrics-every", "50", "--eval-episodes", "0")
     naf.train(tiny_args("--run-name", "itself", *flags))
     monkeypatch.setattr(naf, "host_copy", lambda module, device: copy.deepcopy(module))
     naf.train(tiny_args("--run-name", "copy", *flags))
