@@ -804,14 +804,14 @@ def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
         host.load_state_dict(module.state_dict())
 
 
-def finished_step(run_dir: Path) -> int | None | bool:
-    """The global_step of a finished run (its summary.json), None if that file is unreadable, False if none."""
+def finished_step(run_dir: Path) -> int | str | None:
+    """The step a finished run ended at, from its summary.json ("?" if that is unreadable); None if unfinished."""
     if not (run_dir / "summary.json").is_file():
-        return False
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("global_step")
-    except (OSError, ValueError, AttributeError):
         return None
+    try:
+        return json.loads((run_dir / "summary.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
 
 
 class Run:
@@ -865,7 +865,7 @@ class Run:
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         counters = {key: ckpt[key] for key in self.counters}
         finished = finished_step(Path(path).parent)
-        if finished is not False and finished != counters["global_step"]:  # extending a finished run is fine
+        if finished is not None and finished != counters["global_step"]:  # extending a finished run is fine
             raise UsageError(f"{Path(path).parent} finished at step {finished} (summary.json); its checkpoint.pt is "
                              f"from step {counters['global_step']}, so resuming would redo steps past it and overwrite "
                              "the finished run's files; start a new run (without --resume) instead")
@@ -879,13 +879,14 @@ class Run:
                                  f"flags give {self.args.env_id} ({key} {value}); resume with the flags it was "
                                  "trained with (drop --env-id)")
         for key, obj in (self.model | self.training).items():
-            if obj is not None and ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
+            if obj is None:
+                continue
+            if ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
                 raise UsageError(f"{path} holds no {key}: its run trained without it; "
                                  "resume without --norm-obs / --norm-reward")
             try:
-                if obj is not None:
-                    load_state_dict(obj, ckpt[key])
-            except (RuntimeError, ValueError, KeyError) as e:
+                load_state_dict(obj, ckpt[key])
+            except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)")
         torch.set_rng_state(ckpt["torch_rng"])
