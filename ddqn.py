@@ -884,9 +884,13 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         step, run_dir = ckpt["global_step"], Path(path).parent
-        if (run_dir / "summary.json").exists():  # a finished run: only its final state may train on
-            finished = json.loads((run_dir / "summary.json").read_text()).get("global_step")
-            if finished != step:
+        if (run_dir / "summary.json").exists():  # a finished run: only its final state or later may train on
+            try:
+                finished = int(json.loads((run_dir / "summary.json").read_text())["global_step"])
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(f"{run_dir}/summary.json is damaged; start a new run (without --resume) "
+                                 "instead") from None
+            if step < finished:  # past it, the checkpoint is the run extended (maybe interrupted): fine
                 raise UsageError(
                     f"{run_dir} finished at step {finished} (summary.json); its checkpoint.pt is from step {step}, "
                     "so resuming would redo steps past it and overwrite the finished run's files; start a new "

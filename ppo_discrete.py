@@ -826,14 +826,15 @@ def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
         host.load_state_dict(module.state_dict())
 
 
-def finished_step(run_dir: Path) -> int | str | None:
-    """The step a finished run ended at, from its summary.json ("?" if that is unreadable); None if unfinished."""
-    if not (run_dir / "summary.json").is_file():
+def finished_step(run_dir: Path) -> int | None:
+    """The step a finished run ended at, from its summary.json; None if the run has not finished."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
         return None
     try:
-        return json.loads((run_dir / "summary.json").read_text())["global_step"]
+        return int(json.loads(summary.read_text())["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "?"
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
 
 
 class Run:
@@ -887,7 +888,8 @@ class Run:
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         counters = {key: ckpt[key] for key in self.counters}
         finished = finished_step(Path(path).parent)
-        if finished is not None and finished != counters["global_step"]:  # extending a finished run is fine
+        # A checkpoint at or past the summary's step is the run extended (maybe interrupted): fine to go on.
+        if finished is not None and counters["global_step"] < finished:
             raise UsageError(f"{Path(path).parent} finished at step {finished} (summary.json); its checkpoint.pt is "
                              f"from step {counters['global_step']}, so resuming would redo steps past it and overwrite "
                              "the finished run's files; start a new run (without --resume) instead")

@@ -784,6 +784,14 @@ def test_resume_of_a_finished_run_from_an_earlier_checkpoint_is_refused_and_chan
     assert len(lines) == 1 and "runs/done finished at step 400 (summary.json); its checkpoint.pt is from step 200" \
         in lines[0], lines
     assert all((in_tmp / "runs/done" / name).read_bytes() == data for name, data in files.items())
+    (in_tmp / "runs/done/summary.json").write_text("{")
+    with pytest.raises(dqn.UsageError, match=r"runs/done/summary.json is damaged; start a new run"):
+        dqn.train(dqn.parse_args(["--resume", str(in_tmp / "runs/done/checkpoint.pt"), "--total-timesteps", "600"]))
+    # A checkpoint past the summary's step: the run was being extended when it stopped; it goes on.
+    (in_tmp / "runs/done/summary.json").write_text(json.dumps({"global_step": 100}))
+    summary = dqn.train(dqn.parse_args(["--resume", str(in_tmp / "runs/done/checkpoint.pt"), "--total-timesteps", "600",
+                                        "--eval-episodes", "0"]))
+    assert summary["global_step"] == 600
 
 
 def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(in_tmp):

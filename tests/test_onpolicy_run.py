@@ -444,7 +444,13 @@ def test_a_finished_run_ends_with_a_checkpoint_refuses_a_resume_from_before_and_
         algo.train(algo.parse_args(["--resume", "runs/fin/checkpoint.pt", "--total-timesteps", "512"]))
     assert {name: (run_dir / name).read_bytes() for name in files} == files
 
-    # The final checkpoint extends the run, whose clock goes on from the checkpoint's.
+    (run_dir / "summary.json").write_text("{")
+    with pytest.raises(algo.UsageError, match=r"^runs/fin/summary.json is damaged; start a new run"):
+        algo.train(algo.parse_args(["--resume", "runs/fin/checkpoint.pt", "--total-timesteps", "512"]))
+
+    # The final checkpoint extends the run, whose clock goes on from the checkpoint's; so does one past the
+    # summary's step (an extension that was interrupted).
+    (run_dir / "summary.json").write_text(json.dumps({"global_step": 256}))
     torch.save(final | {"elapsed": 1000.0}, path)
     summary = algo.train(algo.parse_args(["--resume", "runs/fin/checkpoint.pt", "--total-timesteps", "512"]))
     rows = read_metrics(run_dir)
