@@ -574,6 +574,8 @@ def check_spaces(env: gym.Env, env_id: str) -> gym.Env:
 
 
 def check_args(args: Args) -> None:
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds from 0 to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
     for field in fields(Args):  # nan and inf pass every comparison below: refused first
         value = getattr(args, field.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -1104,11 +1106,37 @@ def run_evaluation(args: Args) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
+    """tyro.cli, its boxed parse error (a value of the wrong type, an unknown flag, a missing value) as one line."""
+    import io  # here: only parsing needs it
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = tyro.cli(Args, args=argv, **kwargs)
+    except SystemExit as e:
+        if not e.code:  # --help
+            raise
+        paragraphs = [[]]  # tyro's message: a title, then paragraphs between rules, boxed or not
+        for line in captured.getvalue().splitlines():
+            line = line.strip("│ ")
+            if line.startswith(("╭", "╰")) or set(line) <= set("─-"):  # the box's edges, rules, blanks
+                if paragraphs[-1]:
+                    paragraphs.append([])
+                continue
+            paragraphs[-1].append(line)
+        boxed = "╭" in captured.getvalue()  # a box holds the title in its top edge, else it comes first
+        message = " ".join(paragraphs[0 if boxed or len(paragraphs) == 1 else 1]).rstrip(".")
+        raise UsageError(f"{message or captured.getvalue().strip()}; see --help") from None
+    sys.stderr.write(captured.getvalue())  # anything else tyro said
+    return args
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
     """Parses the command line. With --resume or --evaluate the saved run's settings become the
     defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
     given beside it overrides the saved value."""
-    args = tyro.cli(Args, args=argv)
+    args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
@@ -1124,7 +1152,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         saved = saved["args"]
         saved = {k: v for k, v in saved.items() if k in {f.name for f in fields(Args)}}
         saved |= {"resume": args.resume, "evaluate": args.evaluate}
-        args = tyro.cli(Args, args=argv, default=Args(**saved))
+        args = tyro_cli(argv, default=Args(**saved))
     return args
 
 
@@ -1146,7 +1174,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # the last resort for the file system's errors: one line too
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
 
 
