@@ -104,6 +104,10 @@ LUNAR_DQN = ("--total-timesteps", "500000", "--learning-rate", "6.3e-4", "--batc
              "--gradient-steps", "1", "--target-network-frequency", "1000", "--exploration-fraction", "0.1",
              "--end-e", "0.05", "--eval-frequency", "50000")
 
+# Taxi-v4's 500 states arrive one-hot: a smaller network, longer exploration and more gradient steps.
+TAXI_DQN = ("--total-timesteps", "150000", "--hidden-sizes", "64", "64", "--exploration-fraction", "0.3",
+            "--gradient-steps", "64", "--eval-episodes", "100")
+
 A2C_PENDULUM_TUNED = ("--learning-rate", "0.0027", "--optimizer", "rmsprop", "--gamma", "0.9", "--gae-lambda", "0.8",
                       "--ent-coef", "2.05e-05", "--vf-coef", "0.493", "--max-grad-norm", "0.3", "--num-envs", "16",
                       "--num-steps", "32", "--norm-adv")
@@ -138,6 +142,9 @@ PRESETS: dict[str, Preset] = {
         Entry("ddpg.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000"),
               bar=(5000, "mean")),
         Entry("naf.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000")),
+        # Discrete observations, flattened one-hot; a success rate needs many evaluation episodes.
+        Entry("ppo_discrete.py", "FrozenLake-v1", ("--eval-episodes", "1000"), bar=(0.7, "mean")),
+        Entry("dqn.py", "Taxi-v4", TAXI_DQN, bar=(7, "each")),
     )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
     # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
@@ -453,7 +460,7 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
                     durations.setdefault(run.entry, []).append(time.time() - started)
                     evaluation = summary.get("eval_mean")
                     view.event(f"done   {run.name} in {duration(time.time() - started)}"
-                               + (f", eval {evaluation:.1f}" if evaluation is not None else ""))
+                               + (f", eval {number(evaluation)}" if evaluation is not None else ""))
             for text in runner.events():
                 view.event(text)
             while todo and len(running) < workers:
@@ -825,6 +832,12 @@ def verdict(row: Row) -> bool | None:
     return min(evals) >= threshold if rule == "each" else sum(evals) / len(evals) >= threshold
 
 
+def number(x: float, digits: int = 1) -> str:
+    """A return as the report prints it: `digits` decimals, or three significant figures for a fraction
+    below 10 in size (FrozenLake's success rate of 0.729 would otherwise read 0.7)."""
+    return f"{x:.3g}" if abs(x) < 10 and x != round(x) else f"{x:.{digits}f}"
+
+
 def explain(row: Row) -> str:
     """The numbers behind a row's verdict, in words."""
     evals = [s["eval_mean"] for s in row.summaries if s.get("eval_mean") is not None]
@@ -834,18 +847,18 @@ def explain(row: Row) -> str:
     if row.failed or (row.missing and row.entry.bar is not None):
         return "; ".join(failures)
     if row.entry.bar is None:
-        return f"no bar (mean {sum(evals) / len(evals):.1f})" if evals else "no bar"
+        return f"no bar (mean {number(sum(evals) / len(evals))})" if evals else "no bar"
     threshold, rule = row.entry.bar
     unevaluated = [s["seed"] for s in row.summaries if s.get("eval_mean") is None]
     if unevaluated:
         return "not evaluated: seed " + ", ".join(map(str, unevaluated))
     if rule == "each":
-        below = [f"{s['seed']} ({s['eval_mean']:.1f})" for s in row.summaries if s["eval_mean"] < threshold]
+        below = [f"{s['seed']} ({number(s['eval_mean'])})" for s in row.summaries if s["eval_mean"] < threshold]
         if below:
             return f"below {threshold:g}: seed " + ", ".join(below)
-        return f"every seed >= {threshold:g} (" + ", ".join(f"{e:.1f}" for e in evals) + ")"
+        return f"every seed >= {threshold:g} (" + ", ".join(number(e) for e in evals) + ")"
     mean = sum(evals) / len(evals)
-    return f"mean {mean:.1f} {'>=' if mean >= threshold else '<'} {threshold:g}"
+    return f"mean {number(mean)} {'>=' if mean >= threshold else '<'} {threshold:g}"
 
 
 def label(row: Row) -> str:
@@ -866,10 +879,10 @@ def report(runs: list[Run]) -> str:
         evals = [s["eval_mean"] for s in summaries if s.get("eval_mean") is not None]
         if evals:
             mean = sum(evals) / len(evals)
-            evaluation = f"{mean:.1f} ± {(sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5:.1f}"
+            evaluation = f"{number(mean)} ± {number((sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5)}"
         else:
             evaluation = "not evaluated" if summaries else "—"
-        per_seed = ", ".join(f"{s['seed']}: {s['eval_mean']:.0f}" for s in summaries if s.get("eval_mean") is not None)
+        per_seed = ", ".join(f"{s['seed']}: {number(s['eval_mean'], 0)}" for s in summaries if s.get("eval_mean") is not None)
         cells = [entry.script, entry.env_id]
         if with_flags:
             cells.append(" ".join(entry.flags) + (f" (tag {entry.tag})" if entry.tag else ""))

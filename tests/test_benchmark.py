@@ -57,8 +57,9 @@ def with_bar(monkeypatch, index, bar):
 def test_full_preset_run_names_and_flags():
     entries, seeds = benchmark.select("full", None, None, None)
     names = [r.name for r in benchmark.plan(entries, seeds)]
-    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 66
+    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 72
     assert "LunarLander-v3__a2c__2" in names and "Pendulum-v1__ppo_continuous__1" in names
+    assert "FrozenLake-v1__ppo_discrete__3" in names and "Taxi-v4__dqn__1" in names
     # No tags but on the two CartPole-v1 overestimation rows and the tuned a2c.py Pendulum-v1 row, which must not
     # share the default runs' names; the tuned row runs on its own seeds, 4 5 6, not those it was tuned on.
     tagged = sorted(name for name in names if name.count("__") != 2)
@@ -72,6 +73,12 @@ def test_full_preset_run_names_and_flags():
     # --seeds replaces an entry's own seeds too.
     entries_7, _ = benchmark.select("full", ["a2c.py"], ["Pendulum-v1"], [7])
     assert [r.name for r in benchmark.plan(entries_7, [7])] == ["Pendulum-v1__a2c__7", "Pendulum-v1__a2c__7__tuned"]
+    taxi = next(e for e in entries if e.env_id == "Taxi-v4")
+    assert taxi.script == "dqn.py" and taxi.flags == (
+        "--total-timesteps", "150000", "--hidden-sizes", "64", "64", "--exploration-fraction", "0.3",
+        "--gradient-steps", "64", "--eval-episodes", "100") and taxi.bar == (7, "each")
+    assert benchmark.number(0.7286) == "0.729" and benchmark.number(-135.71) == "-135.7"
+    assert benchmark.number(8.03, 0) == "8.03" and benchmark.number(500.0, 0) == "500"
     a2c_lunar = next(e for e in entries if e.script == "a2c.py" and e.env_id == "LunarLander-v3")
     assert a2c_lunar.flags == ("--total-timesteps", "1000000", "--gamma", "0.995", "--learning-rate", "8.3e-4",
                                "--ent-coef", "1e-5") and a2c_lunar.bar == (150, "mean")
