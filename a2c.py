@@ -630,7 +630,7 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 METRICS = [
     "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
-    "entropy", "explained_variance", "episodic_return", "episodic_length",
+    "entropy", "explained_variance", "episodic_return", "episodic_length", "episodes",
 ]
 
 
@@ -943,6 +943,7 @@ class Run:
             "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
             "episodic_return": np.mean(episode_returns) if episode_returns else "",
             "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+            "episodes": len(episodes),
         }
         self.metrics.write(row)
         for column, value in row.items():

@@ -660,7 +660,7 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 METRICS = [
     "global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "epsilon", "temperature",
-    "episodic_return", "episodic_length", "eval_return", "eval_discounted_return", "eval_start_q",
+    "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q",
 ]
 
 
@@ -956,6 +956,7 @@ class Run:
             "time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed)),
             "episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
             "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+            "episodes": len(self.episode_returns),
         }
         if self.evaluation is not None:
             returns, discounted, start_q = self.evaluation

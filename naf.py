@@ -673,7 +673,7 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 METRICS = [
     "global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "advantage_taken",
-    "episodic_return", "episodic_length", "eval_return", "eval_discounted_return", "eval_start_q",
+    "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q",
 ]
 
 
@@ -1054,6 +1054,7 @@ class Run:
         row |= {
             "episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
             "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+            "episodes": len(self.episode_returns),
         }
         if evaluation is not None:
             returns, discounted, start_q = evaluation
