@@ -47,11 +47,14 @@ run directory when it ends, so the nodes need no shared filesystem; a run whose 
 again elsewhere (--max-retries). Without it Ray is not imported.
 
 The report (Markdown) gives, per entry, the mean and std over seeds of the final deterministic
-evaluation, each seed's, the steps, the steps per second and the wall time, and, where the entry
-has a bar, the bar and its verdict. Exit code: 0; 1 if a run failed or a bar was missed; 2 for
+evaluation and each seed's, the same for the mean return of the last 100 training episodes (read
+from metrics.csv: the protocol of CleanRL's tables, where the evaluation is that of
+rl-baselines3-zoo's), the steps, the steps per second and the wall time, and, where the entry has a
+bar, the bar and its verdict (on the evaluation). Exit code: 0; 1 if a run failed or a bar was missed; 2 for
 bad input (one `error:` line); 130 when interrupted.
 """
 
+import csv
 import heapq
 import io
 import itertools
@@ -803,13 +806,41 @@ def read_summary(path: Path) -> tuple[dict | None, str | None]:
     return summary, None
 
 
+LAST_EPISODES = 100
+
+
+def last_episodes_mean(metrics: Path, n: int = LAST_EPISODES) -> float | None:
+    """The mean return of a run's last n training episodes (CleanRL's Open RL Benchmark reports this), from
+    its metrics.csv: each row holds the mean return (episodic_return) and the number (episodes) of the
+    episodes that ended since the row before, so the last rows that together hold n episodes give the mean,
+    the oldest of them weighted by the episodes it still contributes (its own mean standing for them, the
+    one approximation: exact when that row contributes all its episodes). None without a readable file,
+    an episodes column (metrics.csv of scripts older than the column) or n episodes."""
+    try:
+        with open(metrics, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("episodes") not in (None, "", "0")]
+        pairs = [(float(r["episodic_return"]), int(r["episodes"])) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return None
+    total, weight = 0.0, 0
+    for mean, count in reversed(pairs):
+        take = min(count, n - weight)
+        total, weight = total + mean * take, weight + take
+        if weight == n:
+            return total / n
+    return None
+
+
 def collect(runs: list[Run]) -> list[Row]:
+    """Each entry's finished summaries (with `train_last` added: the mean of the last LAST_EPISODES training
+    episodes), its failed runs and its missing seeds."""
     rows: dict[Entry, Row] = {}
     for run in runs:
         row = rows.setdefault(run.entry, Row(run.entry))
         summary, problem = read_summary(run.summary_path)
         why = problem or (failure(run.log_path) if summary is None else None)
         if summary is not None:
+            summary["train_last"] = last_episodes_mean(run.directory / "metrics.csv")
             row.summaries.append(summary)
         elif why:
             row.failed.append((run.seed, why))
@@ -865,35 +896,41 @@ def label(row: Row) -> str:
     return {True: "pass", False: "FAIL", None: "report only"}[verdict(row)]
 
 
+def spread(summaries: list[dict], key: str, absent: str) -> tuple[str, str]:
+    """"mean ± std" over the seeds of a summary value, and "seed: value" for each seed that has it."""
+    values = [(s["seed"], s[key]) for s in summaries if s.get(key) is not None]
+    if not values:
+        return (absent if summaries else "—"), ""
+    mean = sum(v for _, v in values) / len(values)
+    std = (sum((v - mean) ** 2 for _, v in values) / len(values)) ** 0.5
+    return f"{number(mean)} ± {number(std)}", ", ".join(f"{seed}: {number(v, 0)}" for seed, v in values)
+
+
 def report(runs: list[Run]) -> str:
     """A Markdown table: one row per entry over the seeds that finished, with bar and verdict if any."""
     rows = collect(runs)
     with_flags = any(r.entry.flags or r.entry.tag for r in rows)
     with_bars = any(verdict(r) is not None for r in rows)
     header = ["script", "env", *(["flags"] if with_flags else []), "seeds", "steps",
-              "eval return (mean ± std over seeds)", "per seed", "SPS", "wall time",
+              "eval return (mean ± std over seeds)", "per seed",
+              f"last {LAST_EPISODES} training episodes (mean ± std)", "per seed", "SPS", "wall time",
               *(["bar", "verdict"] if with_bars else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         summaries, entry = row.summaries, row.entry
-        evals = [s["eval_mean"] for s in summaries if s.get("eval_mean") is not None]
-        if evals:
-            mean = sum(evals) / len(evals)
-            evaluation = f"{number(mean)} ± {number((sum((e - mean) ** 2 for e in evals) / len(evals)) ** 0.5)}"
-        else:
-            evaluation = "not evaluated" if summaries else "—"
-        per_seed = ", ".join(f"{s['seed']}: {number(s['eval_mean'], 0)}" for s in summaries if s.get("eval_mean") is not None)
+        evaluation, per_seed = spread(summaries, "eval_mean", "not evaluated")
+        training, per_seed_training = spread(summaries, "train_last", "—")
         cells = [entry.script, entry.env_id]
         if with_flags:
             cells.append(" ".join(entry.flags) + (f" (tag {entry.tag})" if entry.tag else ""))
         cells.append(f"{len(summaries)}" + (f" (missing {', '.join(map(str, row.missing))})" if row.missing else "")
                      + (f" (failed {', '.join(str(seed) for seed, _ in row.failed)})" if row.failed else ""))
         if summaries:
-            cells += [f"{max(s['global_step'] for s in summaries):,}", evaluation, per_seed,
+            cells += [f"{max(s['global_step'] for s in summaries):,}", evaluation, per_seed, training, per_seed_training,
                       f"{sum(s['sps'] for s in summaries) / len(summaries):,.0f}",
                       f"{sum(s['wall_time'] for s in summaries) / len(summaries):.0f}s"]
         else:
-            cells += ["—", evaluation, "", "—", "—"]
+            cells += ["—", evaluation, "", training, "", "—", "—"]
         if with_bars:
             bar = f"≥ {entry.bar[0]:g} {entry.bar[1]}" if entry.bar else ""
             cells += [bar, label(row) if verdict(row) is not False else f"FAIL: {explain(row)}".replace("|", "\\|")]

@@ -17,17 +17,26 @@ interpolated onto a grid of --points steps shared by the seeds, from the latest 
 to the earliest last one. On the wall-time panel a grid step sits at the mean over seeds of the
 wall time at which the runs reached it (from the csv's time column). Runs without a metrics.csv
 are skipped with a note.
+
+With --aggregate (the MuJoCo suite: `python plot.py --preset mujoco --out docs/mujoco --aggregate`), each
+run's score (--score: the final evaluation, or the mean of its last 100 training episodes) is normalised
+by a random policy's and a reference's return for its env (REFERENCES), and rliable draws, per script
+over its envs and seeds, the interquartile mean, median, mean and optimality gap with 95%
+stratified-bootstrap intervals (aggregate_<score>.png) and a performance profile (profile_<score>.png),
+as Agarwal et al. (2021, "Deep Reinforcement Learning at the Edge of the Statistical Precipice") advise
+for few seeds.
 """
 
 import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
 
-from benchmark import Entry, UsageError, plan, select
+from benchmark import Entry, UsageError, last_episodes_mean, plan, read_summary, select
 
 try:
     import matplotlib
@@ -58,6 +67,23 @@ class Args:
     """rolling mean over this many logged returns (1: none)"""
     points: int = 200
     """points on the shared step grid"""
+    aggregate: bool = False
+    """also draw aggregate_<score>.png and profile_<score>.png: each script's normalised scores over its envs
+    (interquartile mean, median, mean, optimality gap with 95% stratified-bootstrap intervals; a performance
+    profile), with rliable. Every env needs a reference score (REFERENCES)"""
+    score: Literal["eval", "train"] = "eval"
+    """--aggregate's score per run: eval, the final deterministic evaluation (summary.json), or train, the mean
+    return of the last 100 training episodes (metrics.csv)"""
+    reps: int = 20000
+    """bootstrap resamples for --aggregate's intervals"""
+
+
+# Normalised score = (score - random) / (reference - random): 0 is a uniform random policy (its mean return over
+# 100 episodes of these v5 envs, measured here: docs/results_mujoco.md gives the command), 1 the reference,
+# CleanRL's PPO at 1M steps (docs/rl-algorithms/ppo.md of vwxyzjn/cleanrl, MuJoCo v4, mean return of the last
+# 100 training episodes over its seeds).
+REFERENCES: dict[str, tuple[float, float]] = {
+}
 
 
 @dataclass
@@ -144,6 +170,79 @@ def draw(ax, curve: Curve, x: np.ndarray, color):
     ax.fill_between(x, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
 
 
+def normalised_scores(entries: list[Entry], seeds: list[int], runs_dir: Path, score: str) -> dict[str, np.ndarray]:
+    """Per script label, an array (seeds, envs) of normalised scores over the entries' finished runs: the
+    shape rliable takes. A script needs every seed finished on every one of its envs; else it is left out
+    with a note."""
+    by_label: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_label.setdefault(algorithm_label(entry), []).append(entry)
+    scores = {}
+    for label, label_entries in by_label.items():
+        table, absent = [], []
+        for entry in label_entries:
+            random, reference = REFERENCES[entry.env_id]
+            column = []
+            for run in plan([entry], seeds, runs_dir):
+                summary, _ = read_summary(run.summary_path)
+                value = None if summary is None else (
+                    summary.get("eval_mean") if score == "eval" else last_episodes_mean(run.directory / "metrics.csv"))
+                if value is None:
+                    absent.append(run.name)
+                column.append(None if value is None else (value - random) / (reference - random))
+            table.append(column)
+        if absent:
+            print(f"note: {label} left out of the aggregate: no {score} score for {', '.join(absent)}")
+            continue
+        scores[label] = np.array(table, dtype=float).T
+    return scores
+
+
+def draw_aggregate(scores: dict[str, np.ndarray], out: Path, score: str, reps: int, colors: dict) -> list[Path]:
+    """aggregate_<score>.png (point estimates and 95% intervals of four aggregates) and profile_<score>.png
+    (the fraction of runs above each normalised score), drawn with rliable."""
+    import warnings
+
+    from rliable import library as rly, metrics, plot_utils
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arch")  # rliable's call of its bootstrap
+
+    def aggregates(x):
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
+                         metrics.aggregate_optimality_gap(x)])
+
+    estimates, intervals = rly.get_interval_estimates(scores, aggregates, reps=reps, confidence_interval_size=0.95,
+                                                      random_state=np.random.RandomState(0))
+    labels = list(scores)
+    what = "final deterministic evaluation" if score == "eval" else "mean of the last 100 training episodes"
+    fig, axes = plot_utils.plot_interval_estimates(
+        estimates, intervals, metric_names=["IQM", "Median", "Mean", "Optimality gap"], algorithms=labels,
+        colors={label: colors[label] for label in labels}, xlabel="normalised score", xlabel_y_coordinate=-0.3,
+        subfigure_width=3.2, row_height=0.6)
+    fig.suptitle(f"Normalised {what} (0: random policy, 1: CleanRL's PPO at 1M); each script over its envs and "
+                 f"seeds, 95% stratified-bootstrap intervals", fontsize="small", y=1.12)
+    paths = [out / f"aggregate_{score}.png"]
+    fig.savefig(paths[0], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    taus = np.linspace(0.0, max(2.0, float(max(s.max() for s in scores.values()))), 101)
+    profiles, profile_intervals = rly.create_performance_profile(scores, taus)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=profile_intervals,
+                                         colors={label: colors[label] for label in labels}, ax=ax,
+                                         xlabel=r"normalised score $\tau$", ylabel=r"fraction of runs with score > $\tau$")
+    ax.legend([plt.Line2D([], [], color=colors[label]) for label in labels], labels, loc="upper right")
+    ax.set_title(f"Performance profile: {what}", fontsize="small")
+    paths.append(out / f"profile_{score}.png")
+    fig.savefig(paths[1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    for label in labels:
+        iqm, median, mean, gap = estimates[label]
+        low, high = intervals[label][:, 0]
+        print(f"{label}: IQM {iqm:.3f} [{low:.3f}, {high:.3f}], median {median:.3f}, mean {mean:.3f}, "
+              f"optimality gap {gap:.3f} ({scores[label].size} runs)")
+    return paths
+
+
 def main(argv: list[str]) -> int:
     args = tyro.cli(Args, args=argv, description=__doc__)
     if plt is None:
@@ -152,7 +251,18 @@ def main(argv: list[str]) -> int:
     try:
         if args.smooth < 1 or args.points < 2:
             raise UsageError("--smooth must be at least 1 and --points at least 2")
+        if args.reps < 100:
+            raise UsageError(f"--reps must be at least 100, got {args.reps}")
         entries, seeds = select(args.preset, args.scripts, args.env_ids, args.seeds, args.tag)
+        if args.aggregate:
+            unknown = sorted({e.env_id for e in entries} - set(REFERENCES))
+            if unknown:
+                raise UsageError(f"--aggregate needs a reference score for {', '.join(unknown)} (REFERENCES in plot.py "
+                                 f"has {', '.join(REFERENCES) or 'none'})")
+            try:
+                import rliable  # noqa: F401
+            except ImportError:
+                raise UsageError("--aggregate needs rliable: pip install -r requirements-dev.txt") from None
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -209,6 +319,13 @@ def main(argv: list[str]) -> int:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"wrote {path}")
+    if args.aggregate:
+        scores = normalised_scores(entries, seeds, args.runs_dir, args.score)
+        if not scores:
+            print("error: no script has a finished run on every env and seed to aggregate", file=sys.stderr)
+            return 1
+        for path in draw_aggregate(scores, args.out, args.score, args.reps, colors):
+            print(f"wrote {path}")
     return 0
 
 

@@ -266,7 +266,7 @@ def test_a_preset_entry_without_its_script_is_skipped_and_reported_missing(in_tm
     assert benchmark.main(["--preset", "test"]) == 1
     out = capsys.readouterr().out
     assert "skipping the entries of absent.py: not in this checkout" in out
-    assert ("| good.py | Env-v0 | --total-timesteps 1000 | 1 | 1,000 | 7.0 ± 0.0 | 1: 7 | 2,000 | 0s "
+    assert ("| good.py | Env-v0 | --total-timesteps 1000 | 1 | 1,000 | 7.0 ± 0.0 | 1: 7 | — |  | 2,000 | 0s "
             "| ≥ 7 each | pass |") in out
     assert "FAIL: no finished run for seed 1" in out and not (in_tmp / "runs" / "Env-v0__absent__1").exists()
     assert benchmark.main(["--preset", "test", "--scripts", "good.py"]) == 0  # finished: skipped, passes
@@ -409,3 +409,78 @@ def test_plot_skips_seeds_whose_steps_do_not_overlap(in_tmp, capsys):
     write_run(runs, "Plot-v0__algo_a__2", 2, 0.0, returns=[None, None, 3.0, 4.0])  # returns at 300, 400
     assert plot.curve(Entry("algo_a.py", "Plot-v0"), [1, 2], runs, smooth=1, points=5) is None
     assert "do not overlap" in capsys.readouterr().out
+
+
+def test_last_episodes_mean_against_the_episodes_themselves(tmp_path):
+    rng = np.random.default_rng(0)
+    episodes = rng.normal(100.0, 30.0, size=260)
+    sizes = [0, 3, 1, 0, 7, 2, 5, 0, 1] * 40  # episodes ending between rows; 0: a row where none ended
+    rows, used, start = [], [], 0
+    for i, size in enumerate(sizes):
+        size = min(size, len(episodes) - start)
+        chunk = episodes[start:start + size]
+        start += size
+        rows.append(f"{1000 * (i + 1)},{chunk.mean() if size else ''},{size}")
+        used.append(size)
+        if start == len(episodes):
+            break
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("global_step,episodic_return,episodes\n" + "\n".join(rows) + "\n")
+    # Rows hold 3, 1, 7, 2, 5, 1 episodes: the last 100 start inside a row unless aligned.
+    counts = np.cumsum([s for s in used if s][::-1])  # episodes from the end, row by row
+    aligned = int(counts[np.searchsorted(counts, 90)])  # a row boundary at or after 90 episodes
+    assert benchmark.last_episodes_mean(metrics, n=aligned) == pytest.approx(episodes[-aligned:].mean())
+    # Inside a row: the rows after it exactly, that row's mean for the episodes it still contributes.
+    n, tail_rows = 100, [(float(r.split(",")[1]), int(r.split(",")[2])) for r in rows if not r.endswith(",0")]
+    whole, taken = 0.0, 0
+    for mean, count in reversed(tail_rows):
+        if taken + count > n:
+            whole += mean * (n - taken)
+            taken = n
+            break
+        whole, taken = whole + mean * count, taken + count
+    assert taken == n and benchmark.last_episodes_mean(metrics, n=n) == pytest.approx(whole / n)
+    assert benchmark.last_episodes_mean(metrics, n=len(episodes) + 1) is None  # fewer episodes than asked
+    old = tmp_path / "old.csv"
+    old.write_text("global_step,episodic_return\n1000,5.0\n")  # no episodes column: no figure
+    assert benchmark.last_episodes_mean(old, n=1) is None
+    assert benchmark.last_episodes_mean(tmp_path / "missing.csv") is None
+
+
+def test_report_gives_the_last_training_episodes_beside_the_evaluation(test_preset):
+    runs = test_preset / "runs"
+    for seed, value in ((1, 10.0), (2, 20.0), (3, 30.0)):
+        (runs / f"Env-v0__algo_a__{seed}" / "metrics.csv").write_text(
+            f"global_step,episodic_return,episodes\n100,{value - 5},50\n200,{value},100\n")
+    entries, seeds = benchmark.select("test", ["algo_a.py"], None, None)
+    table = benchmark.report(benchmark.plan(entries, seeds))
+    assert "last 100 training episodes (mean ± std)" in table.splitlines()[0]
+    assert "| 20.0 ± 8.16 | 1: 10, 2: 20, 3: 30 |" in table
+
+
+def test_plot_aggregate_normalises_against_the_references(in_tmp, monkeypatch, capsys):
+    pytest.importorskip("rliable")
+    runs = in_tmp / "runs"
+    evals = {("A-v0", 1): 10.0, ("A-v0", 2): 30.0, ("A-v0", 3): 110.0,
+             ("B-v0", 1): -50.0, ("B-v0", 2): 0.0, ("B-v0", 3): 100.0}
+    for (env_id, seed), value in evals.items():
+        write_run(runs, f"{env_id}__algo_a__{seed}", seed, value, returns=[value] * 5)
+    monkeypatch.setattr(plot, "REFERENCES", {"A-v0": (10.0, 110.0), "B-v0": (-100.0, 100.0)})
+    monkeypatch.setitem(benchmark.PRESETS, "test", Preset((Entry("algo_a.py", "A-v0"), Entry("algo_a.py", "B-v0")),
+                                                          (1, 2, 3)))
+    scores = plot.normalised_scores(list(benchmark.PRESETS["test"].entries), [1, 2, 3], runs, "eval")
+    np.testing.assert_allclose(scores["algo_a"], [[0.0, 0.25], [0.2, 0.5], [1.0, 1.0]])  # (seeds, envs)
+    assert plot.main(["--preset", "test", "--runs-dir", str(runs), "--out", str(in_tmp / "png"), "--aggregate",
+                      "--reps", "200"]) == 0
+    out = capsys.readouterr().out
+    middle = np.sort(scores["algo_a"].ravel())[1:5]  # 6 scores: the interquartile mean drops one at each end
+    assert f"algo_a: IQM {middle.mean():.3f}" in out and f"mean {scores['algo_a'].mean():.3f}" in out
+    for name in ("aggregate_eval.png", "profile_eval.png"):
+        assert (in_tmp / "png" / name).read_bytes().startswith(b"\x89PNG")
+    # The train score needs metrics.csv's episodes column, which these runs lack: left out, then exit 1.
+    assert plot.main(["--preset", "test", "--runs-dir", str(runs), "--out", str(in_tmp / "png"), "--aggregate",
+                      "--score", "train"]) == 1
+    assert "algo_a left out of the aggregate: no train score" in capsys.readouterr().out
+    monkeypatch.setattr(plot, "REFERENCES", {"A-v0": (10.0, 110.0)})
+    assert plot.main(["--preset", "test", "--runs-dir", str(runs), "--aggregate"]) == 2
+    assert "error: --aggregate needs a reference score for B-v0" in capsys.readouterr().err
