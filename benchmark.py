@@ -149,6 +149,16 @@ PRESETS: dict[str, Preset] = {
         Entry("ppo_discrete.py", "FrozenLake-v1", ("--eval-episodes", "1000"), bar=(0.7, "mean")),
         Entry("dqn.py", "Taxi-v4", TAXI_DQN, bar=(7, "each")),
     )),
+    # The MuJoCo suite at 1M steps (docs/results_mujoco.md): one flag set per script, a row's extra flags named.
+    "mujoco": Preset(seeds=(1, 2, 3), entries=(
+        Entry("ppo_continuous.py", "HalfCheetah-v5", bar=(1500, "mean")),
+        Entry("ppo_continuous.py", "Hopper-v5"),
+        Entry("ppo_continuous.py", "Walker2d-v5"),
+        Entry("ppo_continuous.py", "Ant-v5"),
+        # Swimmer's reward for moving forward comes slowly: a horizon of 100 steps (gamma 0.99) sees little of it.
+        Entry("ppo_continuous.py", "Swimmer-v5", ("--gamma", "0.9999")),
+        Entry("ppo_continuous.py", "InvertedDoublePendulum-v5"),
+    )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
     # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
     "quick": Preset(seeds=(1,), entries=(

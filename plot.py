@@ -78,11 +78,17 @@ class Args:
     """bootstrap resamples for --aggregate's intervals"""
 
 
-# Normalised score = (score - random) / (reference - random): 0 is a uniform random policy (its mean return over
-# 100 episodes of these v5 envs, measured here: docs/results_mujoco.md gives the command), 1 the reference,
-# CleanRL's PPO at 1M steps (docs/rl-algorithms/ppo.md of vwxyzjn/cleanrl, MuJoCo v4, mean return of the last
-# 100 training episodes over its seeds).
+# Normalised score = (score - random) / (reference - random). random: a uniform random policy's mean return over
+# 100 episodes of the v5 env (measured here; docs/results_mujoco.md has the command). reference: OpenAI Baselines'
+# PPO (ppo2) at 1M steps on the v2 env (benchmarks_mujoco1M.htm of openai/baselines, 6 seeds); Ant, which that page
+# lacks, from the PPO column of the TD3 paper's Table 1 (Fujimoto et al. 2018: Baselines' PPO, v1, 10 seeds).
 REFERENCES: dict[str, tuple[float, float]] = {
+    "HalfCheetah-v5": (-282.5, 1668.58),
+    "Hopper-v5": (16.7, 2316.16),
+    "Walker2d-v5": (1.8, 3424.95),
+    "Ant-v5": (-48.0, 1083.20),
+    "Swimmer-v5": (0.8, 111.19),
+    "InvertedDoublePendulum-v5": (49.1, 7102.91),
 }
 
 
@@ -219,7 +225,7 @@ def draw_aggregate(scores: dict[str, np.ndarray], out: Path, score: str, reps: i
         estimates, intervals, metric_names=["IQM", "Median", "Mean", "Optimality gap"], algorithms=labels,
         colors={label: colors[label] for label in labels}, xlabel="normalised score", xlabel_y_coordinate=-0.3,
         subfigure_width=3.2, row_height=0.6)
-    fig.suptitle(f"Normalised {what} (0: random policy, 1: CleanRL's PPO at 1M); each script over its envs and "
+    fig.suptitle(f"Normalised {what} (0: random policy, 1: OpenAI Baselines' PPO at 1M); each script over its envs and "
                  f"seeds, 95% stratified-bootstrap intervals", fontsize="small", y=1.12)
     paths = [out / f"aggregate_{score}.png"]
     fig.savefig(paths[0], dpi=100, bbox_inches="tight")
