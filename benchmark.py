@@ -115,6 +115,10 @@ A2C_PENDULUM_TUNED = ("--learning-rate", "0.0027", "--optimizer", "rmsprop", "--
                       "--ent-coef", "2.05e-05", "--vf-coef", "0.493", "--max-grad-norm", "0.3", "--num-envs", "16",
                       "--num-steps", "32", "--norm-adv")
 
+# a2c.py on MuJoCo: observations and rewards normalised (RL Baselines3 Zoo's MuJoCo A2C), 16 envs and GAE lambda
+# 0.95 (Tianshou's MuJoCo A2C); docs/results_mujoco.md has the runs behind the choice.
+A2C_MUJOCO = ("--total-timesteps", "1000000", "--norm-obs", "--norm-reward", "--num-envs", "16", "--gae-lambda", "0.95")
+
 PRESETS: dict[str, Preset] = {
     "full": Preset(seeds=(1, 2, 3), entries=(
         Entry("ppo_continuous.py", "Pendulum-v1", bar=(-250, "each")),
@@ -158,6 +162,9 @@ PRESETS: dict[str, Preset] = {
         # Swimmer's reward for moving forward comes slowly: a horizon of 100 steps (gamma 0.99) sees little of it.
         Entry("ppo_continuous.py", "Swimmer-v5", ("--gamma", "0.9999")),
         Entry("ppo_continuous.py", "InvertedDoublePendulum-v5"),
+        Entry("a2c.py", "HalfCheetah-v5", A2C_MUJOCO),
+        Entry("a2c.py", "Hopper-v5", A2C_MUJOCO),
+        Entry("a2c.py", "Walker2d-v5", A2C_MUJOCO),
     )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
     # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
