@@ -159,6 +159,7 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         env = gym.wrappers.FlattenObservation(env)
     return env
 
+
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
     """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x's default, NEXT_STEP, spends the step
     after an episode ends on a fake reset transition; SAME_STEP resets inside the ending step, so every
@@ -641,12 +642,12 @@ def check_env(env_id: str) -> None:
         raise UsageError(f"cannot make {env_id}: {e}") from None
     space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
     env.close()
-    if problem:
-        raise UsageError(f"{env_id} {problem}")
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
                          "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
                          "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
 # </shared checks>
 
 

@@ -33,9 +33,9 @@ def check_env(env_id: str) -> None:
         raise UsageError(f"cannot make {env_id}: {e}") from None
     space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
     env.close()
-    if problem:
-        raise UsageError(f"{env_id} {problem}")
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
                          "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
                          "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
