@@ -23,8 +23,9 @@ which is GAE with lambda = 1; `compute_gae` computes both (--gae-lambda < 1 for 
     loss           L    = L_pi + vf_coef * L_V - ent_coef * entropy
 
 PPO (ppo_discrete.py, ppo_continuous.py) is this loop reusing each batch for several epochs of
-minibatches, with the ratio pi_new / pi_old clipped so the reuse cannot carry the policy far from the
-one that collected the data. A2C uses each batch once, exactly on-policy: no ratio needed.
+minibatches, with the ratio pi_new / pi_old clipped, which removes the incentive to push a sample's
+ratio past 1 +- eps: it limits, but does not bound, how far the reuse moves the policy. A2C uses each
+batch once, exactly on-policy: no ratio needed.
 `diff ppo_discrete.py a2c.py` shows the rest.
 
 Time limits are the classic trap. A *truncated* episode (CartPole-v1 stops each after 500 steps) has
@@ -38,21 +39,14 @@ Evaluate:     python a2c.py --evaluate runs/<run-name>/model.pt --capture-video
 import contextlib
 import copy
 import csv
-import dataclasses
-import io
 import json
 import math
 import os
 import random
-import socket
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
-import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -78,22 +72,22 @@ class Args:
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
-    """environment steps to train for, summed over all envs (500k suits CartPole-v1; LunarLander-v3 wants 1M)"""
+    """environment steps to train for, summed over all envs (500k suits CartPole-v1; LunarLander-v3: 1M with
+    the README's flags)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
 
     # --- Environment and rollout ---
     num_envs: int = 8
     """parallel environments; the batch is num_envs * num_steps. With rollouts this short, the envs
-    decorrelate a batch: 8 x 5 = 40 transitions from 8 different episodes"""
+    decorrelate a batch: 8 x 5 = 40 transitions from at least 8 different episodes"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     num_steps: int = 5
-    """steps per env per rollout, the n of the n-step return (5, as in the A3C paper)"""
+    """steps per env per rollout, the longest n of the n-step returns (5, as in the A3C paper)"""
     norm_obs: bool = False
-    """normalise observations with running mean and std (saved with the model). Off, unlike PPO: with
-    a step every 40 transitions, moving statistics keep shifting the critic's inputs and targets. Turn
-    both on for badly scaled observations or rewards (Pendulum-v1)"""
+    """normalise observations with running mean and std (saved with the model); off, unlike PPO, as
+    statistics moving every 40 transitions shift the critic's inputs (on for Pendulum-v1's scales)"""
     norm_reward: bool = False
     """divide rewards by the running std of the discounted return (see --norm-obs)"""
 
@@ -143,13 +137,10 @@ class Args:
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch: the networks are tiny, so one is fastest and lets seeds run side by side"""
+    """CPU threads for torch; one lets seeds run side by side, one per core"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Environment construction
-# ---------------------------------------------------------------------------------------------
-
+# --- Environment construction ---
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     """gym.make, its observations one flat vector, the networks' input: Discrete, MultiDiscrete, Tuple and
@@ -169,9 +160,8 @@ def action_dims(space: gym.Space) -> list[int]:
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x's default, NEXT_STEP, spends the step
-    after an episode ends on a fake reset transition; SAME_STEP resets inside the ending step, so every
-    transition is real and the true last observation (a truncation bootstraps from it) is in info["final_obs"]."""
+    """Vectorised envs in SAME_STEP autoreset mode (gymnasium 1.x's NEXT_STEP spends the step after an episode
+    on a fake reset transition): every transition is real, the true last observation in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = env_cls([lambda: make_env(args.env_id) for _ in range(args.num_envs)],
                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -191,6 +181,12 @@ class RunningMeanStd:
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
 
+    def state_dict(self) -> dict:  # what checkpoints and model.pt keep, as of a module
+        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"].double().numpy(), state["var"].double().numpy(), state["count"]
+
 
 def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
     if rms is None:
@@ -199,7 +195,8 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of the discounted return, the critic's target. The mean is not
+    """Scales rewards by the running std of a discounted sum of past rewards (as in baselines'
+    VecNormalize), a proxy for the scale of the return the critic learns. The mean is not
     subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
@@ -216,10 +213,7 @@ class RewardScaler:
         return (rewards / np.sqrt(self.rms.var + 1e-8)).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
+# --- Networks ---
 
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
     """Orthogonal weights keep activations' scale through the layers at the start of training."""
@@ -243,7 +237,8 @@ def blockwise_argmax(logits: torch.Tensor, dims: list[int]) -> torch.Tensor:
 
 
 class Agent(nn.Module):
-    """Separate actor and critic MLPs: the value loss cannot disturb the policy's features.
+    """Separate actor and critic MLPs: value gradients never reach the actor's weights (they only scale its
+    step through the shared --max-grad-norm clip).
 
     The actor's head follows the action space (`continuous`):
     - Box: a diagonal Gaussian N(mu(s), diag(exp(log_std))^2). The actor outputs the mean; log_std
@@ -288,10 +283,7 @@ class Agent(nn.Module):
         return out if self.continuous else blockwise_argmax(out, self.dims)
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's pure functions
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's pure functions ---
 
 def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2 ].
@@ -355,10 +347,7 @@ def value_loss(new_values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     return 0.5 * (new_values - returns).pow(2).mean()
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's steps
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's steps ---
 
 class Rollout:
     """One rollout, row t holding step t of every env, in numpy on the host (cheap writes per step)."""
@@ -486,7 +475,6 @@ def train(args: Args) -> dict:
         optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-    # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
     run = Run(args, device, num_iterations, batch_size,
               shapes={"obs_dim": obs_dim, "dims": dims, "continuous": continuous},
               model={"agent": agent, "obs_rms": obs_rms},
@@ -552,7 +540,6 @@ METRICS = [
 ]
 
 
-
 def evaluate(
     agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, episodes: int, seed: int,
     device: torch.device, video_dir: Path | None = None,
@@ -582,7 +569,6 @@ def evaluate(
     return returns
 
 
-
 def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
     """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt. Loaded onto the CPU
     wherever it was saved: the statistics stay there, in numpy; the agent then moves to `device`."""
@@ -595,9 +581,8 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
     obs_rms = None
     if state["obs_rms"] is not None:
         obs_rms = RunningMeanStd((state["obs_dim"],))
-        load_state_dict(obs_rms, state["obs_rms"])
+        obs_rms.load_state_dict(state["obs_rms"])
     return agent, obs_rms, state
-
 
 
 # <shared checks>
@@ -618,13 +603,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
     within its range, and a file behind --resume and --evaluate."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    checks = [(name, "a finite number", math.isfinite) for name, value in vars(args).items() if isinstance(value, float)]
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
     for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
         if not ok(getattr(args, name)):
             raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
     for name in ("resume", "evaluate"):
         if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
             raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
 def check_env(env_id: str) -> None:
@@ -670,6 +657,8 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 def make_run_dir(path: Path) -> None:
     """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
@@ -678,24 +667,34 @@ def make_run_dir(path: Path) -> None:
                          "a writable working directory") from None
 
 
-def finished_step(run_dir: Path) -> int | None:
-    """The step a finished run ended at, from its summary.json; None if the run has not finished."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return None
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
     try:
-        return int(json.loads(summary.read_text())["global_step"])
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (the columns METRICS names), and wandb when tracking.
-
-    Each row is one write, flushed, so an interrupted run leaves whole rows. A resumed run first drops
-    the rows after its checkpoint (they are about to be redone), then appends. A run that is not resumed
-    starts the file afresh, even under a name used before: two runs' rows would make one curve.
-    """
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
         if resume_step is not None and path.exists():
@@ -728,6 +727,8 @@ class MetricsLog:
 
 def wandb_server() -> tuple[str, int]:
     """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
         port = url.port
@@ -738,6 +739,9 @@ def wandb_server() -> tuple[str, int]:
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
     """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
     result = []
 
     def probe():
@@ -755,6 +759,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
     """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
     wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
     import netrc
+    import urllib.parse
 
     import wandb
 
@@ -772,7 +777,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
         mode = "offline"
         print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-                      config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online")
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
@@ -806,23 +811,8 @@ def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
 
 
 
-def state_dict(obj) -> dict:
-    """What a file keeps of obj: its state_dict, or a RunningMeanStd's statistics as tensors."""
-    if isinstance(obj, RunningMeanStd):
-        return {"mean": torch.tensor(obj.mean), "var": torch.tensor(obj.var), "count": obj.count}
-    return obj.state_dict()
-
-
-def load_state_dict(obj, state: dict) -> None:
-    if isinstance(obj, RunningMeanStd):
-        obj.mean, obj.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
-        obj.count = state["count"]
-    else:
-        obj.load_state_dict(state)
-
-
 def state_dicts(objects: dict) -> dict:
-    return {key: state_dict(obj) if obj is not None else None for key, obj in objects.items()}
+    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
 
 
 def non_finite(state: dict, prefix: str = "") -> str | None:
@@ -859,7 +849,7 @@ class Run:
         make_run_dir(self.dir)
         self.metrics = MetricsLog(self.dir / "metrics.csv",
                                   resume_step=self.start["global_step"] if args.resume else None)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         if args.track:
             self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
         if device.type == "cuda":
@@ -876,15 +866,7 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         start = {key: ckpt[key] for key in counters}
-        finished = finished_step(Path(path).parent)
-        # A checkpoint at or past the summary's step is the run extended (maybe interrupted): fine to go on.
-        if finished is not None and start["global_step"] < finished:
-            raise UsageError(f"{Path(path).parent} finished at step {finished} (summary.json); its checkpoint.pt is "
-                             f"from step {start['global_step']}, so resuming would redo steps past it and overwrite "
-                             "the finished run's files; start a new run (without --resume) instead")
-        if start["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {start['global_step']}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
+        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
         for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
             if ckpt.get(key) != value:
                 raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
@@ -897,19 +879,16 @@ class Run:
                 raise UsageError(f"{path} holds no {key}: its run trained without it; "
                                  "resume without --norm-obs / --norm-reward")
             try:
-                load_state_dict(obj, ckpt[key])
+                obj.load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)") from None
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # older checkpoints lack it
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][:torch.cuda.device_count()])
+        set_torch_rng(ckpt)
         self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
         print(f"resumed from {path} at step {start['global_step']}")
         return start
 
-    def elapsed(self) -> float:
-        """Wall time of the whole run, so that a resumed run reads as one: before the resume, and since."""
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.elapsed_before + time.time() - self.start_time
 
     def diverged(self, step: int, what: str, value) -> Diverged:
@@ -923,7 +902,7 @@ class Run:
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes, **model,
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
                 "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
@@ -1007,10 +986,7 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
     returns = evaluate(agent, obs_rms, env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
@@ -1054,6 +1030,8 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
 # <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
+
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -1092,13 +1070,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
             other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
             raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
                              f"{flag} {saved_from}")
-        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
         args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line.
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)

@@ -69,23 +69,16 @@ All flags:    python ddqn.py --help
 import contextlib
 import copy
 import csv
-import dataclasses
-import io
 import itertools
 import json
 import math
 import os
 import random
-import socket
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
-import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -123,9 +116,8 @@ class Args:
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 100_000
-    """transitions the replay buffer holds before the oldest are overwritten. The default keeps all of
-    a default run's transitions: the early episodes' failures are never overwritten by the long,
-    uneventful episodes of a policy that balances"""
+    """transitions the replay buffer holds before the oldest are overwritten; the default keeps
+    all of a default run's, so the early failures stay in memory"""
     batch_size: int = 64
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
@@ -136,8 +128,8 @@ class Args:
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     """sizes of the Q-network's hidden layers (ReLU between them)"""
     learning_rate: float = 2.3e-3
-    """Adam learning rate: high for DQN; Stable-Baselines3's tuned CartPole-v1 value, together with
-    the bursts of updates of --train-frequency and --gradient-steps"""
+    """Adam learning rate; high for DQN, RL Baselines3 Zoo's CartPole-v1 value (with the bursts of
+    --train-frequency and --gradient-steps)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over training: DQN's greedy policy can swing long after
     it first gets good, and small final steps let the network that is evaluated and saved settle"""
@@ -145,26 +137,18 @@ class Args:
     """discount factor"""
     train_frequency: int = 256
     """train every this many environment steps: with --gradient-steps 128, a burst of 128 updates
-    every 256 steps, one update per two transitions (Stable-Baselines3's tuned CartPole-v1 setting)"""
+    every 256 steps (RL Baselines3 Zoo's CartPole-v1 setting, one update per two transitions)"""
     gradient_steps: int = 128
     """gradient steps per training round"""
     target_network_frequency: int = 768
-    """update the target network every this many environment steps (after every third burst). This
-    sets how fast values travel back in time: each copy carries them about one more step of the
-    Bellman recursion. Copies every 256 steps (README, tnf256 rows) left Q(first state) above the
-    100 no policy can earn, and ddqn.py's final returns at 118, 262, 328 (dqn.py's at 500 on all
-    three seeds); with 768 both scripts ended at 500 on seeds 1-3 (README, default rows)"""
+    """copy (or --tau average) the network into the target every this many environment steps
+    (after every third burst); docs/experiments.md compares 256"""
     tau: float = 1.0
-    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy, below 1 a Polyak
-    average (e.g. 0.005 with --target-network-frequency 1). Counted in environment steps, not
-    gradient steps: with --target-network-frequency 1 it moves once per vector env step, so between
-    two default bursts it moves 256 times towards the same weights, and not at all during one
-    (naf.py averages after every gradient step, ddpg.py after every actor step)"""
+    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 copies, below 1 averages (counted
+    in vector env steps; docs/experiments.md has what that means with --target-network-frequency 1)"""
     loss: Literal["mse", "huber"] = "mse"
-    """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) caps the pull of a
-    rare huge TD error, but with unclipped rewards those errors are the news (on CartPole-v1 the
-    episodes' last steps, y = 1 far below the Q values around them), so MSE lets them pull in full;
-    Nature DQN's Huber loss went with rewards clipped to [-1, 1]. --max-grad-norm bounds any update"""
+    """TD loss: mse, or huber (linear beyond --huber-delta, capping a rare huge TD error; see
+    docs/experiments.md for why MSE is the default with unclipped rewards)"""
     huber_delta: float = 1.0
     """where the Huber loss turns from quadratic to linear (with --loss huber)"""
     max_grad_norm: float = 10.0
@@ -172,17 +156,15 @@ class Args:
 
     # --- Exploration ---
     exploration: Literal["epsilon-greedy", "boltzmann"] = "epsilon-greedy"
-    """epsilon-greedy: a uniformly random action with probability epsilon. boltzmann: sample
-    P(a|s) proportional to exp(Q(s, a) / temperature), so actions that look nearly as good are tried
-    often and clearly bad ones rarely"""
+    """epsilon-greedy: a uniformly random action with probability epsilon; boltzmann: sample
+    P(a|s) proportional to exp(Q(s, a) / temperature)"""
     start_e: float = 1.0
     """epsilon at the start (epsilon-greedy)"""
     end_e: float = 0.04
     """epsilon after the decay, kept to the end (epsilon-greedy)"""
     exploration_fraction: float = 0.16
-    """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly from its
-    start to its end value: 16k steps by default. 0.16 and --end-e 0.04 are Stable-Baselines3's
-    tuned CartPole-v1 values, but for a 50k-step budget, where the decay spans 8k steps"""
+    """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly to its
+    end value (16k steps by default; RL Baselines3 Zoo's CartPole-v1 values with --end-e)"""
     start_temperature: float = 10.0
     """Boltzmann temperature at the start, in units of Q (rewards): large compared to the gaps
     between actions' Q values means nearly uniform"""
@@ -215,22 +197,17 @@ class Args:
     """greedy evaluation episodes (argmax_a Q, no exploration) at the end and every --eval-frequency
     steps; 0 skips evaluation"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps (0: only at the end), logging beside the returns
-    the Q value predicted at each episode's first state and the discounted return the episode then
-    earned: their gap is the overestimation"""
+    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
+    each episode's first state beside the discounted return earned: their gap is the overestimation"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch; one per run lets several seeds run side by side without fighting over
-    the cores"""
+    """CPU threads for torch; one lets seeds run side by side, one per core"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Environment construction
-# ---------------------------------------------------------------------------------------------
-
+# --- Environment construction ---
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     """gym.make, its observations one flat float32 vector, the network's input: Discrete, MultiDiscrete,
@@ -273,10 +250,7 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
     return real
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay buffer
-# ---------------------------------------------------------------------------------------------
-
+# --- Replay buffer ---
 
 class ReplayBuffer:
     """A circular memory of transitions in tensors preallocated on the device that trains on them.
@@ -318,10 +292,7 @@ class ReplayBuffer:
         return tuple(column[rows] for column in self.columns)
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
+# --- Networks ---
 
 class QNetwork(nn.Module):
     """An MLP from an observation to one Q value per action, Q(s, .) in a single forward pass: ReLU
@@ -341,16 +312,11 @@ class QNetwork(nn.Module):
         return self.out(x)
 
 
+# Speed only, a first read can skip it: Q(obs, .) in numpy, the same numbers without torch's per-call cost.
 def acting_q_values(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
-    """Q(obs, .) for the envs' observations, numpy in and numpy out: what acting needs every step.
-
-    The forward pass in numpy on views of the parameters of a network in host memory (detach().numpy()
-    shares memory; optimizer steps and load_state_dict write in place), so it always uses its
-    current weights. For one observation torch's fixed cost per call is several times the
-    arithmetic: 46 us against numpy's 14 for the 256-256 network, 37 against 10 for 120-84 (timeit
-    on this project's CPU); the difference is over a tenth of the training time in the README's speed
-    benchmark (120-84, one gradient step every 10 environment steps, 7,300 steps per second), about
-    4% with the defaults (about 1,400). On a GPU, give it the host copy of the network (host_copy)."""
+    """Q(obs, .) for the envs' observations, numpy in and out, on views of the parameters of a network in host
+    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
+    For one observation torch's fixed cost per call is several times the arithmetic."""
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
               for layer in (*q_network.hidden, q_network.out)]
 
@@ -362,11 +328,7 @@ def acting_q_values(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
         return x @ weight.T + bias
     return q_values
 
-
-# ---------------------------------------------------------------------------------------------
-# The algorithm's pure functions
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's pure functions ---
 
 def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
     """start at step 0, end from step `duration` on, a straight line in between."""
@@ -411,10 +373,7 @@ def steps_crossed(every: int, step: int, previous_step: int) -> int:
     return step // every - previous_step // every if every > 0 else 0
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's steps
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's steps ---
 
 def select_actions(
     q_values: Callable[[np.ndarray], np.ndarray], n_actions: int, obs: np.ndarray, exploration: str,
@@ -511,7 +470,6 @@ def train(args: Args) -> dict:
 
         # --- Learn ---
         if rb.size >= args.learning_starts:
-            run.learning_started(global_step)
             if steps_crossed(args.target_network_frequency, global_step, previous_step):
                 update_target(target_network, q_network, args.tau)
             rounds = steps_crossed(args.train_frequency, global_step, previous_step)
@@ -581,20 +539,13 @@ METRICS = [
 ]
 
 
-
 def evaluate(
     q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
     video_dir: Path | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
-    """Greedy episodes (argmax_a Q(s, a), no exploration).
-
-    Returns three lists, one entry per episode: the return, the discounted return
-    sum_t gamma^t r_t the episode earned, and max_a Q(s_0, a), the network's prediction of that
-    discounted return at the episode's first state. A prediction persistently above what the
-    greedy policy earns is overestimation. (Under a time limit the earned return is cut short
-    while Q assumes the episode goes on: on CartPole-v1 a perfect policy earns
-    (1 - 0.99^500) / 0.01 = 99.3 while Q should say 100; that small gap is not overestimation.)
-    """
+    """Greedy episodes (argmax_a Q(s, a)). Per episode: the return, the discounted return sum_t gamma^t r_t
+    earned, and max_a Q(s_0, a), its prediction at the first state; a prediction persistently above what is
+    earned is overestimation (on CartPole-v1 the time limit alone makes a perfect policy earn 99.3, not 100)."""
     env = evaluation_env(env_id, video_dir)
     q_network = host_copy(q_network, device)  # one observation at a time: on the host, like acting in training
     returns, discounted_returns, start_q = [], [], []
@@ -617,7 +568,6 @@ def evaluate(
     return returns, discounted_returns, start_q
 
 
-
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     """Rebuilds the Q-network from model.pt or checkpoint.pt on the device. The file is read onto
     the CPU first, so that one saved on a GPU loads on any machine."""
@@ -627,7 +577,6 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     q_network = QNetwork(state["obs_dim"], state["n_actions"], state["args"]["hidden_sizes"])
     q_network.load_state_dict(state["q_network"])
     return q_network.to(device), state
-
 
 
 # <shared checks>
@@ -648,13 +597,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
     within its range, and a file behind --resume and --evaluate."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    checks = [(name, "a finite number", math.isfinite) for name, value in vars(args).items() if isinstance(value, float)]
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
     for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
         if not ok(getattr(args, name)):
             raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
     for name in ("resume", "evaluate"):
         if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
             raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
 def check_env(env_id: str) -> None:
@@ -700,6 +651,8 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 def make_run_dir(path: Path) -> None:
     """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
@@ -708,24 +661,34 @@ def make_run_dir(path: Path) -> None:
                          "a writable working directory") from None
 
 
-def finished_step(run_dir: Path) -> int | None:
-    """The step a finished run ended at, from its summary.json; None if the run has not finished."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return None
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
     try:
-        return int(json.loads(summary.read_text())["global_step"])
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (the columns METRICS names), and wandb when tracking.
-
-    Each row is one write, flushed, so an interrupted run leaves whole rows. A resumed run first drops
-    the rows after its checkpoint (they are about to be redone), then appends. A run that is not resumed
-    starts the file afresh, even under a name used before: two runs' rows would make one curve.
-    """
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
         if resume_step is not None and path.exists():
@@ -758,6 +721,8 @@ class MetricsLog:
 
 def wandb_server() -> tuple[str, int]:
     """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
         port = url.port
@@ -768,6 +733,9 @@ def wandb_server() -> tuple[str, int]:
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
     """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
     result = []
 
     def probe():
@@ -785,6 +753,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
     """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
     wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
     import netrc
+    import urllib.parse
 
     import wandb
 
@@ -802,7 +771,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
         mode = "offline"
         print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-                      config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online")
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
@@ -850,30 +819,25 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
 
 
 class Run:
-    """The files and console of one training run, so that train() reads as the algorithm.
-
-    runs/<run-name>/ (new, or the resumed checkpoint's) gets args.json, metrics.csv (and wandb with
-    --track), checkpoint.pt every --checkpoint-every steps and at the end, model.pt before the final
-    evaluation and summary.json after it. train() lists once what model.pt holds (`model`: the networks
-    and what rebuilds them) and what a checkpoint adds (`training`: target networks, optimizers, the
-    buffer); saving and resuming both go by these lists. A resumed run's checkpoint carries its clock and
-    its counters (start_step, start_updates). What is no longer finite stops the run (Diverged).
+    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
+    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
+    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
+    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
+    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
     """
 
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
-        self.start_step, self.start_updates = 0, 0
+        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         # Seconds before this process and of evaluation; the step steps per second count from (see resume).
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
-        self.checkpoint_step: int | None = None  # the step of this run's checkpoint.pt, once there is one
-        self.final_saved = False
         if args.resume:
             self.dir = Path(args.resume).parent
             self.resume(args.resume)
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start_step if args.resume else None)
         if self.training["buffer"].device.type == "cuda":
@@ -881,12 +845,8 @@ class Run:
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
         self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
-        self.episode_returns, self.episode_lengths = [], []
-        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
-        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-
-    # --- Checkpoints and model.pt ---
 
     def state(self, objects: dict) -> dict:
         """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
@@ -894,8 +854,8 @@ class Run:
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args)} | self.state(self.model) | {
-            "global_step": step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
+                "global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
         if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
@@ -927,15 +887,9 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
-        finished = finished_step(self.dir)
-        if finished is not None and self.start_step < finished:  # past it, the checkpoint extends the run: fine
-            raise UsageError(f"{self.dir} finished at step {finished} (summary.json); its checkpoint.pt is from step "
-                             f"{self.start_step}, so resuming would redo steps past it and overwrite the finished "
-                             "run's files; start a new run (without --resume) instead")
-        if self.start_step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {self.start_step}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
-        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes") if ckpt["args"][k] != getattr(self.args, k)]
+        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
         fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
         for name, obj in (self.model | self.training).items():
             try:
@@ -947,24 +901,16 @@ class Run:
                 elif ckpt[name] != obj:  # the env's spaces
                     raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
             except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
-                problem = [line.strip() for line in str(e).strip().splitlines()][-1]
-                raise UsageError(f"{path} does not fit these networks: {problem}; {fix}") from None
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
+                                 f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # the first min(saved, here) devices
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        set_torch_rng(ckpt)
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
         # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """Every --checkpoint-every steps; the last one is save_final's."""
-        return self.crossed(self.args.checkpoint_every, step, previous_step) and step < self.args.total_timesteps
-
-    # --- Divergence ---
 
     def diverged(self, step: int, what: str) -> Diverged:
         """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
@@ -977,44 +923,35 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
     def non_finite_weight(self) -> str | None:
-        """The first floating tensor of the networks that is not finite, as the divergence message names it."""
         for name, obj in self.model.items():
             for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     return f"{name}.{key} is not finite"
         return None
 
-    # --- Metrics, evaluation, progress ---
-
-    def record_episodes(self, infos: dict) -> None:
-        """The returns and lengths of the episodes that ended in this step (RecordEpisodeStatistics)."""
+    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
         if "episode" in infos:
             self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
             self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
 
-    def learning_started(self, step: int) -> None:
-        """Marks the first gradient step: the time-left estimate goes by the pace since (see progress)."""
-        self.learning_from = self.learning_from or (time.time(), step)
-
-    def record(self, values: dict[str, torch.Tensor]) -> None:
-        """One gradient step's detached values, by metrics.csv column."""
+    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
         for name, value in values.items():
             self.values.setdefault(name, []).append(value)
 
-    @staticmethod
-    def crossed(every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` lies in (previous_step, step]; never for every = 0."""
-        return every > 0 and step // every > previous_step // every
+    def due(self, every: int, step: int, previous_step: int) -> bool:
+        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
 
     def evaluation_due(self, step: int, previous_step: int) -> bool:
-        last_step = step >= self.args.total_timesteps
-        return self.args.eval_episodes > 0 and (last_step or self.crossed(self.args.eval_frequency, step, previous_step))
+        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
     def row_due(self, step: int, previous_step: int) -> bool:
-        return step >= self.args.total_timesteps or self.crossed(self.args.metrics_every, step, previous_step)
+        return self.due(self.args.metrics_every, step, previous_step)
 
-    def video_dir(self, step: int) -> Path | None:
-        """Where the final evaluation's episodes are recorded with --capture-video."""
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
+        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+
+    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
     @contextlib.contextmanager
@@ -1024,8 +961,7 @@ class Run:
         yield
         self.eval_time += time.time() - start
 
-    def elapsed(self) -> float:
-        """Wall time of the whole run: this process's, plus what the checkpoint it resumed from had."""
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
     def training_sps(self, step: int, elapsed: float) -> float:
@@ -1042,7 +978,7 @@ class Run:
         row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
         row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
                 "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
-                "episodes": len(self.episode_returns)}
+                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
         if evaluation is not None:
             returns, discounted, start_q = (np.mean(x) for x in evaluation)
             row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
@@ -1056,27 +992,22 @@ class Run:
                     raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end. Time left goes by the pace since the
-        first gradient step: the steps before it make no updates and run many times faster."""
-        now = time.time()
-        if now - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
-        self.last_print, elapsed = now, self.elapsed()
-        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
-        time_left = (self.args.total_timesteps - step) * (now - since_time) / max(step - since_step, 1)
+        self.last_print, elapsed = time.time(), self.elapsed()
+        sps = self.training_sps(step, elapsed)
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        print(f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | return "
-              f"{recent} (last {len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
-              f"~{time_left:.0f}s left", flush=True)
+        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
+              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
+              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
         """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
         wall_time = self.elapsed()
-        summary = {
-            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
             print_eval(*evaluation)
             summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
@@ -1098,10 +1029,7 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
     returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
                                             device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
@@ -1146,6 +1074,8 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
 # <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
+
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -1184,13 +1114,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
             other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
             raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
                              f"{flag} {saved_from}")
-        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
         args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line.
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)

@@ -39,10 +39,8 @@ away from the best action, the stored actions on one side of it did better than 
 and the cheapest fit is a flatter P. Through the exp on L's diagonal P can shrink geometrically,
 and the gradients that could undo it (of L's diagonal, and mu's, which is P (a - mu)) shrink with
 it: Q stops depending on the action and mu stops learning until the data lifts P again. metrics.csv's
-advantage_taken, the mean A(s, a) over the sampled transitions, shows it: between -0.3 and -1.5 in
-every row of `python naf.py --seed 1`; with `--learning-rate 1e-3 --exploration-noise 0.1` the same seed
-fell to -0.003 and -0.001 (at 8k and 14k steps), came back each time, and ended at -697 where the
-defaults end at -134. The defaults, wider noise than ddpg.py's and a lower learning rate, are
+advantage_taken, the mean A(s, a) over the sampled transitions, shows it (docs/experiments.md has
+a run where it happened). The defaults, wider noise than ddpg.py's and a lower learning rate, are
 there to keep P up.
 
 The loop is DQN's and DDPG's: act in `num_envs` environments with mu(s) plus exploration noise
@@ -53,7 +51,8 @@ gradient steps on random minibatches, each followed by a small move of the targe
     target           y       = r + gamma * (1 - terminated) * V(s'; theta')
     loss             L       = E_{(s, a, r, s') ~ buffer} [ (Q(s, a; theta) - y)^2 ]
     target update    theta'  <- tau * theta + (1 - tau) * theta'      (Polyak, every gradient step)
-    acting           a       = clip(mu(s) + noise, low, high),  noise Gaussian or Ornstein-Uhlenbeck
+    acting           a       = clip(mu(s) + (high - low) / 2 * noise, low, high),
+                              noise ~ N(0, sigma^2) or Ornstein-Uhlenbeck
 
 One loss trains all three heads: V and L through Q(s, a), and mu through A, which pulls mu towards
 the stored actions whose target y exceeds the Q(s, a) predicted for them, and away from those whose
@@ -77,23 +76,16 @@ All flags:    python naf.py --help
 import contextlib
 import copy
 import csv
-import dataclasses
-import io
 import itertools
 import json
 import math
 import os
 import random
-import socket
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
-import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import gymnasium as gym
@@ -135,42 +127,34 @@ class Args:
     batch_size: int = 256
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
-    """transitions collected with uniformly random actions before training starts: data that covers
-    the action box, for the network's first fits. Counted in the buffer, so a run resumed without its
-    buffer collects this much again"""
+    """transitions collected with uniformly random actions before training starts, covering the
+    action box (counted in the buffer: a run resumed without its buffer collects them again)"""
 
     # --- NAF ---
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     """sizes of the hidden layers of the shared trunk (ReLU between them); the V, mu and L heads
     are linear layers on top of it"""
     learning_rate: float = 3e-4
-    """Adam learning rate. Lower than ddpg.py's 1e-3: one network carries V, mu and L, so every step
-    that fits V's TD errors, large early on, also moves the trunk that mu and L read"""
+    """Adam learning rate; lower than ddpg.py's 1e-3, as one network carries V, mu and L
+    (docs/experiments.md)"""
     gamma: float = 0.98
-    """discount factor. 0.98 (a horizon of about 50 steps) is the RL Baselines3 Zoo's Pendulum-v1
-    value; 0.99 is the usual MuJoCo one, though the README's HalfCheetah-v5 runs kept 0.98"""
+    """discount factor (0.98: RL Baselines3 Zoo's Pendulum-v1 value, a horizon of about 50 steps)"""
     tau: float = 0.005
-    """target update theta' <- tau * theta + (1 - tau) * theta', after every gradient step, so
-    num_envs * --updates-per-step times per environment step (dqn.py's --tau with
-    --target-network-frequency 1 moves its target once per environment step)"""
+    """target update theta' <- tau * theta + (1 - tau) * theta' after every gradient step: --updates-per-step
+    times per environment step (num_envs times that per vector step)"""
     updates_per_step: int = 1
     """gradient steps per environment step (per transition)"""
 
     # --- Exploration ---
     exploration_noise: float = 0.3
-    """standard deviation of the Gaussian action noise (or sigma of the Ornstein-Uhlenbeck process),
-    in units of the action half-range (high - low) / 2: 0.3 on Pendulum-v1's [-2, 2] is 0.6 N m.
-    Three times ddpg.py's, because NAF learns the curvature P from how the stored actions around
-    mu fared, and a narrow spread cannot tell a curved Q from a flat one; with too narrow a spread
-    P can fall towards 0 (see the module docstring)"""
+    """std of the Gaussian action noise (or the OU sigma) in units of the half-range (high - low) / 2;
+    three times ddpg.py's, so that the spread around mu shows Q's curvature (docs/experiments.md)"""
     ou_noise: bool = False
-    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per
-    step, reset to 0 when an episode ends. Successive noises are correlated, so the pushes add up
-    to sustained deviations (the original paper's choice, for physical control with inertia)"""
+    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per step,
+    reset when an episode ends; correlated pushes (the original paper's choice)"""
     ou_theta: float = 0.15
-    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15). The noise then has a
-    stationary standard deviation sigma / sqrt(theta * (2 - theta)), 1.9 sigma, and decorrelates
-    over about 1 / theta steps"""
+    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15): stationary std
+    sigma / sqrt(theta * (2 - theta)), 1.9 sigma; decorrelates over about 1 / theta steps"""
 
     # --- Running the experiment: files, tracking, evaluation, threads ---
     run_name: str | None = None
@@ -186,12 +170,10 @@ class Args:
     save_model: bool = True
     """save the final network and args to runs/<run-name>/model.pt"""
     checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
+    """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps (0: none)"""
     save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
-    than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
-    3.6 MB per 100k transitions on Pendulum-v1, 17 MB on HalfCheetah-v5)"""
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had (about
+    (2 * obs_dim + act_dim + 2) * 4 bytes per stored transition)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
@@ -200,22 +182,17 @@ class Args:
     """episodes of greedy evaluation (a = mu(s), no noise) at the end and every
     --eval-frequency steps; 0 skips evaluation"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps during training (0: only at the end). Each
-    evaluation logs, beside the returns, the value V(s) = max_a Q(s, a) predicted for each episode's
-    first state and the discounted return the episode then earned: the gap is the overestimation"""
+    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
+    each episode's first state beside the discounted return earned: their gap is the overestimation"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch. One thread lets several seeds run side by side without fighting over
-    cores; with a core to spare, 2 speeds up the 256-wide matrix products of each update"""
+    """CPU threads for torch; one lets seeds run side by side, one per core"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Environment construction
-# ---------------------------------------------------------------------------------------------
-
+# --- Environment construction ---
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     """gym.make, its observations one flat vector, the networks' input: Discrete, MultiDiscrete, Tuple and
@@ -253,10 +230,7 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
     return real
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay buffer
-# ---------------------------------------------------------------------------------------------
-
+# --- Replay buffer ---
 
 class ReplayBuffer:
     """A circular memory of transitions in tensors preallocated on the device that trains on them.
@@ -306,10 +280,7 @@ class ReplayBuffer:
         return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
+# --- Networks ---
 
 def mlp_layers(in_dim: int, hidden_sizes: list[int], out_dim: int) -> tuple[nn.ModuleList, nn.Linear]:
     """ReLU hidden layers with PyTorch's default initialisation, and a linear last layer."""
@@ -341,14 +312,14 @@ class QNetwork(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) = max_a Q(s, a): the trunk and the value head only (all the target needs)."""
         x = hidden_features(obs, self.hidden)
-        return F.linear(x, self.value_head.weight, self.value_head.bias).squeeze(1)
+        return self.value_head(x).squeeze(1)
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """V(s) (batch,), mu(s) (batch, n) and L(s) (batch, n, n), from one pass through the trunk."""
         x = hidden_features(obs, self.hidden)
-        value = F.linear(x, self.value_head.weight, self.value_head.bias).squeeze(1)
-        mu = self.action_bias + self.action_scale * torch.tanh(F.linear(x, self.mu_head.weight, self.mu_head.bias))
-        l_matrix = lower_triangular(F.linear(x, self.l_head.weight, self.l_head.bias), self.act_dim)
+        value = self.value_head(x).squeeze(1)
+        mu = self.action_bias + self.action_scale * torch.tanh(self.mu_head(x))
+        l_matrix = lower_triangular(self.l_head(x), self.act_dim)
         return value, mu, l_matrix
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -356,10 +327,25 @@ class QNetwork(nn.Module):
         return value + advantage(actions, mu, l_matrix)
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's pure functions
-# ---------------------------------------------------------------------------------------------
+# Speed only, a first read can skip it: mu(obs) in numpy, the same numbers without torch's per-call cost.
+def acting_actions(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
+    """mu(obs), the greedy action, numpy in and out, on views of the parameters of a network in host
+    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
+    For one observation torch's fixed cost per call is several times the arithmetic."""
+    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+              for layer in (*q_network.hidden, q_network.mu_head)]
+    scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
 
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias_ in layers[:-1]:
+            x = np.maximum(x @ weight.T + bias_, 0.0)
+        weight, bias_ = layers[-1]
+        return bias + scale * np.tanh(x @ weight.T + bias_)
+    return act
+
+
+# --- The algorithm's pure functions ---
 
 def lower_triangular(entries: torch.Tensor, n: int) -> torch.Tensor:
     """L (batch, n, n) from the l_head's n (n + 1) / 2 outputs per row: the first n go on the
@@ -392,20 +378,14 @@ def td_target(
 
 @torch.no_grad()
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One _foreach call
-    over all parameters instead of a Python loop over them. On the CPU it still runs one lerp per
-    tensor: it saves the loop's Python overhead, and fuses nothing."""
-    targets, sources = list(target_network.parameters()), list(network.parameters())
-    if tau == 1.0:
-        torch._foreach_copy_(targets, sources)
-    else:
-        torch._foreach_lerp_(targets, sources, tau)
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly."""
+    for target_param, param in zip(target_network.parameters(), network.parameters()):
+        if tau == 1.0:
+            target_param.copy_(param)
+        else:
+            target_param.lerp_(param, tau)
 
-
-# ---------------------------------------------------------------------------------------------
-# The algorithm's steps
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's steps ---
 
 class ActionNoise:
     """Exploration noise for `num_envs` envs, in units of the action half-range. Gaussian: N(0, sigma^2)
@@ -510,7 +490,6 @@ def train(args: Args) -> dict:
 
         # --- Learn: updates_per_step gradient steps per transition ---
         if rb.size >= args.learning_starts:
-            run.learning_started(global_step)
             for _ in range(args.num_envs * args.updates_per_step):
                 batch = rb.sample(args.batch_size, rng)
                 num_updates += 1
@@ -574,20 +553,13 @@ METRICS = [
 ]
 
 
-
 def evaluate(
     q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
     video_dir: Path | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
-    """Greedy episodes (a = mu(s), no noise).
-
-    Returns three lists, one entry per episode: the return, the discounted return
-    sum_t gamma^t r_t the episode earned, and V(s_0) = max_a Q(s_0, a), the network's prediction of
-    that discounted return at the episode's first state. A prediction persistently above what the
-    greedy policy earns is overestimation. (Under a time limit the earned return is cut short while Q
-    assumes the episode goes on; with gamma 0.98 and Pendulum-v1's 200 steps the missing tail is
-    weighted 0.98^200 = 0.018, negligible.)
-    """
+    """Greedy episodes (a = mu(s), no noise). Per episode: the return, the discounted return sum_t gamma^t r_t
+    earned, and V(s_0) = max_a Q(s_0, a), its prediction at the first state; a prediction persistently above
+    what is earned is overestimation (Pendulum-v1's time limit cuts off a tail weighted 0.98^200 = 0.018)."""
     env = evaluation_env(env_id, video_dir)
     returns, discounted_returns, start_q = [], [], []
     for episode in range(episodes):
@@ -610,7 +582,6 @@ def evaluate(
     return returns, discounted_returns, start_q
 
 
-
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     """Rebuilds the network from model.pt or checkpoint.pt: loaded onto the CPU (a file written on
     any machine), then moved to the device."""
@@ -621,32 +592,6 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     q_network = QNetwork(state["obs_dim"], state["act_dim"], hidden_sizes, state["action_low"], state["action_high"])
     q_network.load_state_dict(state["q_network"])
     return q_network.to(device), state
-
-
-
-def acting_actions(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
-    """mu(obs), the greedy action, for the envs' observations, numpy in and numpy out: what acting
-    needs every step. Only the trunk and the mu head: V and L play no part in choosing the action.
-
-    The forward pass written in numpy, on arrays that share memory with the parameters of a network
-    in host memory (train() gives it host_copy's): detach().numpy() is a view, not a copy, and
-    optimizer steps and load_state_dict write the parameters in place, so the view always holds
-    the current weights. For one observation, PyTorch's fixed cost per call (dispatch,
-    inference-mode bookkeeping, tensor wrapping) is several times the arithmetic; numpy's is a
-    fraction of it, and acting runs every environment step.
-    """
-    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
-              for layer in (*q_network.hidden, q_network.mu_head)]
-    scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        x = obs
-        for weight, bias_ in layers[:-1]:
-            x = np.maximum(x @ weight.T + bias_, 0.0)
-        weight, bias_ = layers[-1]
-        return bias + scale * np.tanh(x @ weight.T + bias_)
-    return act
-
 
 
 # <shared checks>
@@ -667,13 +612,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
     within its range, and a file behind --resume and --evaluate."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    checks = [(name, "a finite number", math.isfinite) for name, value in vars(args).items() if isinstance(value, float)]
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
     for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
         if not ok(getattr(args, name)):
             raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
     for name in ("resume", "evaluate"):
         if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
             raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
 def check_env(env_id: str) -> None:
@@ -719,6 +666,8 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 def make_run_dir(path: Path) -> None:
     """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
@@ -727,24 +676,34 @@ def make_run_dir(path: Path) -> None:
                          "a writable working directory") from None
 
 
-def finished_step(run_dir: Path) -> int | None:
-    """The step a finished run ended at, from its summary.json; None if the run has not finished."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return None
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
     try:
-        return int(json.loads(summary.read_text())["global_step"])
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (the columns METRICS names), and wandb when tracking.
-
-    Each row is one write, flushed, so an interrupted run leaves whole rows. A resumed run first drops
-    the rows after its checkpoint (they are about to be redone), then appends. A run that is not resumed
-    starts the file afresh, even under a name used before: two runs' rows would make one curve.
-    """
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
         if resume_step is not None and path.exists():
@@ -777,6 +736,8 @@ class MetricsLog:
 
 def wandb_server() -> tuple[str, int]:
     """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
         port = url.port
@@ -787,6 +748,9 @@ def wandb_server() -> tuple[str, int]:
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
     """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
     result = []
 
     def probe():
@@ -804,6 +768,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
     """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
     wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
     import netrc
+    import urllib.parse
 
     import wandb
 
@@ -821,7 +786,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
         mode = "offline"
         print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-                      config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online")
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
@@ -869,30 +834,25 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
 
 
 class Run:
-    """The files and console of one training run, so that train() reads as the algorithm.
-
-    runs/<run-name>/ (new, or the resumed checkpoint's) gets args.json, metrics.csv (and wandb with
-    --track), checkpoint.pt every --checkpoint-every steps and at the end, model.pt before the final
-    evaluation and summary.json after it. train() lists once what model.pt holds (`model`: the networks
-    and what rebuilds them) and what a checkpoint adds (`training`: target networks, optimizers, the
-    buffer); saving and resuming both go by these lists. A resumed run's checkpoint carries its clock and
-    its counters (start_step, start_updates). What is no longer finite stops the run (Diverged).
+    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
+    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
+    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
+    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
+    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
     """
 
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
-        self.start_step, self.start_updates = 0, 0
+        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         # Seconds before this process and of evaluation; the step steps per second count from (see resume).
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
-        self.checkpoint_step: int | None = None  # the step of this run's checkpoint.pt, once there is one
-        self.final_saved = False
         if args.resume:
             self.dir = Path(args.resume).parent
             self.resume(args.resume)
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start_step if args.resume else None)
         if self.training["buffer"].device.type == "cuda":
@@ -900,12 +860,8 @@ class Run:
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
         self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
-        self.episode_returns, self.episode_lengths = [], []
-        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
-        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-
-    # --- Checkpoints and model.pt ---
 
     def state(self, objects: dict) -> dict:
         """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
@@ -913,8 +869,8 @@ class Run:
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args)} | self.state(self.model) | {
-            "global_step": step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
+                "global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
         if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
@@ -946,15 +902,9 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
-        finished = finished_step(self.dir)
-        if finished is not None and self.start_step < finished:  # past it, the checkpoint extends the run: fine
-            raise UsageError(f"{self.dir} finished at step {finished} (summary.json); its checkpoint.pt is from step "
-                             f"{self.start_step}, so resuming would redo steps past it and overwrite the finished "
-                             "run's files; start a new run (without --resume) instead")
-        if self.start_step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {self.start_step}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
-        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes") if ckpt["args"][k] != getattr(self.args, k)]
+        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
         fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
         for name, obj in (self.model | self.training).items():
             try:
@@ -966,24 +916,16 @@ class Run:
                 elif ckpt[name] != obj:  # the env's spaces
                     raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
             except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
-                problem = [line.strip() for line in str(e).strip().splitlines()][-1]
-                raise UsageError(f"{path} does not fit these networks: {problem}; {fix}") from None
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
+                                 f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # the first min(saved, here) devices
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        set_torch_rng(ckpt)
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
         # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """Every --checkpoint-every steps; the last one is save_final's."""
-        return self.crossed(self.args.checkpoint_every, step, previous_step) and step < self.args.total_timesteps
-
-    # --- Divergence ---
 
     def diverged(self, step: int, what: str) -> Diverged:
         """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
@@ -996,44 +938,35 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
     def non_finite_weight(self) -> str | None:
-        """The first floating tensor of the networks that is not finite, as the divergence message names it."""
         for name, obj in self.model.items():
             for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     return f"{name}.{key} is not finite"
         return None
 
-    # --- Metrics, evaluation, progress ---
-
-    def record_episodes(self, infos: dict) -> None:
-        """The returns and lengths of the episodes that ended in this step (RecordEpisodeStatistics)."""
+    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
         if "episode" in infos:
             self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
             self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
 
-    def learning_started(self, step: int) -> None:
-        """Marks the first gradient step: the time-left estimate goes by the pace since (see progress)."""
-        self.learning_from = self.learning_from or (time.time(), step)
-
-    def record(self, values: dict[str, torch.Tensor]) -> None:
-        """One gradient step's detached values, by metrics.csv column."""
+    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
         for name, value in values.items():
             self.values.setdefault(name, []).append(value)
 
-    @staticmethod
-    def crossed(every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` lies in (previous_step, step]; never for every = 0."""
-        return every > 0 and step // every > previous_step // every
+    def due(self, every: int, step: int, previous_step: int) -> bool:
+        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
 
     def evaluation_due(self, step: int, previous_step: int) -> bool:
-        last_step = step >= self.args.total_timesteps
-        return self.args.eval_episodes > 0 and (last_step or self.crossed(self.args.eval_frequency, step, previous_step))
+        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
     def row_due(self, step: int, previous_step: int) -> bool:
-        return step >= self.args.total_timesteps or self.crossed(self.args.metrics_every, step, previous_step)
+        return self.due(self.args.metrics_every, step, previous_step)
 
-    def video_dir(self, step: int) -> Path | None:
-        """Where the final evaluation's episodes are recorded with --capture-video."""
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
+        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+
+    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
     @contextlib.contextmanager
@@ -1043,8 +976,7 @@ class Run:
         yield
         self.eval_time += time.time() - start
 
-    def elapsed(self) -> float:
-        """Wall time of the whole run: this process's, plus what the checkpoint it resumed from had."""
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
     def training_sps(self, step: int, elapsed: float) -> float:
@@ -1061,7 +993,7 @@ class Run:
         row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
         row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
                 "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
-                "episodes": len(self.episode_returns)}
+                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
         if evaluation is not None:
             returns, discounted, start_q = (np.mean(x) for x in evaluation)
             row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
@@ -1075,27 +1007,22 @@ class Run:
                     raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end. Time left goes by the pace since the
-        first gradient step: the steps before it make no updates and run many times faster."""
-        now = time.time()
-        if now - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
-        self.last_print, elapsed = now, self.elapsed()
-        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
-        time_left = (self.args.total_timesteps - step) * (now - since_time) / max(step - since_step, 1)
+        self.last_print, elapsed = time.time(), self.elapsed()
+        sps = self.training_sps(step, elapsed)
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        print(f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | return "
-              f"{recent} (last {len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
-              f"~{time_left:.0f}s left", flush=True)
+        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
+              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
+              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
         """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
         wall_time = self.elapsed()
-        summary = {
-            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
             print_eval(*evaluation)
             summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
@@ -1117,10 +1044,7 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
     returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
                                             device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
@@ -1165,6 +1089,8 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
 # <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
+
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -1203,13 +1129,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
             other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
             raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
                              f"{flag} {saved_from}")
-        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
         args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line.
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)

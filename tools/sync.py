@@ -38,7 +38,8 @@ def sync(check: bool, root: Path = ROOT) -> int:
         found = {m.group(1) for m in MARKED.finditer(text)}
         for name, scripts in BLOCKS.items():
             if (script in scripts) != (name in found):
-                problems.setdefault(name, []).append(f"{script} (marker {'missing' if script in scripts else 'unexpected'})")
+                state = "missing" if script in scripts else "unexpected"
+                problems.setdefault(name, []).append(f"{script} (marker {state})")
         new = MARKED.sub(lambda m: f"# <shared {m.group(1)}>\n{canonical(m.group(1))}# </shared {m.group(1)}>\n"
                          if m.group(1) in BLOCKS else m.group(0), text)
         for m, n in zip(MARKED.finditer(text), MARKED.finditer(new)):
@@ -46,6 +47,10 @@ def sync(check: bool, root: Path = ROOT) -> int:
                 problems.setdefault(m.group(1), []).append(script)
         if not check and new != text:
             path.write_text(new)
+    if not check:
+        for name, scripts in problems.items():
+            if any("marker" in s for s in scripts):
+                print(f"shared block '{name}': {', '.join(s for s in scripts if 'marker' in s)}")
     if check and problems:
         for name, scripts in problems.items():
             print(f"shared block '{name}' (tools/shared/{name}.py) differs in: {', '.join(scripts)}")

@@ -15,13 +15,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
     within its range, and a file behind --resume and --evaluate."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    checks = [(name, "a finite number", math.isfinite) for name, value in vars(args).items() if isinstance(value, float)]
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
     for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
         if not ok(getattr(args, name)):
             raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
     for name in ("resume", "evaluate"):
         if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
             raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
 def check_env(env_id: str) -> None:

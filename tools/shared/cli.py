@@ -1,5 +1,7 @@
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
+
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -38,13 +40,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
             other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
             raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
                              f"{flag} {saved_from}")
-        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(Args)}}
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
         args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line.
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)

@@ -22,6 +22,8 @@ def atomic_save(obj: dict | str, path: Path) -> None:
 
 def make_run_dir(path: Path) -> None:
     """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
@@ -30,24 +32,34 @@ def make_run_dir(path: Path) -> None:
                          "a writable working directory") from None
 
 
-def finished_step(run_dir: Path) -> int | None:
-    """The step a finished run ended at, from its summary.json; None if the run has not finished."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return None
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
     try:
-        return int(json.loads(summary.read_text())["global_step"])
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (the columns METRICS names), and wandb when tracking.
-
-    Each row is one write, flushed, so an interrupted run leaves whole rows. A resumed run first drops
-    the rows after its checkpoint (they are about to be redone), then appends. A run that is not resumed
-    starts the file afresh, even under a name used before: two runs' rows would make one curve.
-    """
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
         if resume_step is not None and path.exists():
@@ -80,6 +92,8 @@ class MetricsLog:
 
 def wandb_server() -> tuple[str, int]:
     """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
         port = url.port
@@ -90,6 +104,9 @@ def wandb_server() -> tuple[str, int]:
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
     """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
     result = []
 
     def probe():
@@ -107,6 +124,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
     """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
     wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
     import netrc
+    import urllib.parse
 
     import wandb
 
@@ -124,7 +142,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
         mode = "offline"
         print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-                      config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online")
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:

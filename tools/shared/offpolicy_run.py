@@ -29,30 +29,25 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
 
 
 class Run:
-    """The files and console of one training run, so that train() reads as the algorithm.
-
-    runs/<run-name>/ (new, or the resumed checkpoint's) gets args.json, metrics.csv (and wandb with
-    --track), checkpoint.pt every --checkpoint-every steps and at the end, model.pt before the final
-    evaluation and summary.json after it. train() lists once what model.pt holds (`model`: the networks
-    and what rebuilds them) and what a checkpoint adds (`training`: target networks, optimizers, the
-    buffer); saving and resuming both go by these lists. A resumed run's checkpoint carries its clock and
-    its counters (start_step, start_updates). What is no longer finite stops the run (Diverged).
+    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
+    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
+    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
+    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
+    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
     """
 
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
-        self.start_step, self.start_updates = 0, 0
+        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         # Seconds before this process and of evaluation; the step steps per second count from (see resume).
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
-        self.checkpoint_step: int | None = None  # the step of this run's checkpoint.pt, once there is one
-        self.final_saved = False
         if args.resume:
             self.dir = Path(args.resume).parent
             self.resume(args.resume)
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start_step if args.resume else None)
         if self.training["buffer"].device.type == "cuda":
@@ -60,12 +55,8 @@ class Run:
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
         self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
-        self.episode_returns, self.episode_lengths = [], []
-        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
-        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-
-    # --- Checkpoints and model.pt ---
 
     def state(self, objects: dict) -> dict:
         """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
@@ -73,8 +64,8 @@ class Run:
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args)} | self.state(self.model) | {
-            "global_step": step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
+                "global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
         if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
@@ -106,15 +97,9 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
-        finished = finished_step(self.dir)
-        if finished is not None and self.start_step < finished:  # past it, the checkpoint extends the run: fine
-            raise UsageError(f"{self.dir} finished at step {finished} (summary.json); its checkpoint.pt is from step "
-                             f"{self.start_step}, so resuming would redo steps past it and overwrite the finished "
-                             "run's files; start a new run (without --resume) instead")
-        if self.start_step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {self.start_step}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
-        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes") if ckpt["args"][k] != getattr(self.args, k)]
+        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
         fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
         for name, obj in (self.model | self.training).items():
             try:
@@ -126,24 +111,16 @@ class Run:
                 elif ckpt[name] != obj:  # the env's spaces
                     raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
             except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
-                problem = [line.strip() for line in str(e).strip().splitlines()][-1]
-                raise UsageError(f"{path} does not fit these networks: {problem}; {fix}") from None
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
+                                 f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # the first min(saved, here) devices
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        set_torch_rng(ckpt)
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
         # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """Every --checkpoint-every steps; the last one is save_final's."""
-        return self.crossed(self.args.checkpoint_every, step, previous_step) and step < self.args.total_timesteps
-
-    # --- Divergence ---
 
     def diverged(self, step: int, what: str) -> Diverged:
         """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
@@ -156,44 +133,35 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
     def non_finite_weight(self) -> str | None:
-        """The first floating tensor of the networks that is not finite, as the divergence message names it."""
         for name, obj in self.model.items():
             for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     return f"{name}.{key} is not finite"
         return None
 
-    # --- Metrics, evaluation, progress ---
-
-    def record_episodes(self, infos: dict) -> None:
-        """The returns and lengths of the episodes that ended in this step (RecordEpisodeStatistics)."""
+    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
         if "episode" in infos:
             self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
             self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
 
-    def learning_started(self, step: int) -> None:
-        """Marks the first gradient step: the time-left estimate goes by the pace since (see progress)."""
-        self.learning_from = self.learning_from or (time.time(), step)
-
-    def record(self, values: dict[str, torch.Tensor]) -> None:
-        """One gradient step's detached values, by metrics.csv column."""
+    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
         for name, value in values.items():
             self.values.setdefault(name, []).append(value)
 
-    @staticmethod
-    def crossed(every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` lies in (previous_step, step]; never for every = 0."""
-        return every > 0 and step // every > previous_step // every
+    def due(self, every: int, step: int, previous_step: int) -> bool:
+        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
 
     def evaluation_due(self, step: int, previous_step: int) -> bool:
-        last_step = step >= self.args.total_timesteps
-        return self.args.eval_episodes > 0 and (last_step or self.crossed(self.args.eval_frequency, step, previous_step))
+        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
     def row_due(self, step: int, previous_step: int) -> bool:
-        return step >= self.args.total_timesteps or self.crossed(self.args.metrics_every, step, previous_step)
+        return self.due(self.args.metrics_every, step, previous_step)
 
-    def video_dir(self, step: int) -> Path | None:
-        """Where the final evaluation's episodes are recorded with --capture-video."""
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
+        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+
+    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
     @contextlib.contextmanager
@@ -203,8 +171,7 @@ class Run:
         yield
         self.eval_time += time.time() - start
 
-    def elapsed(self) -> float:
-        """Wall time of the whole run: this process's, plus what the checkpoint it resumed from had."""
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
     def training_sps(self, step: int, elapsed: float) -> float:
@@ -221,7 +188,7 @@ class Run:
         row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
         row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
                 "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
-                "episodes": len(self.episode_returns)}
+                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
         if evaluation is not None:
             returns, discounted, start_q = (np.mean(x) for x in evaluation)
             row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
@@ -235,27 +202,22 @@ class Run:
                     raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end. Time left goes by the pace since the
-        first gradient step: the steps before it make no updates and run many times faster."""
-        now = time.time()
-        if now - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
-        self.last_print, elapsed = now, self.elapsed()
-        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
-        time_left = (self.args.total_timesteps - step) * (now - since_time) / max(step - since_step, 1)
+        self.last_print, elapsed = time.time(), self.elapsed()
+        sps = self.training_sps(step, elapsed)
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        print(f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | return "
-              f"{recent} (last {len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
-              f"~{time_left:.0f}s left", flush=True)
+        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
+              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
+              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
         """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
         wall_time = self.elapsed()
-        summary = {
-            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
             print_eval(*evaluation)
             summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
@@ -277,10 +239,7 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
     returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
                                             device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")

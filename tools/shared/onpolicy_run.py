@@ -15,23 +15,8 @@ def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
 
 
 
-def state_dict(obj) -> dict:
-    """What a file keeps of obj: its state_dict, or a RunningMeanStd's statistics as tensors."""
-    if isinstance(obj, RunningMeanStd):
-        return {"mean": torch.tensor(obj.mean), "var": torch.tensor(obj.var), "count": obj.count}
-    return obj.state_dict()
-
-
-def load_state_dict(obj, state: dict) -> None:
-    if isinstance(obj, RunningMeanStd):
-        obj.mean, obj.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
-        obj.count = state["count"]
-    else:
-        obj.load_state_dict(state)
-
-
 def state_dicts(objects: dict) -> dict:
-    return {key: state_dict(obj) if obj is not None else None for key, obj in objects.items()}
+    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
 
 
 def non_finite(state: dict, prefix: str = "") -> str | None:
@@ -68,7 +53,7 @@ class Run:
         make_run_dir(self.dir)
         self.metrics = MetricsLog(self.dir / "metrics.csv",
                                   resume_step=self.start["global_step"] if args.resume else None)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         if args.track:
             self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
         if device.type == "cuda":
@@ -85,15 +70,7 @@ class Run:
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         start = {key: ckpt[key] for key in counters}
-        finished = finished_step(Path(path).parent)
-        # A checkpoint at or past the summary's step is the run extended (maybe interrupted): fine to go on.
-        if finished is not None and start["global_step"] < finished:
-            raise UsageError(f"{Path(path).parent} finished at step {finished} (summary.json); its checkpoint.pt is "
-                             f"from step {start['global_step']}, so resuming would redo steps past it and overwrite "
-                             "the finished run's files; start a new run (without --resume) instead")
-        if start["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {start['global_step']}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
+        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
         for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
             if ckpt.get(key) != value:
                 raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
@@ -106,19 +83,16 @@ class Run:
                 raise UsageError(f"{path} holds no {key}: its run trained without it; "
                                  "resume without --norm-obs / --norm-reward")
             try:
-                load_state_dict(obj, ckpt[key])
+                obj.load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)") from None
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # older checkpoints lack it
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][:torch.cuda.device_count()])
+        set_torch_rng(ckpt)
         self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
         print(f"resumed from {path} at step {start['global_step']}")
         return start
 
-    def elapsed(self) -> float:
-        """Wall time of the whole run, so that a resumed run reads as one: before the resume, and since."""
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.elapsed_before + time.time() - self.start_time
 
     def diverged(self, step: int, what: str, value) -> Diverged:
@@ -132,7 +106,7 @@ class Run:
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), **self.shapes, **model,
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
                 "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
@@ -216,10 +190,7 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
     returns = evaluate(agent, obs_rms, env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
