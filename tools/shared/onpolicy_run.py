@@ -13,20 +13,15 @@ def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
         return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
 
 
-
-
 def state_dicts(objects: dict) -> dict:
     return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
 
 
-def non_finite(state: dict, prefix: str = "") -> str | None:
-    """The name of the first floating-point tensor of a (nested) state dict holding a NaN or inf, else None."""
-    for key, value in state.items():
-        if isinstance(value, dict) and (found := non_finite(value, f"{prefix}{key}.")):
-            return found
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            return f"{prefix}{key}"
-    return None
+def non_finite(state: dict) -> str | None:
+    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
+    bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
+    return next(bad, None)
 
 
 class Run:
