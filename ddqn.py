@@ -66,25 +66,21 @@ Evaluate:     python ddqn.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python ddqn.py --help
 """
 
+import contextlib
 import copy
 import csv
-import dataclasses
-import difflib
 import itertools
 import json
-import netrc
+import math
 import os
 import random
-import socket
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 import gymnasium as gym
 import numpy as np
@@ -120,9 +116,8 @@ class Args:
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 100_000
-    """transitions the replay buffer holds before the oldest are overwritten. The default keeps all of
-    a default run's transitions: the early episodes' failures are never overwritten by the long,
-    uneventful episodes of a policy that balances"""
+    """transitions the replay buffer holds before the oldest are overwritten; the default keeps
+    all of a default run's, so the early failures stay in memory"""
     batch_size: int = 64
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
@@ -133,8 +128,8 @@ class Args:
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     """sizes of the Q-network's hidden layers (ReLU between them)"""
     learning_rate: float = 2.3e-3
-    """Adam learning rate: high for DQN; Stable-Baselines3's tuned CartPole-v1 value, together with
-    the bursts of updates of --train-frequency and --gradient-steps"""
+    """Adam learning rate; high for DQN, RL Baselines3 Zoo's CartPole-v1 value (with the bursts of
+    --train-frequency and --gradient-steps)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over training: DQN's greedy policy can swing long after
     it first gets good, and small final steps let the network that is evaluated and saved settle"""
@@ -142,26 +137,18 @@ class Args:
     """discount factor"""
     train_frequency: int = 256
     """train every this many environment steps: with --gradient-steps 128, a burst of 128 updates
-    every 256 steps, one update per two transitions (Stable-Baselines3's tuned CartPole-v1 setting)"""
+    every 256 steps (RL Baselines3 Zoo's CartPole-v1 setting, one update per two transitions)"""
     gradient_steps: int = 128
     """gradient steps per training round"""
     target_network_frequency: int = 768
-    """update the target network every this many environment steps (after every third burst). This
-    sets how fast values travel back in time: each copy carries them about one more step of the
-    Bellman recursion. Copies every 256 steps (README, tnf256 rows) left Q(first state) above the
-    100 no policy can earn, and ddqn.py's final returns at 118, 262, 328 (dqn.py's at 500 on all
-    three seeds); with 768 both scripts ended at 500 on seeds 1-3 (README, default rows)"""
+    """copy (or --tau average) the network into the target every this many environment steps
+    (after every third burst); docs/experiments.md compares 256"""
     tau: float = 1.0
-    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 is a hard copy, below 1 a Polyak
-    average (e.g. 0.005 with --target-network-frequency 1). Counted in environment steps, not
-    gradient steps: with --target-network-frequency 1 it moves once per vector env step, so between
-    two default bursts it moves 256 times towards the same weights, and not at all during one
-    (naf.py averages after every gradient step, ddpg.py after every actor step)"""
+    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 copies, below 1 averages (counted
+    in vector env steps; docs/experiments.md has what that means with --target-network-frequency 1)"""
     loss: Literal["mse", "huber"] = "mse"
-    """TD loss. Huber (quadratic for errors below --huber-delta, linear beyond) caps the pull of a
-    rare huge TD error, but with unclipped rewards those errors are the news (on CartPole-v1 the
-    episodes' last steps, y = 1 far below the Q values around them), so MSE lets them pull in full;
-    Nature DQN's Huber loss went with rewards clipped to [-1, 1]. --max-grad-norm bounds any update"""
+    """TD loss: mse, or huber (linear beyond --huber-delta, capping a rare huge TD error; see
+    docs/experiments.md for why MSE is the default with unclipped rewards)"""
     huber_delta: float = 1.0
     """where the Huber loss turns from quadratic to linear (with --loss huber)"""
     max_grad_norm: float = 10.0
@@ -169,17 +156,15 @@ class Args:
 
     # --- Exploration ---
     exploration: Literal["epsilon-greedy", "boltzmann"] = "epsilon-greedy"
-    """epsilon-greedy: a uniformly random action with probability epsilon. boltzmann: sample
-    P(a|s) proportional to exp(Q(s, a) / temperature), so actions that look nearly as good are tried
-    often and clearly bad ones rarely"""
+    """epsilon-greedy: a uniformly random action with probability epsilon; boltzmann: sample
+    P(a|s) proportional to exp(Q(s, a) / temperature)"""
     start_e: float = 1.0
     """epsilon at the start (epsilon-greedy)"""
     end_e: float = 0.04
     """epsilon after the decay, kept to the end (epsilon-greedy)"""
     exploration_fraction: float = 0.16
-    """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly from its
-    start to its end value: 16k steps by default. 0.16 and --end-e 0.04 are Stable-Baselines3's
-    tuned CartPole-v1 values, but for a 50k-step budget, where the decay spans 8k steps"""
+    """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly to its
+    end value (16k steps by default; RL Baselines3 Zoo's CartPole-v1 values with --end-e)"""
     start_temperature: float = 10.0
     """Boltzmann temperature at the start, in units of Q (rewards): large compared to the gaps
     between actions' Q values means nearly uniform"""
@@ -212,29 +197,30 @@ class Args:
     """greedy evaluation episodes (argmax_a Q, no exploration) at the end and every --eval-frequency
     steps; 0 skips evaluation"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps (0: only at the end), logging beside the returns
-    the Q value predicted at each episode's first state and the discounted return the episode then
-    earned: their gap is the overestimation"""
+    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
+    each episode's first state beside the discounted return earned: their gap is the overestimation"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch; one per run lets several seeds run side by side without fighting over
-    the cores"""
+    """CPU threads for torch; one lets seeds run side by side, one per core"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Environment construction
-# ---------------------------------------------------------------------------------------------
-
+# --- Environment construction ---
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    try:
-        env = gym.make(env_id, render_mode=render_mode)
-    except (gym.error.Error, ModuleNotFoundError) as e:
-        raise env_error(env_id, e)
-    return check_spaces(env, env_id)  # checked spaces, flat float32 obs (Discrete ones one-hot), or one error line
+    """gym.make, its observations one flat float32 vector, the network's input: Discrete, MultiDiscrete,
+    Tuple and Dict ones through FlattenObservation (a Discrete one becomes one-hot). check_env refused others."""
+    env = gym.make(env_id, render_mode=render_mode)
+    if isinstance(env.observation_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple,
+                                          gym.spaces.Dict)):
+        env = gym.wrappers.FlattenObservation(env)
+    space = env.observation_space  # a flat vector of another dtype (an image is check_env's to refuse):
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.dtype != np.float32:
+        low, high = space.low.astype(np.float32), space.high.astype(np.float32)  # cast here: DtypeObservation warns
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs, np.float32), gym.spaces.Box(low, high))
+    return env
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -264,10 +250,7 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
     return real
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay buffer
-# ---------------------------------------------------------------------------------------------
-
+# --- Replay buffer ---
 
 class ReplayBuffer:
     """A circular memory of transitions in tensors preallocated on the device that trains on them.
@@ -275,8 +258,7 @@ class ReplayBuffer:
     Row i holds one whole transition (s, a, r, s', terminated): s' is stored next to s rather than
     read from row i + 1, because with several envs the rows of one env are not adjacent, and after
     an autoreset the next row belongs to another episode. One more copy of each observation buys
-    the end of every question about which rows follow which. On the CPU the tensors are read and
-    written through numpy views of their memory: a numpy call costs a fraction of a torch one."""
+    the end of every question about which rows follow which."""
 
     def __init__(self, capacity: int, obs_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
@@ -286,7 +268,6 @@ class ReplayBuffer:
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.columns = (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
-        self.views = tuple(column.numpy() for column in self.columns) if device.type == "cpu" else None
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
@@ -298,26 +279,20 @@ class ReplayBuffer:
         if self.pos + n <= self.capacity:
             rows = slice(self.pos, self.pos + n)
         else:
-            rows = (self.pos + np.arange(n)) % self.capacity
-        for column, value in zip(self.views or self.columns, (obs, actions, rewards, next_obs, terminations)):
-            column[rows] = value if self.views else torch.as_tensor(value, dtype=column.dtype, device=self.device)
+            rows = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
+        for column, value in zip(self.columns, (obs, actions, rewards, next_obs, terminations)):
+            column[rows] = torch.as_tensor(value, dtype=column.dtype, device=self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows, as tensors on the
-        device. On a GPU only the row numbers travel there, and the rows are gathered where they are."""
-        rows = rng.integers(0, self.size, batch_size)
-        if self.views:
-            return tuple(torch.from_numpy(view[rows]) for view in self.views)
-        rows = torch.from_numpy(rows).to(self.device)
+        """A minibatch drawn uniformly (with replacement) from the filled rows: only the row numbers
+        travel to the device, the rows are gathered there."""
+        rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
         return tuple(column[rows] for column in self.columns)
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
+# --- Networks ---
 
 class QNetwork(nn.Module):
     """An MLP from an observation to one Q value per action, Q(s, .) in a single forward pass: ReLU
@@ -331,23 +306,17 @@ class QNetwork(nn.Module):
         self.obs_dim, self.n_actions = obs_dim, n_actions
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # F.linear on each layer's parameters: no nn.Linear call and its Python overhead per layer.
         x = obs
         for layer in self.hidden:
-            x = torch.relu(F.linear(x, layer.weight, layer.bias))
-        return F.linear(x, self.out.weight, self.out.bias)
+            x = torch.relu(layer(x))
+        return self.out(x)
 
 
+# Speed only, a first read can skip it: Q(obs, .) in numpy, the same numbers without torch's per-call cost.
 def acting_q_values(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
-    """Q(obs, .) for the envs' observations, numpy in and numpy out: what acting needs every step.
-
-    The forward pass in numpy on views of the parameters of a network in host memory (detach().numpy()
-    shares memory; optimizer steps and load_state_dict write in place), so it always uses its
-    current weights. For one observation torch's fixed cost per call is several times the
-    arithmetic: 46 us against numpy's 14 for the 256-256 network, 37 against 10 for 120-84 (timeit
-    on this project's CPU); the difference is over a tenth of the training time in the README's speed
-    benchmark (120-84, one gradient step every 10 environment steps, 7,300 steps per second), about
-    4% with the defaults (about 1,400). On a GPU, give it the host copy of the network (host_copy)."""
+    """Q(obs, .) for the envs' observations, numpy in and out, on views of the parameters of a network in host
+    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
+    For one observation torch's fixed cost per call is several times the arithmetic."""
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
               for layer in (*q_network.hidden, q_network.out)]
 
@@ -359,11 +328,7 @@ def acting_q_values(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
         return x @ weight.T + bias
     return q_values
 
-
-# ---------------------------------------------------------------------------------------------
-# The algorithm's pure functions
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's pure functions ---
 
 def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
     """start at step 0, end from step `duration` on, a straight line in between."""
@@ -408,10 +373,7 @@ def steps_crossed(every: int, step: int, previous_step: int) -> int:
     return step // every - previous_step // every if every > 0 else 0
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's steps
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's steps ---
 
 def select_actions(
     q_values: Callable[[np.ndarray], np.ndarray], n_actions: int, obs: np.ndarray, exploration: str,
@@ -436,9 +398,9 @@ def select_actions(
 def gradient_step(
     q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
     batch: tuple[torch.Tensor, ...], args: Args,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """One gradient step on the TD loss of a minibatch (s, a, r, s', terminated). Returns the loss
-    and Q(s, a), detached and left as tensors: averaged once per metrics row, no sync per step."""
+    and Q(s, a) by metrics.csv column, detached tensors: averaged once per row, no sync per step."""
     obs, actions, rewards, next_obs, terminated = batch
     with torch.no_grad():  # y is a label: no gradient flows through it, only Q(s, a) moves
         target = td_target(q_network, target_network, rewards, next_obs, terminated, args.gamma)  # y, above
@@ -448,7 +410,7 @@ def gradient_step(
     loss.backward()  # dL/dtheta
     nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)  # ||g|| <= max_grad_norm
     optimizer.step()  # theta <- Adam's update of theta with g
-    return loss.detach(), q.detach()
+    return {"td_loss": loss.detach(), "q_taken": q.detach()}
 
 
 @torch.no_grad()
@@ -484,9 +446,9 @@ def train(args: Args) -> dict:
     # fused: Adam's update of each tensor in one pass instead of several small ops on it.
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, device)
-    # A checkpoint holds these state_dicts, the buffer, the counters and the generators (Run, Part 2).
-    checkpointed = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
-    run = Run(args, device, checkpointed, rb, rng)
+    # What model.pt holds, and what a checkpoint adds to go on training: listed once, to save and to resume.
+    model = {"obs_dim": obs_dim, "n_actions": n_actions, "q_network": q_network}
+    run = Run(args, model, {"target_network": target_network, "optimizer": optimizer, "buffer": rb}, rng)
     global_step, num_updates = run.start_step, run.start_updates
 
     acting_network = host_copy(q_network, device)  # q_network itself on the CPU, a copy in host memory on a GPU
@@ -494,7 +456,6 @@ def train(args: Args) -> dict:
     # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
     obs, _ = envs.reset(seed=args.seed + global_step)
     exploration_steps = args.exploration_fraction * args.total_timesteps
-    losses, q_taken = [], []  # one entry per gradient step since the last metrics row
 
     while global_step < args.total_timesteps:
         # --- Act and store ---
@@ -509,7 +470,6 @@ def train(args: Args) -> dict:
 
         # --- Learn ---
         if rb.size >= args.learning_starts:
-            run.learning_started(global_step)
             if steps_crossed(args.target_network_frequency, global_step, previous_step):
                 update_target(target_network, q_network, args.tau)
             rounds = steps_crossed(args.train_frequency, global_step, previous_step)
@@ -517,164 +477,60 @@ def train(args: Args) -> dict:
                 optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
             for _ in range(rounds * args.gradient_steps):
                 batch = rb.sample(args.batch_size, rng)
-                loss, q = gradient_step(q_network, target_network, optimizer, batch, args)
-                losses.append(loss)
-                q_taken.append(q)
+                run.record(gradient_step(q_network, target_network, optimizer, batch, args))
                 num_updates += 1
             if rounds:
                 refresh_host_copy(acting_network, q_network)  # acting goes on with the new weights
 
-        # --- Evaluate, log, checkpoint: Run's bookkeeping (Part 2) ---
-        if global_step >= args.total_timesteps:  # saved before the last evaluation, which could fail
+        # --- Evaluate, log, checkpoint ---
+        if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
             run.save_final(global_step, num_updates)
+        evaluation = None
         if run.evaluation_due(global_step, previous_step):
-            run.evaluate(q_network, global_step)
-        if run.row_due(global_step, previous_step):
-            run.log({
-                "global_step": global_step, "gradient_steps": num_updates,
-                "td_loss": torch.stack(losses).mean().item() if losses else "",
-                "q_taken": torch.cat(q_taken).mean().item() if q_taken else "",
-                "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
-                "temperature": temperature if args.exploration == "boltzmann" else "",
-            })
-            losses, q_taken = [], []
+            with run.off_the_clock():
+                evaluation = evaluate(q_network, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
+                                      device, run.video_dir(global_step))
+        if evaluation is not None or run.row_due(global_step, previous_step):
+            run.log({"global_step": global_step, "gradient_steps": num_updates,
+                     "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
+                     "temperature": temperature if args.exploration == "boltzmann" else ""}, evaluation)
         if run.checkpoint_due(global_step, previous_step):
             run.save_checkpoint(global_step, num_updates)
-        run.progress(global_step, epsilon, temperature)
+        run.progress(global_step, exploring(args, epsilon, temperature))
     envs.close()
-    return run.finish(global_step)
+    return run.finish(global_step, evaluation)
 
 
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Checks of the input, the run's files (metrics, checkpoints, summary, model), evaluation and
-# the command line.
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks: bad input is one error line
-# ---------------------------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
-
-
-class Diverged(Exception):
-    """A loss, value, return or weight that is no longer finite: one line and exit code 3."""
-
-
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
-def env_error(env_id: str, error: Exception) -> UsageError:
-    """make_env's error line for an env gymnasium cannot make."""
-    if isinstance(error, ModuleNotFoundError) and ":" in env_id:  # "module:Env-v0" imports the module
-        module = env_id.split(":")[0]
-        return UsageError(
-            f"cannot import module '{module}' for {env_id}: {error}; check the module name and PYTHONPATH"
-        )
-    if isinstance(error, gym.error.DependencyNotInstalled | ModuleNotFoundError):
-        return UsageError(f"{env_id} needs a missing package ({error}); pip install -r requirements.txt")
-    return UsageError(f"cannot make {env_id}: {error}")
-
-
-def check_spaces(env: gym.Env, env_id: str) -> gym.Env:
-    """This file's network needs a Discrete action space and a flat vector of observations. Discrete,
-    MultiDiscrete, Tuple and Dict observations are flattened by gymnasium's wrapper (a Discrete one
-    becomes one-hot), and observations of every dtype reach the buffer and the network as float32.
-    Returns the env, wrapped where it needs to be."""
-    if not isinstance(env.action_space, gym.spaces.Discrete) or env.action_space.start != 0:
-        env.close()
-        raise UsageError(
-            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
-            "Discrete one (actions 0..n-1); for continuous actions use ddpg.py or naf.py"
-        )
-    space = env.observation_space
-    if not isinstance(space, gym.spaces.Box) and space.is_np_flattenable:
-        env = gym.wrappers.FlattenObservation(env)
-    elif not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-        env.close()
-        raise UsageError(
-            f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D Box, or a "
-            "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
-            "convolutional network, which it does not have"
-        )
-    if env.observation_space.dtype != np.float32:  # bounds cast here: gymnasium's DtypeObservation warns
-        low, high = env.observation_space.low.astype(np.float32), env.observation_space.high.astype(np.float32)
-        env = gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs, np.float32), gym.spaces.Box(low, high))
-    return env
+# Checks of the input, the run's files, evaluation and the command line. A block between
+# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
+# tools/shared/NAME.py, where it is edited.
 
 
 def check_args(args: Args) -> None:
-    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds from 0 to 2**32 - 1, offsets added
-        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        if isinstance(value, float) and not np.isfinite(value):
-            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "torch_threads", "metrics_every", "learning_rate",
-                 "max_grad_norm", "log_interval", "start_temperature", "end_temperature", "huber_delta"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
-        raise UsageError("--gamma and --tau must be in (0, 1]")
-    for name in ("start_e", "end_e", "exploration_fraction"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    if args.learning_starts > args.buffer_size:
-        raise UsageError(
-            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
-            "the buffer could never hold enough transitions to start training"
-        )
-    if args.total_timesteps <= args.learning_starts:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
-            f"{args.learning_starts}: training would never start"
-        )
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+    check_flags(args, {
+        "positive": ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
+                     "target_network_frequency", "torch_threads", "metrics_every", "learning_rate", "max_grad_norm",
+                     "log_interval", "start_temperature", "end_temperature", "huber_delta"),
+        "0 or more": ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts"),
+        "in (0, 1]": ("gamma", "tau"), "in [0, 1]": ("start_e", "end_e", "exploration_fraction"),
+    })
+    check_replay_args(args)
+    check_env(args.env_id)
 
 
-# ---------------------------------------------------------------------------------------------
-# Files: atomic writes, the metrics CSV, wandb
-# ---------------------------------------------------------------------------------------------
+def action_space_error(space: gym.Space) -> str | None:
+    if not isinstance(space, gym.spaces.Discrete) or space.start != 0:
+        return (f"has a {type(space).__name__} action space; {ALGORITHM}.py needs a Discrete one (actions 0..n-1); "
+                "for continuous actions use ddpg.py or naf.py")
+    return None
 
 
-def atomic_save(obj: dict | str, path: Path) -> None:
-    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
-    the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
-    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8.
-    When the write fails (a full disk), the temporary file goes and the previous file stays."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
-        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
-                         f"and {then}") from None
+def exploring(args: Args, epsilon: float, temperature: float) -> str:
+    """The exploration of the progress line."""
+    return f"epsilon {epsilon:.3f}" if args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
 
 
 METRICS = [
@@ -683,468 +539,13 @@ METRICS = [
 ]
 
 
-class MetricsLog:
-    """runs/<run-name>/metrics.csv, one row every --metrics-every steps, and wandb when tracking.
-
-    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
-    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
-    then appends. A run that is not resumed starts the file afresh, even under a run name used
-    before: appending a second run's rows from step 0 would make one curve out of two runs.
-    """
-
-    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-        self.wandb_run = wandb_run
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-def wandb_url():
-    """The wandb server: WANDB_BASE_URL, as wandb itself reads it."""
-    return urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-
-
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Probe the host and port of the wandb server that WANDB_BASE_URL names (default
-    https://api.wandb.ai) in a thread, so that neither DNS nor connect can hang the run."""
-    url, result = wandb_url(), []
-    if url.hostname is None:
-        return False
-
-    def probe():
-        try:
-            port = url.port or (80 if url.scheme == "http" else 443)
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except (OSError, ValueError):  # ValueError: a port that is not a number
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
-def wandb_key_configured() -> bool:
-    """An API key in WANDB_API_KEY, or in the netrc file ($NETRC, else ~/.netrc) for the server,
-    where `wandb login` puts it. A missing or broken netrc file holds none."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(wandb_url().netloc) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def init_wandb(args: Args, run_name: str, run_dir: Path):
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE")
-    if mode is None and not wandb_reachable():
-        mode = "offline"
-        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
-    elif mode is None and not wandb_key_configured():
-        mode = "offline"
-        print(f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {run_dir}/wandb; "
-              "upload later with `wandb sync`")
-    return wandb.init(
-        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices: acting on the host, files on the CPU
-# ---------------------------------------------------------------------------------------------
-
-
-def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step: on the CPU the trained module
-    itself (no copy: the same numbers at the same speed); on a GPU a copy in host memory, so that an
-    env step makes no host-device round trip. refresh_host_copy keeps it current."""
-    return module if device.type == "cpu" else copy.deepcopy(module).to("cpu")
-
-
-def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """Copies the trained module's weights into its host copy (in place); nothing when they are one."""
-    if host is not module:
-        host.load_state_dict(module.state_dict())
-
-
-def to_cpu(state):
-    """A (nested) state with every tensor on the CPU, so that the files load on any machine."""
-    if isinstance(state, torch.Tensor):
-        return state.cpu()
-    if isinstance(state, dict):
-        return {key: to_cpu(value) for key, value in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(to_cpu(value) for value in state)
-    return state
-
-
-def first_non_finite(state, name: str) -> str | None:
-    """The name of the first floating tensor in a (nested) state that holds NaN or inf, or None."""
-    if isinstance(state, torch.Tensor):
-        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if bad := first_non_finite(value, f"{name}.{key}"):
-                return bad
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# The run: its directory, metrics, console, checkpoints, summary and model
-# ---------------------------------------------------------------------------------------------
-
-
-class Run:
-    """The files and the console of one training run, so that train() needs a few calls for them.
-
-    runs/<run-name>/ gets args.json, metrics.csv (and wandb/ with --track), checkpoint.pt,
-    summary.json and model.pt. The object keeps the clock (steps per second, time left), the
-    episodes finished since the last metrics row and the latest evaluation. checkpoint() and
-    resume() both go by `checkpointed`, the objects whose state_dict a checkpoint holds.
-    """
-
-    def __init__(self, args: Args, device: torch.device, checkpointed: dict, rb: ReplayBuffer,
-                 rng: np.random.Generator):
-        self.args, self.device, self.checkpointed, self.rb, self.rng = args, device, checkpointed, rb, rng
-        self.checkpoint_step: int | None = None  # of the checkpoint.pt this run wrote or resumed from
-        # A resumed run's clock goes on from its checkpoint's: seconds and evaluation seconds before it,
-        # and the step it counts steps per second from (the resumed step for a checkpoint without a clock).
-        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
-        self.start_step, self.start_updates = self.resume(args.resume) if args.resume else (0, 0)
-        if args.resume:
-            self.dir = Path(args.resume).parent
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsLog(self.dir / "metrics.csv", resume_step=self.start_step if args.resume else None)
-        except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
-                             "--run-name or a writable working directory") from None
-        self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir) if args.track else None
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
-        if device.type == "cuda":
-            print("device cuda: acting on a CPU copy of the Q-network (refreshed after each round of gradient "
-                  "steps); updates and the replay buffer on the GPU")
-        self.episode_returns: list[float] = []
-        self.episode_lengths: list[int] = []
-        self.recent_returns: deque[float] = deque(maxlen=20)
-        self.evaluation: tuple[list[float], list[float], list[float]] | None = None
-        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-        self.start_time = self.last_print = time.time()
-
-    # --- What a checkpoint holds, for saving and for resuming ---
-
-    def model_state(self, step: int) -> dict:
-        """model.pt: the Q-network and what rebuilding it needs, on the CPU."""
-        q_network = self.checkpointed["q_network"]
-        return {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args), "obs_dim": q_network.obs_dim,
-                "n_actions": q_network.n_actions, "q_network": to_cpu(q_network.state_dict()), "global_step": step}
-
-    def checkpoint(self, step: int, num_updates: int) -> dict:
-        """checkpoint.pt: model.pt's contents, the state of every checkpointed object, the buffer's
-        rows (None with --no-save-buffer), the update counter, the random generators and the clock."""
-        return self.model_state(step) | {name: to_cpu(obj.state_dict()) for name, obj in self.checkpointed.items()} | {
-            "buffer": buffer_state(self.rb) if self.args.save_buffer else None, "num_updates": num_updates,
-            "numpy_rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "elapsed": self.elapsed(), "eval_time": self.eval_time,
-        }
-
-    def resume(self, path: str) -> tuple[int, int]:
-        """Loads what checkpoint() saved back into the same objects; returns (global_step, num_updates).
-        Refuses, before anything is written, what would overwrite a finished run or cannot fit."""
-        # Onto the CPU: the RNG states live on the host; load_state_dict moves the weights, the
-        # optimizer state and the buffer's rows to where their objects are.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        step, run_dir = ckpt["global_step"], Path(path).parent
-        if (run_dir / "summary.json").exists():  # a finished run: only its final state or later may train on
-            try:
-                finished = int(json.loads((run_dir / "summary.json").read_text())["global_step"])
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f"{run_dir}/summary.json is damaged; start a new run (without --resume) "
-                                 "instead") from None
-            if step < finished:  # past it, the checkpoint is the run extended (maybe interrupted): fine
-                raise UsageError(
-                    f"{run_dir} finished at step {finished} (summary.json); its checkpoint.pt is from step {step}, "
-                    "so resuming would redo steps past it and overwrite the finished run's files; start a new "
-                    "run (without --resume) instead"
-                )
-        if step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
-        self.check_fits(path, ckpt)
-        for name, obj in self.checkpointed.items():
-            try:
-                obj.load_state_dict(ckpt[name])
-            except (RuntimeError, ValueError) as e:  # what check_fits cannot foresee
-                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; resume "
-                                 "with the flags it was trained with (drop --env-id/--hidden-sizes)") from None
-        if ckpt["buffer"] is not None:  # None: left out by --no-save-buffer
-            load_buffer_state(self.rb, ckpt["buffer"])
-        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # as many devices as both have
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
-        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        self.clock_step = 0 if "elapsed" in ckpt else step
-        self.checkpoint_step = step
-        print(f"resumed from {path} at step {step} with {self.rb.size} transitions in the buffer")
-        return step, ckpt["num_updates"]
-
-    def check_fits(self, path: str, ckpt: dict) -> None:
-        """The checkpoint's networks against the ones these flags built: the flag that differs."""
-        q_network, saved = self.checkpointed["q_network"], ckpt["args"]
-        if (ckpt["obs_dim"], ckpt["n_actions"]) != (q_network.obs_dim, q_network.n_actions):
-            raise UsageError(
-                f"{path} was trained on {saved['env_id']} ({ckpt['obs_dim']} observations, {ckpt['n_actions']} "
-                f"actions), not on {self.args.env_id} ({q_network.obs_dim}, {q_network.n_actions}); resume "
-                "without --env-id"
-            )
-        if list(saved["hidden_sizes"]) != list(self.args.hidden_sizes):
-            raise UsageError(f"{path} holds networks with --hidden-sizes {saved['hidden_sizes']}, not "
-                             f"{self.args.hidden_sizes}; resume without --hidden-sizes")
-
-    # --- Called from the training loop ---
-
-    def record_episodes(self, infos: dict) -> None:
-        """Keeps the return and length of every episode that ended in this vector step."""
-        if "episode" in infos:
-            done = infos["_episode"]
-            self.episode_returns.extend(infos["episode"]["r"][done].tolist())
-            self.episode_lengths.extend(infos["episode"]["l"][done].tolist())
-
-    def learning_started(self, step: int) -> None:
-        """Marks where the time-left estimate starts counting (see time_left)."""
-        self.learning_from = self.learning_from or (time.time(), step)
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        last_step = step >= self.args.total_timesteps
-        return self.args.eval_episodes > 0 and (last_step or steps_crossed(self.args.eval_frequency, step, previous_step))
-
-    def evaluate(self, q_network: QNetwork, step: int) -> None:
-        """Greedy evaluation episodes; their results go into the next metrics row (and the summary
-        after the last step). Their time is left out of the steps per second."""
-        eval_start = time.time()
-        video_dir = self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
-        self.evaluation = evaluate(
-            q_network, self.args.env_id, self.args.eval_episodes, eval_seed(self.args.seed), self.args.gamma,
-            self.device, video_dir,
-        )
-        self.eval_time += time.time() - eval_start
-
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return (step >= self.args.total_timesteps or self.evaluation is not None
-                or steps_crossed(self.args.metrics_every, step, previous_step))
-
-    def log(self, row: dict) -> None:
-        """One row of metrics.csv (and wandb): the caller's learning values, plus the time, steps per
-        second, the episodes finished since the last row and this step's evaluation, if any. A loss,
-        Q value, return or evaluation that is not finite stops the run, after its row is written."""
-        elapsed = self.elapsed()
-        self.recent_returns.extend(self.episode_returns)
-        row = row | {
-            "time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed)),
-            "episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
-            "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
-            "episodes": len(self.episode_returns),
-        }
-        if self.evaluation is not None:
-            returns, discounted, start_q = self.evaluation
-            row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
-                    "eval_start_q": np.mean(start_q)}
-            print(
-                f"eval at step {row['global_step']}: return {np.mean(returns):.1f} | Q(first state) "
-                f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
-                flush=True,
-            )
-        self.metrics.write(row)
-        for column in ("td_loss", "q_taken", "episodic_return", "eval_return", "eval_discounted_return",
-                       "eval_start_q"):
-            if row.get(column, "") != "" and not np.isfinite(row[column]):
-                raise self.diverged(row["global_step"], f"{column} is {row[column]}")
-        self.episode_returns, self.episode_lengths = [], []
-        if row["global_step"] < self.args.total_timesteps:  # the last evaluation goes into the summary
-            self.evaluation = None
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0 and self.checkpoint_step != step
-
-    def save_checkpoint(self, step: int, num_updates: int) -> None:
-        """checkpoint.pt, unless a weight is no longer finite: a good checkpoint is never replaced by a bad one."""
-        state = self.checkpoint(step, num_updates)
-        if bad := first_non_finite({name: state[name] for name in self.checkpointed}, "checkpoint"):
-            raise self.diverged(step, f"{bad} holds NaN or inf")
-        atomic_save(state, self.dir / "checkpoint.pt")
-        self.checkpoint_step = step
-
-    def save_final(self, step: int, num_updates: int) -> None:
-        """At the last step, before the last evaluation (which can fail): the final checkpoint (with
-        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
-        if self.args.checkpoint_every > 0:
-            self.save_checkpoint(step, num_updates)
-        if self.args.save_model:
-            state, path = self.model_state(step), self.dir / "model.pt"
-            if bad := first_non_finite(state["q_network"], "q_network"):
-                raise self.diverged(step, f"{bad} holds NaN or inf")
-            atomic_save(state, path)
-            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
-
-    def diverged(self, step: int, what: str) -> Diverged:
-        """The error that stops a diverged run (closing its metrics: their last row is the diagnosis)."""
-        self.metrics.close()
-        kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
-                if self.checkpoint_step is not None else "no checkpoint was written")
-        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate")
-
-    def progress(self, step: int, epsilon: float, temperature: float) -> None:
-        """The console line, every --log-interval seconds and at the end."""
-        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
-            return
-        self.last_print = time.time()
-        elapsed = self.elapsed()
-        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        explore = f"epsilon {epsilon:.3f}" if self.args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
-        print(
-            f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | "
-            f"return {recent} (last {len(self.recent_returns)} episodes) | {explore} | "
-            f"{elapsed:5.0f}s elapsed, ~{self.time_left(step):.0f}s left",
-            flush=True,
-        )
-
-    def finish(self, step: int) -> dict:
-        """summary.json and the final evaluation's lines (model.pt was saved before that evaluation);
-        returns the summary."""
-        wall_time = self.elapsed()
-        summary = {
-            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
-        if self.evaluation is not None:
-            returns, discounted, start_q = self.evaluation
-            print_eval(returns, discounted, start_q)
-            summary |= {
-                "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
-                "eval_discounted_returns": discounted, "eval_start_q": start_q,
-            }
-        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
-        self.metrics.close()
-        return summary
-
-    # --- The clock ---
-
-    def elapsed(self) -> float:
-        """Seconds since the run started, a resumed run's time before its checkpoint included."""
-        return self.time_before + time.time() - self.start_time
-
-    def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone, over the whole run: evaluation time is left out."""
-        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
-
-    def time_left(self, step: int) -> float:
-        """Seconds to the end at the pace since the first gradient step, evaluations included. Not
-        the average since the start: the steps before it make no updates and run many times faster."""
-        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
-        return (self.args.total_timesteps - step) * (time.time() - since_time) / max(step - since_step, 1)
-
-
-def buffer_state(rb: ReplayBuffer) -> dict:
-    """The buffer's filled rows for a checkpoint, oldest first (in a full buffer the oldest row is
-    the next to overwrite), so that they load into a buffer of any capacity that holds them, with
-    the next write going after them. Copies on the CPU (a slice would save the whole buffer)."""
-    oldest_first = (rb.pos + np.arange(rb.size)) % rb.size if rb.size == rb.capacity else slice(0, rb.size)
-    return {"size": rb.size} | {
-        name: getattr(rb, name)[oldest_first].to("cpu", copy=True)
-        for name in ("obs", "actions", "rewards", "next_obs", "terminated")
-    }
-
-
-def load_buffer_state(rb: ReplayBuffer, state: dict) -> None:
-    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
-    rb.size = min(state["size"], rb.capacity)
-    rb.pos = rb.size % rb.capacity
-    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:]
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation, saving and loading
-# ---------------------------------------------------------------------------------------------
-
-
-def eval_seed(seed: int) -> int:
-    """Evaluation episodes use seeds far from the training envs' (seed + env index), and the same
-    ones for the end-of-training evaluation and for --evaluate later, which therefore agree."""
-    return seed + 10_000
-
-
-def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
-    """The env of the evaluation episodes; with video_dir, recording every episode there if the env
-    can render frames here. Video never takes a run down: if it cannot, one line says why and the
-    episodes run without it."""
-    if video_dir is None:
-        return make_env(env_id)
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen with EGL where there is no display
-    env = make_env(env_id)
-    reason = None if "rgb_array" in env.metadata.get("render_modes", []) else "it has no rgb_array render mode"
-    env.close()
-    if reason is None:
-        env = make_env(env_id, render_mode="rgb_array")
-        try:
-            env.reset()
-            if env.render() is None:
-                raise ValueError("render() gave no frame")
-            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
-        except Exception as e:  # whatever the renderer raises: MuJoCo without OpenGL, a missing package, ...
-            env.close()
-            reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
-    return make_env(env_id)
-
-
 def evaluate(
     q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
     video_dir: Path | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
-    """Greedy episodes (argmax_a Q(s, a), no exploration).
-
-    Returns three lists, one entry per episode: the return, the discounted return
-    sum_t gamma^t r_t the episode earned, and max_a Q(s_0, a), the network's prediction of that
-    discounted return at the episode's first state. A prediction persistently above what the
-    greedy policy earns is overestimation. (Under a time limit the earned return is cut short
-    while Q assumes the episode goes on: on CartPole-v1 a perfect policy earns
-    (1 - 0.99^500) / 0.01 = 99.3 while Q should say 100; that small gap is not overestimation.)
-    """
+    """Greedy episodes (argmax_a Q(s, a)). Per episode: the return, the discounted return sum_t gamma^t r_t
+    earned, and max_a Q(s_0, a), its prediction at the first state; a prediction persistently above what is
+    earned is overestimation (on CartPole-v1 the time limit alone makes a perfect policy earn 99.3, not 100)."""
     env = evaluation_env(env_id, video_dir)
     q_network = host_copy(q_network, device)  # one observation at a time: on the host, like acting in training
     returns, discounted_returns, start_q = [], [], []
@@ -1167,14 +568,6 @@ def evaluate(
     return returns, discounted_returns, start_q
 
 
-def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
-    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
-    print(
-        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
-        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
-    )
-
-
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     """Rebuilds the Q-network from model.pt or checkpoint.pt on the device. The file is read onto
     the CPU first, so that one saved on a GPU loads on any machine."""
@@ -1186,33 +579,501 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     return q_network.to(device), state
 
 
-def run_evaluation(args: Args) -> dict:
+# <shared checks>
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
+
+
+RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
+          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
+    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
+    within its range, and a file behind --resume and --evaluate."""
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
+    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
+        if not ok(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+
+
+def check_env(env_id: str) -> None:
+    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
+    module, or spaces this file cannot use are one error line before anything is written."""
+    try:
+        env = make_env(env_id)
+    except (gym.error.Error, ImportError) as e:
+        raise UsageError(f"cannot make {env_id}: {e}") from None
+    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
+                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
+                         "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
+# </shared checks>
+
+
+# <shared files>
+def atomic_save(obj: dict | str, path: Path) -> None:
+    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
+    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
+    (a full disk) removes the temporary file and keeps the previous one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
+
+
+def make_run_dir(path: Path) -> None:
+    """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+
+
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
+    try:
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
+        new = resume_step is None or not path.exists()
+        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_server() -> tuple[str, int]:
+    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        port = url.port
+    except ValueError:  # not a number; wandb itself will report the URL
+        port = None
+    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        with contextlib.suppress(OSError):
+            socket.create_connection(wandb_server(), timeout=timeout).close()
+            result.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args, run_name: str, run_dir: Path):
+    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
+    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
+    import netrc
+    import urllib.parse
+
+    import wandb
+
+    mode, reason = os.environ.get("WANDB_MODE"), None
+    if mode is None and not wandb_reachable():
+        reason = "no network"
+    elif mode is None and not os.environ.get("WANDB_API_KEY"):
+        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+        try:
+            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
+        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+            key = None
+        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
+    if reason:
+        mode = "offline"
+        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
+    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+# </shared files>
+
+
+# <shared offpolicy_run>
+def check_replay_args(args) -> None:
+    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+                         "the buffer could never hold enough transitions to start training")
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+                         f"{args.learning_starts}: training would never start")
+
+
+BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+def buffer_state(rb: ReplayBuffer) -> dict:
+    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
+    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
+    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
+    return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
+
+
+def load_buffer(rb: ReplayBuffer, state: dict) -> None:
+    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
+    rb.size = min(state["size"], rb.capacity)
+    rb.pos = rb.size % rb.capacity
+    for name in BUFFER_COLUMNS:
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
+
+
+class Run:
+    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
+    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
+    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
+    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
+    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
+    """
+
+    def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
+        self.args, self.model, self.training, self.rng = args, model, training, rng
+        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
+        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
+        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        if args.resume:
+            self.dir = Path(args.resume).parent
+            self.resume(args.resume)
+        else:
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        make_run_dir(self.dir)
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start_step if args.resume else None)
+        if self.training["buffer"].device.type == "cuda":
+            acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
+            print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
+                  "updates and the replay buffer on the GPU")
+        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
+        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
+        self.start_time = self.last_print = time.time()
+
+    def state(self, objects: dict) -> dict:
+        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
+        return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
+                else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
+
+    def model_state(self, step: int) -> dict:
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
+                "global_step": step}
+
+    def save_checkpoint(self, step: int, num_updates: int) -> None:
+        if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
+            raise self.diverged(step, what)
+        atomic_save(self.model_state(step) | self.state(self.training) | {
+            "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "elapsed": self.elapsed(), "eval_time": self.eval_time}, self.dir / "checkpoint.pt")
+        self.checkpoint_step = step
+
+    def save_final(self, step: int, num_updates: int) -> None:
+        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
+        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        if what := self.non_finite_weight():  # first the last row, the diagnosis
+            self.log({"global_step": step, "gradient_steps": num_updates}, None)
+            raise self.diverged(step, what)
+        if self.args.checkpoint_every > 0:
+            self.save_checkpoint(step, num_updates)
+        if self.args.save_model:
+            atomic_save(self.model_state(step), path := self.dir / "model.pt")
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+        self.final_saved = True
+
+    def resume(self, path: str) -> None:
+        """Everything in a checkpoint back in place, after checking, before anything is written, that it
+        fits these networks and that no finished run would be overwritten."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+        self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
+        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
+        fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
+        for name, obj in (self.model | self.training).items():
+            try:
+                if isinstance(obj, ReplayBuffer):
+                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
+                        load_buffer(obj, ckpt[name])
+                elif hasattr(obj, "load_state_dict"):
+                    obj.load_state_dict(ckpt[name])
+                elif ckpt[name] != obj:  # the env's spaces
+                    raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
+            except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
+                                 f"{fix}") from None
+        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        set_torch_rng(ckpt)
+        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
+        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
+        self.clock_step = 0 if "elapsed" in ckpt else self.start_step
+        self.checkpoint_step = self.start_step
+        print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
+              "in the buffer")
+
+    def diverged(self, step: int, what: str) -> Diverged:
+        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+        kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        if self.final_saved and self.args.save_model:
+            (self.dir / "model.pt").unlink(missing_ok=True)
+        self.metrics.close()
+        noise = " or check --exploration-noise" if hasattr(self.args, "exploration_noise") else ""
+        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
+
+    def non_finite_weight(self) -> str | None:
+        for name, obj in self.model.items():
+            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return f"{name}.{key} is not finite"
+        return None
+
+    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
+        if "episode" in infos:
+            self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
+            self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
+
+    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value)
+
+    def due(self, every: int, step: int, previous_step: int) -> bool:
+        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
+
+    def evaluation_due(self, step: int, previous_step: int) -> bool:
+        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
+
+    def row_due(self, step: int, previous_step: int) -> bool:
+        return self.due(self.args.metrics_every, step, previous_step)
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
+        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+
+    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
+        return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
+
+    @contextlib.contextmanager
+    def off_the_clock(self):
+        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+        start = time.time()
+        yield
+        self.eval_time += time.time() - start
+
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
+        return self.time_before + time.time() - self.start_time
+
+    def training_sps(self, step: int, elapsed: float) -> float:
+        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
+        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
+
+    def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
+        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
+        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
+        finite stops the run, after its row (the diagnosis) is written."""
+        elapsed = self.elapsed()
+        self.recent_returns.extend(self.episode_returns)
+        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
+        row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
+        row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
+                "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
+        if evaluation is not None:
+            returns, discounted, start_q = (np.mean(x) for x in evaluation)
+            row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
+            print(f"eval at step {row['global_step']}: return {returns:.1f} | Q(first state) {start_q:.2f} vs "
+                  f"discounted return earned {discounted:.2f}", flush=True)
+        self.metrics.write(row)
+        self.values, self.episode_returns, self.episode_lengths = {}, [], []
+        for column, value in row.items():
+            if column.endswith(("_loss", "_taken")) or column.startswith("eval_") or column == "episodic_return":
+                if value != "" and not np.isfinite(value):
+                    raise self.diverged(row["global_step"], f"{column} is {value}")
+
+    def progress(self, step: int, exploring: str) -> None:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+            return
+        self.last_print, elapsed = time.time(), self.elapsed()
+        sps = self.training_sps(step, elapsed)
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
+              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
+              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
+
+    def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
+        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
+        wall_time = self.elapsed()
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
+        if evaluation is not None:
+            print_eval(*evaluation)
+            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
+                        "eval_returns": evaluation[0], "eval_discounted_returns": evaluation[1],
+                        "eval_start_q": evaluation[2]}
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+
+def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
+    print(f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+          f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}")
+
+
+def run_evaluation(args) -> dict:
     """--evaluate: evaluate a saved model later."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    q_network, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(
-        q_network, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
-    )
+    *networks, state = load_model(args.evaluate, device)
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
+                                            device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns, discounted, start_q)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
     return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+# </shared offpolicy_run>
 
 
-# ---------------------------------------------------------------------------------------------
-# The command line
-# ---------------------------------------------------------------------------------------------
+# <shared evaluation>
+def eval_seed(seed: int) -> int:
+    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
+    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+    return seed + 10_000
 
 
+def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
+    an env that cannot render frames here is evaluated without it, and one line says why."""
+    env = make_env(env_id)
+    if video_dir is None:
+        return env
+    env.close()
+    reason = "it has no rgb_array render mode"
+    if "rgb_array" in env.metadata.get("render_modes", []):
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
+        env = make_env(env_id, render_mode="rgb_array")
+        try:
+            env.reset()
+            env.render()  # the first frame: where a missing display or GL library shows, before any episode
+            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+        except Exception as e:  # noqa: BLE001 (renderers fail in many ways: no display, no GL library, no package)
+            env.close()
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
+    return make_env(env_id)
+# </shared evaluation>
+
+
+# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
-    """tyro.cli, its boxed parse error (a value of the wrong type, an unknown flag, a missing value) as one line."""
-    import contextlib  # here: only parsing needs them
+    """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
     import io
 
     captured = io.StringIO()
@@ -1238,29 +1099,30 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """Parses the command line. With --resume or --evaluate the saved run's settings become the
-    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
-    given beside it overrides the saved value."""
+    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
+    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
-            state = torch.load(saved_from, map_location="cpu", weights_only=True)
-        except Exception:  # not a torch file, or one that holds more than tensors and plain values
-            state = None
-        if not isinstance(state, dict) or not isinstance(state.get("args"), dict) or "algorithm" not in state:
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (unreadable, not a torch file, or objects weights_only refuses)
+            saved = None
+        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or "algorithm" not in saved:
             raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
-        if state["algorithm"] != ALGORITHM:
-            flag = "--resume" if args.resume else "--evaluate"
-            raise UsageError(f"{saved_from} was saved by {state['algorithm']}.py, not {ALGORITHM}.py; use python "
-                             f"{state['algorithm']}.py {flag} {saved_from}")
-        saved = {k: v for k, v in state["args"].items() if k in {f.name for f in dataclasses.fields(Args)}}
-        saved |= {"resume": args.resume, "evaluate": args.evaluate}
-        args = tyro_cli(argv, default=Args(**saved))
+        if saved["algorithm"] != ALGORITHM:
+            other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
+            raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
+                             f"{flag} {saved_from}")
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
+        args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
+    warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)
         if args.evaluate:
@@ -1277,10 +1139,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
-    except OSError as e:  # the last resort: a file the checks above did not foresee
+    except OSError as e:  # the last resort for the file system's errors: one line too
         print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
     main()
+# </shared cli>

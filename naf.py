@@ -39,10 +39,8 @@ away from the best action, the stored actions on one side of it did better than 
 and the cheapest fit is a flatter P. Through the exp on L's diagonal P can shrink geometrically,
 and the gradients that could undo it (of L's diagonal, and mu's, which is P (a - mu)) shrink with
 it: Q stops depending on the action and mu stops learning until the data lifts P again. metrics.csv's
-advantage_taken, the mean A(s, a) over the sampled transitions, shows it: between -0.3 and -1.5 in
-every row of `python naf.py --seed 1`; with `--learning-rate 1e-3 --exploration-noise 0.1` the same seed
-fell to -0.003 and -0.001 (at 8k and 14k steps), came back each time, and ended at -697 where the
-defaults end at -134. The defaults, wider noise than ddpg.py's and a lower learning rate, are
+advantage_taken, the mean A(s, a) over the sampled transitions, shows it (docs/experiments.md has
+a run where it happened). The defaults, wider noise than ddpg.py's and a lower learning rate, are
 there to keep P up.
 
 The loop is DQN's and DDPG's: act in `num_envs` environments with mu(s) plus exploration noise
@@ -53,7 +51,8 @@ gradient steps on random minibatches, each followed by a small move of the targe
     target           y       = r + gamma * (1 - terminated) * V(s'; theta')
     loss             L       = E_{(s, a, r, s') ~ buffer} [ (Q(s, a; theta) - y)^2 ]
     target update    theta'  <- tau * theta + (1 - tau) * theta'      (Polyak, every gradient step)
-    acting           a       = clip(mu(s) + noise, low, high),  noise Gaussian or Ornstein-Uhlenbeck
+    acting           a       = clip(mu(s) + (high - low) / 2 * noise, low, high),
+                              noise ~ N(0, sigma^2) or Ornstein-Uhlenbeck
 
 One loss trains all three heads: V and L through Q(s, a), and mu through A, which pulls mu towards
 the stored actions whose target y exceeds the Q(s, a) predicted for them, and away from those whose
@@ -77,24 +76,17 @@ All flags:    python naf.py --help
 import contextlib
 import copy
 import csv
-import dataclasses
-import difflib
 import itertools
 import json
-import netrc
+import math
 import os
 import random
-import socket
 import sys
-import tempfile
-import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import gymnasium as gym
 import numpy as np
@@ -105,9 +97,7 @@ from torch import nn
 
 ALGORITHM = "naf"
 
-
-
-# =============================================================================================
+# ===
 # Part 1: the algorithm
 # =============================================================================================
 
@@ -137,42 +127,34 @@ class Args:
     batch_size: int = 256
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
-    """transitions collected with uniformly random actions before training starts: data that covers
-    the action box, for the network's first fits. Counted in the buffer, so a run resumed without its
-    buffer collects this much again"""
+    """transitions collected with uniformly random actions before training starts, covering the
+    action box (counted in the buffer: a run resumed without its buffer collects them again)"""
 
     # --- NAF ---
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     """sizes of the hidden layers of the shared trunk (ReLU between them); the V, mu and L heads
     are linear layers on top of it"""
     learning_rate: float = 3e-4
-    """Adam learning rate. Lower than ddpg.py's 1e-3: one network carries V, mu and L, so every step
-    that fits V's TD errors, large early on, also moves the trunk that mu and L read"""
+    """Adam learning rate; lower than ddpg.py's 1e-3, as one network carries V, mu and L
+    (docs/experiments.md)"""
     gamma: float = 0.98
-    """discount factor. 0.98 (a horizon of about 50 steps) is the RL Baselines3 Zoo's Pendulum-v1
-    value; 0.99 is the usual MuJoCo one, though the README's HalfCheetah-v5 runs kept 0.98"""
+    """discount factor (0.98: RL Baselines3 Zoo's Pendulum-v1 value, a horizon of about 50 steps)"""
     tau: float = 0.005
-    """target update theta' <- tau * theta + (1 - tau) * theta', after every gradient step, so
-    num_envs * --updates-per-step times per environment step (dqn.py's --tau with
-    --target-network-frequency 1 moves its target once per environment step)"""
+    """target update theta' <- tau * theta + (1 - tau) * theta' after every gradient step: --updates-per-step
+    times per environment step (num_envs times that per vector step)"""
     updates_per_step: int = 1
     """gradient steps per environment step (per transition)"""
 
     # --- Exploration ---
     exploration_noise: float = 0.3
-    """standard deviation of the Gaussian action noise (or sigma of the Ornstein-Uhlenbeck process),
-    in units of the action half-range (high - low) / 2: 0.3 on Pendulum-v1's [-2, 2] is 0.6 N m.
-    Three times ddpg.py's, because NAF learns the curvature P from how the stored actions around
-    mu fared, and a narrow spread cannot tell a curved Q from a flat one; with too narrow a spread
-    P can fall towards 0 (see the module docstring)"""
+    """std of the Gaussian action noise (or the OU sigma) in units of the half-range (high - low) / 2;
+    three times ddpg.py's, so that the spread around mu shows Q's curvature (docs/experiments.md)"""
     ou_noise: bool = False
-    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per
-    step, reset to 0 when an episode ends. Successive noises are correlated, so the pushes add up
-    to sustained deviations (the original paper's choice, for physical control with inertia)"""
+    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per step,
+    reset when an episode ends; correlated pushes (the original paper's choice)"""
     ou_theta: float = 0.15
-    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15). The noise then has a
-    stationary standard deviation sigma / sqrt(theta * (2 - theta)), 1.9 sigma, and decorrelates
-    over about 1 / theta steps"""
+    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15): stationary std
+    sigma / sqrt(theta * (2 - theta)), 1.9 sigma; decorrelates over about 1 / theta steps"""
 
     # --- Running the experiment: files, tracking, evaluation, threads ---
     run_name: str | None = None
@@ -188,12 +170,10 @@ class Args:
     save_model: bool = True
     """save the final network and args to runs/<run-name>/model.pt"""
     checkpoint_every: int = 0
-    """write a resumable checkpoint (runs/<run-name>/checkpoint.pt) every this many environment
-    steps; 0 writes none"""
+    """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps (0: none)"""
     save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather
-    than refilling an empty one (about stored transitions * (2 * obs_dim + act_dim + 2) * 4 bytes:
-    3.6 MB per 100k transitions on Pendulum-v1, 17 MB on HalfCheetah-v5)"""
+    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had (about
+    (2 * obs_dim + act_dim + 2) * 4 bytes per stored transition)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
@@ -202,26 +182,26 @@ class Args:
     """episodes of greedy evaluation (a = mu(s), no noise) at the end and every
     --eval-frequency steps; 0 skips evaluation"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps during training (0: only at the end). Each
-    evaluation logs, beside the returns, the value V(s) = max_a Q(s, a) predicted for each episode's
-    first state and the discounted return the episode then earned: the gap is the overestimation"""
+    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
+    each episode's first state beside the discounted return earned: their gap is the overestimation"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch. One thread lets several seeds run side by side without fighting over
-    cores; with a core to spare, 2 speeds up the 256-wide matrix products of each update"""
+    """CPU threads for torch; one lets seeds run side by side, one per core"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Environment construction
-# ---------------------------------------------------------------------------------------------
-
+# --- Environment construction ---
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """The env as gymnasium makes it, observations flattened (check_env has checked that it suits this file)."""
-    return flat_observations(gym.make(env_id, render_mode=render_mode))  # Discrete ones one-hot (Part 2)
+    """gym.make, its observations one flat vector, the networks' input: Discrete, MultiDiscrete, Tuple and
+    Dict ones through FlattenObservation (a Discrete one becomes one-hot). check_env refused other spaces."""
+    env = gym.make(env_id, render_mode=render_mode)
+    if isinstance(env.observation_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple,
+                                          gym.spaces.Dict)):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -250,10 +230,7 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
     return real
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay buffer
-# ---------------------------------------------------------------------------------------------
-
+# --- Replay buffer ---
 
 class ReplayBuffer:
     """A circular memory of transitions in tensors preallocated on the device that trains on them.
@@ -303,10 +280,7 @@ class ReplayBuffer:
         return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
+# --- Networks ---
 
 def mlp_layers(in_dim: int, hidden_sizes: list[int], out_dim: int) -> tuple[nn.ModuleList, nn.Linear]:
     """ReLU hidden layers with PyTorch's default initialisation, and a linear last layer."""
@@ -315,10 +289,8 @@ def mlp_layers(in_dim: int, hidden_sizes: list[int], out_dim: int) -> tuple[nn.M
 
 
 def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
-    # F.linear on the layers' parameters rather than calling each nn.Linear skips the module call's
-    # overhead: a few microseconds per layer, which counts at small sizes, not beside 256-wide products.
     for layer in hidden:
-        x = torch.relu(F.linear(x, layer.weight, layer.bias))
+        x = torch.relu(layer(x))
     return x
 
 
@@ -340,14 +312,14 @@ class QNetwork(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) = max_a Q(s, a): the trunk and the value head only (all the target needs)."""
         x = hidden_features(obs, self.hidden)
-        return F.linear(x, self.value_head.weight, self.value_head.bias).squeeze(1)
+        return self.value_head(x).squeeze(1)
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """V(s) (batch,), mu(s) (batch, n) and L(s) (batch, n, n), from one pass through the trunk."""
         x = hidden_features(obs, self.hidden)
-        value = F.linear(x, self.value_head.weight, self.value_head.bias).squeeze(1)
-        mu = self.action_bias + self.action_scale * torch.tanh(F.linear(x, self.mu_head.weight, self.mu_head.bias))
-        l_matrix = lower_triangular(F.linear(x, self.l_head.weight, self.l_head.bias), self.act_dim)
+        value = self.value_head(x).squeeze(1)
+        mu = self.action_bias + self.action_scale * torch.tanh(self.mu_head(x))
+        l_matrix = lower_triangular(self.l_head(x), self.act_dim)
         return value, mu, l_matrix
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -355,10 +327,25 @@ class QNetwork(nn.Module):
         return value + advantage(actions, mu, l_matrix)
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's pure functions
-# ---------------------------------------------------------------------------------------------
+# Speed only, a first read can skip it: mu(obs) in numpy, the same numbers without torch's per-call cost.
+def acting_actions(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
+    """mu(obs), the greedy action, numpy in and out, on views of the parameters of a network in host
+    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
+    For one observation torch's fixed cost per call is several times the arithmetic."""
+    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+              for layer in (*q_network.hidden, q_network.mu_head)]
+    scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
 
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias_ in layers[:-1]:
+            x = np.maximum(x @ weight.T + bias_, 0.0)
+        weight, bias_ = layers[-1]
+        return bias + scale * np.tanh(x @ weight.T + bias_)
+    return act
+
+
+# --- The algorithm's pure functions ---
 
 def lower_triangular(entries: torch.Tensor, n: int) -> torch.Tensor:
     """L (batch, n, n) from the l_head's n (n + 1) / 2 outputs per row: the first n go on the
@@ -391,20 +378,14 @@ def td_target(
 
 @torch.no_grad()
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
-    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly. One _foreach call
-    over all parameters instead of a Python loop over them. On the CPU it still runs one lerp per
-    tensor: it saves the loop's Python overhead, and fuses nothing."""
-    targets, sources = list(target_network.parameters()), list(network.parameters())
-    if tau == 1.0:
-        torch._foreach_copy_(targets, sources)
-    else:
-        torch._foreach_lerp_(targets, sources, tau)
+    """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly."""
+    for target_param, param in zip(target_network.parameters(), network.parameters()):
+        if tau == 1.0:
+            target_param.copy_(param)
+        else:
+            target_param.lerp_(param, tau)
 
-
-# ---------------------------------------------------------------------------------------------
-# The algorithm's steps
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's steps ---
 
 class ActionNoise:
     """Exploration noise for `num_envs` envs, in units of the action half-range. Gaussian: N(0, sigma^2)
@@ -509,7 +490,6 @@ def train(args: Args) -> dict:
 
         # --- Learn: updates_per_step gradient steps per transition ---
         if rb.size >= args.learning_starts:
-            run.learning_started(global_step)
             for _ in range(args.num_envs * args.updates_per_step):
                 batch = rb.sample(args.batch_size, rng)
                 num_updates += 1
@@ -528,7 +508,7 @@ def train(args: Args) -> dict:
             run.log({"global_step": global_step, "gradient_steps": num_updates}, evaluation)
         if run.checkpoint_due(global_step, previous_step):
             run.save_checkpoint(global_step, num_updates)
-        run.progress(global_step, uniform)
+        run.progress(global_step, exploring(args, uniform))
     envs.close()
     return run.finish(global_step, evaluation)
 
@@ -536,139 +516,35 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Everything train() calls that is not the algorithm: argument and environment checks, the run's
-# files (metrics, checkpoints, summary, model), acting in numpy, evaluation, loading, the command line.
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks: one line and exit code 2 for bad input
-# ---------------------------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
-
-
-class Diverged(Exception):
-    """A loss, value, return or weight that is no longer finite: one line and exit code 3."""
-
-
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
-def check_env(env_id: str) -> None:
-    """Makes the env once, so that a missing package or spaces this file cannot handle are one line."""
-    try:
-        env = gym.make(env_id)
-    except ModuleNotFoundError as e:
-        if ":" in env_id:  # "module:Env-v0" imports the module
-            raise UsageError(f"cannot import module '{env_id.split(':')[0]}' for {env_id}: {e}; check the module "
-                             "name and PYTHONPATH")
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
-    except gym.error.Error as e:
-        raise UsageError(f"cannot make {env_id}: {e}")
-    try:
-        if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
-            raise UsageError(
-                f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py needs a "
-                "flat Box one (continuous actions); for discrete actions use dqn.py"
-            )
-        if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
-            raise UsageError(
-                f"{env_id}'s action bounds are not finite ({env.action_space}); {ALGORITHM}.py scales a "
-                "tanh to them, so it needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)"
-            )
-        space = env.observation_space
-        if not isinstance(space, FLATTENED) and (not isinstance(space, gym.spaces.Box) or len(space.shape) != 1):
-            raise UsageError(
-                f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D Box, or a "
-                "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
-                "convolutional network, which it does not have"
-            )
-    finally:
-        env.close()
-
-
-FLATTENED = (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple, gym.spaces.Dict)
-
-
-def flat_observations(env: gym.Env) -> gym.Env:
-    """make_env's observations as one flat vector, in training, evaluation and loading alike: Discrete,
-    MultiDiscrete, Tuple and Dict ones through gymnasium's FlattenObservation (a Discrete observation
-    becomes one-hot, an int64 array: the buffer and the network take it as float32)."""
-    return gym.wrappers.FlattenObservation(env) if isinstance(env.observation_space, FLATTENED) else env
+# Checks of the input, the run's files, evaluation and the command line. A block between
+# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
+# tools/shared/NAME.py, where it is edited.
 
 
 def check_args(args: Args) -> None:
-    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds from 0 to 2**32 - 1, offsets added
-        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        if isinstance(value, float) and not np.isfinite(value):
-            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
-                 "torch_threads", "metrics_every", "learning_rate", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 < args.tau <= 1.0):
-        raise UsageError("--gamma and --tau must be in (0, 1]")
-    if not 0.0 < args.ou_theta <= 1.0:
-        raise UsageError(f"--ou-theta must be in (0, 1], got {args.ou_theta}")
-    if args.learning_starts > args.buffer_size:
-        raise UsageError(
-            f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
-            "the buffer could never hold enough transitions to start training"
-        )
-    if args.total_timesteps <= args.learning_starts:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
-            f"{args.learning_starts}: training would never start"
-        )
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+    check_flags(args, {
+        "positive": ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
+                     "torch_threads", "metrics_every", "learning_rate", "log_interval"),
+        "0 or more": ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"),
+        "in (0, 1]": ("gamma", "tau", "ou_theta"),
+    })
+    check_replay_args(args)
     check_env(args.env_id)
 
 
-# ---------------------------------------------------------------------------------------------
-# Files: atomic writes, the metrics CSV, wandb
-# ---------------------------------------------------------------------------------------------
+def action_space_error(space: gym.Space) -> str | None:
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        return (f"has a {type(space).__name__} action space; {ALGORITHM}.py needs a flat Box one (continuous "
+                "actions); for discrete actions use dqn.py")
+    if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        return (f"has action bounds that are not finite ({space}); {ALGORITHM}.py scales a tanh to them, so it "
+                "needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)")
+    return None
 
 
-def atomic_save(obj: dict | str, path: Path) -> None:
-    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
-    the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
-    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8.
-    When the write fails (a full disk), the temporary file goes and the previous file stays."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
-        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
-                         f"and {then}") from None
+def exploring(args: Args, uniform: bool) -> str:
+    """The exploration of the progress line."""
+    return "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
 
 
 METRICS = [
@@ -677,516 +553,13 @@ METRICS = [
 ]
 
 
-class MetricsLog:
-    """runs/<run-name>/metrics.csv, one row every --metrics-every steps, and wandb when tracking.
-
-    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
-    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
-    then appends. A run that is not resumed starts the file afresh, even under a run name used
-    before: appending a second run's rows from step 0 would make one curve out of two runs.
-    """
-
-    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-        self.wandb_run = wandb_run
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-def wandb_url():
-    """The wandb server's URL: WANDB_BASE_URL's, else wandb's own."""
-    return urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-
-
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Probe the host and port of the wandb server that WANDB_BASE_URL names (default
-    https://api.wandb.ai) in a thread, so that neither DNS nor connect can hang the run."""
-    url = wandb_url()
-    result = []
-
-    def probe():
-        try:
-            port = url.port or (80 if url.scheme == "http" else 443)
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except (OSError, ValueError):  # ValueError: a port that is not a number
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result) and url.hostname is not None
-
-
-def wandb_key_configured() -> bool:
-    """An API key in WANDB_API_KEY, or in the netrc file ($NETRC, else ~/.netrc) for the server,
-    where `wandb login` puts it. A missing or broken netrc file holds none."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(wandb_url().netloc) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def init_wandb(args: Args, run_name: str, run_dir: Path):
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE")
-    if mode is None and not wandb_reachable():
-        mode = "offline"
-        print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
-    elif mode is None and not wandb_key_configured():
-        mode = "offline"
-        print(f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {run_dir}/wandb; "
-              "upload later with `wandb sync`")
-    return wandb.init(
-        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-        config=dataclasses.asdict(args), dir=str(run_dir), mode=mode or "online",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The run: its directory, metrics rows, progress line, checkpoints, summary and model
-# ---------------------------------------------------------------------------------------------
-
-
-def steps_crossed(every: int, step: int, previous_step: int) -> int:
-    """How many multiples of `every` lie in (previous_step, step]: how many times a thing done
-    "every `every` environment steps" is due when one vector step moves from previous_step to step."""
-    return step // every - previous_step // every if every > 0 else 0
-
-
-def buffer_state(rb: ReplayBuffer) -> dict:
-    """The filled rows, oldest first (in a full buffer the oldest row is the next to overwrite), so
-    that they load into a buffer of any capacity that holds them, the next write going after them.
-    Gathered by an index (a copy of the filled rows alone: a slice would save the whole tensor's
-    memory), and on the CPU, so that the file loads on any machine."""
-    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
-    return {"size": rb.size} | {
-        name: getattr(rb, name)[oldest_first.to(rb.device)].cpu()
-        for name in ("obs", "actions", "rewards", "next_obs", "terminated")
-    }
-
-
-def load_buffer(rb: ReplayBuffer, state: dict) -> None:
-    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
-    rb.size = min(state["size"], rb.capacity)
-    rb.pos = rb.size % rb.capacity
-    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
-        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
-
-
-def to_cpu(state):
-    """A state_dict (nested dicts and lists of tensors) with every tensor on the CPU, so that files
-    written on a GPU load anywhere. On the CPU nothing is copied."""
-    if isinstance(state, torch.Tensor):
-        return state.cpu()
-    if isinstance(state, dict):
-        return {key: to_cpu(value) for key, value in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(to_cpu(value) for value in state)
-    return state
-
-
-def mismatch(saved: dict, objects: dict) -> str | None:
-    """What in a checkpoint does not fit these objects: a plain value (the env's spaces) or the shape of
-    a network's tensor; None when everything fits."""
-    for name, obj in objects.items():
-        if isinstance(obj, nn.Module):
-            for key, tensor in obj.state_dict().items():
-                old = saved.get(name, {}).get(key)
-                if old is not None and old.shape != tensor.shape:
-                    return f"{name}.{key} has shape {tuple(old.shape)} there, {tuple(tensor.shape)} here"
-        elif not hasattr(obj, "state_dict") and saved.get(name) != obj:
-            return f"{name} is {saved.get(name)} there, {obj} here"
-    return None
-
-
-def make_run_dir(path: Path) -> None:
-    """The run directory, or one line saying why it cannot be written, before any training."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
-    except OSError as e:
-        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
-                         "a writable working directory") from None
-
-
-class Run:
-    """The files and the console of one training run, so that train() reads as the algorithm.
-
-    runs/<run-name>/ (a new directory, or the resumed checkpoint's) gets args.json, metrics.csv (and
-    wandb with --track), checkpoint.pt every --checkpoint-every steps and at the end, then model.pt
-    before the final evaluation, and summary.json after it. A resumed run reads as one run: its
-    checkpoint carries the time spent so far. A row, checkpoint or model that is no longer finite
-    stops the run (Diverged) with the last finite checkpoint kept. `model` names what model.pt holds
-    (the networks and what rebuilds them), `training` what a checkpoint adds to go on where it stopped
-    (target networks, optimizers, the replay buffer). Both are listed once, in train(), and serve
-    saving and resuming alike, so the two cannot drift apart.
-    """
-
-    def __init__(self, args: Args, model: dict, training: dict, rng: np.random.Generator):
-        self.args, self.model, self.training, self.rng = args, model, training, rng
-        self.start_step, self.start_updates = 0, 0
-        self.time_before, self.eval_time = 0.0, 0.0  # seconds of the run before this process, of evaluation
-        self.checkpoint_step: int | None = None  # the step of this run's checkpoint.pt, once there is one
-        self.final_saved = False
-        if args.resume:
-            self.dir = Path(args.resume).parent
-            self.resume(args.resume)
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
-        make_run_dir(self.dir)
-        atomic_save(json.dumps(dataclasses.asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(
-            self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track else None,
-            resume_step=self.start_step if args.resume else None,
-        )
-        if self.training["buffer"].device.type == "cuda":
-            print(f"device cuda: acting on a CPU copy of the {ACTING_NETWORK} (refreshed after each update); "
-                  "updates and the replay buffer on the GPU")
-        # Per gradient step, kept as tensors and averaged once per metrics row: no .item() sync per update.
-        self.values: dict[str, list[torch.Tensor]] = {}
-        self.episode_returns: list[float] = []
-        self.episode_lengths: list[float] = []
-        self.recent_returns: deque[float] = deque(maxlen=20)
-        self.start_time = self.last_print = time.time()
-        self.learning_from: tuple[float, int] | None = None  # (time, step) of the first gradient step
-
-    def elapsed(self) -> float:
-        """Wall time of the whole run: this process's, plus what the checkpoint it resumed from had."""
-        return self.time_before + time.time() - self.start_time
-
-    # --- Checkpoints: save and resume ---
-
-    def state(self, objects: dict) -> dict:
-        """What a file stores of each entry: a network's or optimizer's state_dict(), the buffer's rows
-        (None with --no-save-buffer), a plain value as it is."""
-        return {
-            name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
-            else to_cpu(obj.state_dict()) if hasattr(obj, "state_dict") else obj
-            for name, obj in objects.items()
-        }
-
-    def model_state(self, step: int) -> dict:
-        """model.pt: the networks and what rebuilds them (see load_model); a checkpoint begins with it."""
-        header = {"algorithm": ALGORITHM, "args": dataclasses.asdict(self.args)}
-        return header | self.state(self.model) | {"global_step": step}
-
-    def save_checkpoint(self, step: int, num_updates: int) -> None:
-        what = self.non_finite_weight()
-        if what is not None:  # never replace the last finite checkpoint with a diverged one
-            raise self.diverged(step, what)
-        atomic_save(
-            self.model_state(step) | self.state(self.training) | {
-                "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "elapsed": self.elapsed(), "eval_time": self.eval_time,
-            },
-            self.dir / "checkpoint.pt",
-        )
-        self.checkpoint_step = step
-
-    def save_final(self, step: int, num_updates: int) -> None:
-        """At the last step, before the final evaluation (which may still fail): the final checkpoint
-        (with --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
-        what = self.non_finite_weight()
-        if what is not None:  # first the last row, the diagnosis (its own check may name a loss instead)
-            self.log({"global_step": step, "gradient_steps": num_updates}, None)
-            raise self.diverged(step, what)
-        if self.args.checkpoint_every > 0:
-            self.save_checkpoint(step, num_updates)
-        if self.args.save_model:
-            atomic_save(self.model_state(step), self.dir / "model.pt")
-            model_path = self.dir / "model.pt"
-            print(f"model saved to {model_path}; evaluate it with: python {ALGORITHM}.py --evaluate {model_path}")
-        self.final_saved = True
-
-    def resume(self, path: str) -> None:
-        """Everything in a checkpoint back in place, after the checks that nothing of a finished run
-        would be overwritten and that it fits these networks; before anything is written."""
-        # Onto the CPU: the replay buffer and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
-        summary = self.dir / "summary.json"
-        if summary.exists():
-            try:
-                finished = json.loads(summary.read_text())["global_step"]
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
-            # Past the summary's step the checkpoint is a later extension of the run: resuming it is fine.
-            if self.start_step < finished:
-                raise UsageError(
-                    f"{self.dir} finished at step {finished} (summary.json); its checkpoint.pt is from step "
-                    f"{self.start_step}, so resuming would redo steps past it and overwrite the finished run's "
-                    "files; start a new run (without --resume) instead"
-                )
-        if self.start_step >= self.args.total_timesteps:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {self.start_step}, already the end of --total-timesteps "
-                             f"{self.args.total_timesteps}; pass a larger --total-timesteps to train on")
-        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
-                   if ckpt["args"][k] != getattr(self.args, k)]
-        fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
-        problem = mismatch(ckpt, self.model)
-        if problem:
-            raise UsageError(f"{path} does not fit these networks: {problem}; {fix}")
-        for name, obj in (self.model | self.training).items():
-            try:
-                if isinstance(obj, ReplayBuffer):
-                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
-                        load_buffer(obj, ckpt[name])
-                elif hasattr(obj, "load_state_dict"):
-                    obj.load_state_dict(ckpt[name])
-            except (RuntimeError, ValueError) as e:
-                lines = str(e).strip().splitlines()
-                raise UsageError(f"{path} does not fit these networks: {lines[-1].strip()}; {fix}") from None
-        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # the first min(saved, here) devices
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
-        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        self.checkpoint_step = self.start_step
-        print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
-              "in the buffer")
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """Every --checkpoint-every steps; the last one is save_final's."""
-        return steps_crossed(self.args.checkpoint_every, step, previous_step) > 0 and step < self.args.total_timesteps
-
-    # --- Divergence ---
-
-    def diverged(self, step: int, what: str) -> Diverged:
-        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
-        kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
-                if self.checkpoint_step is not None else "no checkpoint was written")
-        if self.final_saved and self.args.save_model:
-            (self.dir / "model.pt").unlink(missing_ok=True)
-        self.metrics.close()
-        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate or check "
-                        "--exploration-noise")
-
-    def non_finite_weight(self) -> str | None:
-        """The first floating tensor of the networks that is not finite, as the divergence message names it."""
-        for name, obj in self.model.items():
-            if isinstance(obj, nn.Module):
-                for key, tensor in obj.state_dict().items():
-                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                        return f"{name}.{key} is not finite"
-        return None
-
-    # --- Metrics, evaluation, progress ---
-
-    def record_episodes(self, infos: dict) -> None:
-        """The returns and lengths of the episodes that ended in this step (RecordEpisodeStatistics)."""
-        if "episode" in infos:
-            done = infos["_episode"]
-            self.episode_returns.extend(infos["episode"]["r"][done].tolist())
-            self.episode_lengths.extend(infos["episode"]["l"][done].tolist())
-
-    def learning_started(self, step: int) -> None:
-        """Marks the first gradient step's time and step: the pace of the time-left estimate runs from it."""
-        self.learning_from = self.learning_from or (time.time(), step)
-
-    def record(self, values: dict[str, torch.Tensor]) -> None:
-        """One gradient step's detached values, by metrics.csv column."""
-        for name, value in values.items():
-            self.values.setdefault(name, []).append(value)
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        """Every --eval-frequency steps and at the end; never with --eval-episodes 0."""
-        last_step = step >= self.args.total_timesteps
-        due = last_step or steps_crossed(self.args.eval_frequency, step, previous_step) > 0
-        return self.args.eval_episodes > 0 and due
-
-    def video_dir(self, step: int) -> Path | None:
-        """Where the final evaluation's episodes are recorded with --capture-video."""
-        return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
-
-    @contextlib.contextmanager
-    def off_the_clock(self):
-        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
-        start = time.time()
-        yield
-        self.eval_time += time.time() - start
-
-    def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone, over the whole run (resumed parts included): the time
-        spent in evaluation episodes is left out."""
-        return step / max(elapsed - self.eval_time, 1e-9)
-
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return step >= self.args.total_timesteps or steps_crossed(self.args.metrics_every, step, previous_step) > 0
-
-    def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
-        """One row of metrics.csv (and wandb): the caller's counters, the recorded values averaged
-        over the gradient steps since the last row, the episodes that ended since, the evaluation."""
-        elapsed = self.elapsed()
-        self.recent_returns.extend(self.episode_returns)
-        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
-        row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
-        row |= {
-            "episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
-            "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
-            "episodes": len(self.episode_returns),
-        }
-        if evaluation is not None:
-            returns, discounted, start_q = evaluation
-            row |= {"eval_return": np.mean(returns), "eval_discounted_return": np.mean(discounted),
-                    "eval_start_q": np.mean(start_q)}
-            print(
-                f"eval at step {row['global_step']}: return {np.mean(returns):.1f} | Q(first state) "
-                f"{np.mean(start_q):.2f} vs discounted return earned {np.mean(discounted):.2f}",
-                flush=True,
-            )
-        self.metrics.write(row)
-        self.values, self.episode_returns, self.episode_lengths = {}, [], []
-        # Divergence, where the numbers are on the host anyway: no sync per gradient step. The row is
-        # written first: it is the diagnosis.
-        watched = [c for c in row if c.endswith("_loss") or c.startswith("eval_")
-                   or c in ("q_taken", "advantage_taken", "episodic_return")]
-        for column in watched:
-            if row[column] != "" and not np.isfinite(row[column]):
-                raise self.diverged(row["global_step"], f"{column} is {row[column]}")
-
-    def progress(self, step: int, uniform: bool) -> None:
-        """The console line, every --log-interval seconds and at the end."""
-        now = time.time()
-        if now - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
-            return
-        self.last_print = now
-        elapsed = self.elapsed()
-        # Time left at the pace since the first gradient step, evaluations included. Not the average
-        # since the start: the steps before it make no updates and run many times faster.
-        since_time, since_step = self.learning_from or (self.start_time, self.start_step)
-        time_left = (self.args.total_timesteps - step) * (now - since_time) / max(step - since_step, 1)
-        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        noise = f"{'OU' if self.args.ou_noise else 'Gaussian'} noise {self.args.exploration_noise}"
-        print(
-            f"step {step:>9}/{self.args.total_timesteps} | {self.training_sps(step, elapsed):5.0f} SPS | return "
-            f"{recent} (last {len(self.recent_returns)} episodes) | {'uniform actions' if uniform else noise} | "
-            f"{elapsed:5.0f}s elapsed, ~{time_left:.0f}s left",
-            flush=True,
-        )
-
-    def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
-        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
-        wall_time = self.elapsed()
-        summary = {
-            "algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-            "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
-        if evaluation is not None:
-            returns, discounted, start_q = evaluation
-            print_eval(returns, discounted, start_q)
-            summary |= {
-                "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
-                "eval_discounted_returns": discounted, "eval_start_q": start_q,
-            }
-        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
-        self.metrics.close()
-        return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# Acting: mu(s) in numpy on the CPU
-# ---------------------------------------------------------------------------------------------
-
-
-ACTING_NETWORK = "Q-network"  # what host_copy copies, as the start-up line on CUDA names it
-
-
-def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts: on the CPU the trained network itself (no copy: the same numbers at the
-    same speed); on a GPU a copy in host memory, so that an environment step makes no round trip to
-    the device. refresh_host_copy brings it up to date when the weights change."""
-    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
-
-
-def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """The trained network's current weights into its host copy (in place, so numpy views of it stay
-    valid); nothing to do on the CPU, where the two are one network."""
-    if host is not module:
-        host.load_state_dict(module.state_dict())
-
-
-def acting_actions(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
-    """mu(obs), the greedy action, for the envs' observations, numpy in and numpy out: what acting
-    needs every step. Only the trunk and the mu head: V and L play no part in choosing the action.
-
-    The forward pass written in numpy, on arrays that share memory with the parameters of a network
-    in host memory (train() gives it host_copy's): detach().numpy() is a view, not a copy, and
-    optimizer steps and load_state_dict write the parameters in place, so the view always holds
-    the current weights. For one observation, PyTorch's fixed cost per call (dispatch,
-    inference-mode bookkeeping, tensor wrapping) is several times the arithmetic; numpy's is a
-    fraction of it, and acting runs every environment step.
-    """
-    layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
-              for layer in (*q_network.hidden, q_network.mu_head)]
-    scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        x = obs
-        for weight, bias_ in layers[:-1]:
-            x = np.maximum(x @ weight.T + bias_, 0.0)
-        weight, bias_ = layers[-1]
-        return bias + scale * np.tanh(x @ weight.T + bias_)
-    return act
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation, saving and loading
-# ---------------------------------------------------------------------------------------------
-
-
-def eval_seed(seed: int) -> int:
-    """Evaluation episodes use seeds 10,000 above the training envs' first ones (seed + env index), the
-    same at the end of training and for --evaluate later, which therefore agree. (A run resumed at
-    step s reseeds its envs with seed + s + env index, which can meet them; nothing depends on it.)"""
-    return seed + 10_000
-
-
 def evaluate(
     q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
     video_dir: Path | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
-    """Greedy episodes (a = mu(s), no noise).
-
-    Returns three lists, one entry per episode: the return, the discounted return
-    sum_t gamma^t r_t the episode earned, and V(s_0) = max_a Q(s_0, a), the network's prediction of
-    that discounted return at the episode's first state. A prediction persistently above what the
-    greedy policy earns is overestimation. (Under a time limit the earned return is cut short while Q
-    assumes the episode goes on; with gamma 0.98 and Pendulum-v1's 200 steps the missing tail is
-    weighted 0.98^200 = 0.018, negligible.)
-    """
+    """Greedy episodes (a = mu(s), no noise). Per episode: the return, the discounted return sum_t gamma^t r_t
+    earned, and V(s_0) = max_a Q(s_0, a), its prediction at the first state; a prediction persistently above
+    what is earned is overestimation (Pendulum-v1's time limit cuts off a tail weighted 0.98^200 = 0.018)."""
     env = evaluation_env(env_id, video_dir)
     returns, discounted_returns, start_q = [], [], []
     for episode in range(episodes):
@@ -1209,30 +582,6 @@ def evaluate(
     return returns, discounted_returns, start_q
 
 
-def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
-    """The env of the evaluation episodes, recording them to video_dir when one is given. Video never
-    takes a run down: an env that cannot render frames here is evaluated without it, said in one line."""
-    env = make_env(env_id)
-    if video_dir is None:
-        return env
-    try:
-        if "rgb_array" not in env.metadata.get("render_modes", []):
-            raise RuntimeError("it has no rgb_array render mode")
-        env.close()
-        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
-        env = make_env(env_id, render_mode="rgb_array")
-        env.reset()
-        env.render()  # the first frame: where a missing display or GL library shows
-        return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
-    except Exception as e:  # noqa: BLE001 (renderers fail in many ways: no display, no GL library, no package)
-        env.close()
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
-        return make_env(env_id)
-
-
-
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     """Rebuilds the network from model.pt or checkpoint.pt: loaded onto the CPU (a file written on
     any machine), then moved to the device."""
@@ -1245,43 +594,502 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     return q_network.to(device), state
 
 
+# <shared checks>
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
+
+
+RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
+          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
+    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
+    within its range, and a file behind --resume and --evaluate."""
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
+    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
+        if not ok(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+
+
+def check_env(env_id: str) -> None:
+    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
+    module, or spaces this file cannot use are one error line before anything is written."""
+    try:
+        env = make_env(env_id)
+    except (gym.error.Error, ImportError) as e:
+        raise UsageError(f"cannot make {env_id}: {e}") from None
+    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
+                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
+                         "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
+# </shared checks>
+
+
+# <shared files>
+def atomic_save(obj: dict | str, path: Path) -> None:
+    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
+    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
+    (a full disk) removes the temporary file and keeps the previous one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
+
+
+def make_run_dir(path: Path) -> None:
+    """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+
+
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
+    try:
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, path)
+        new = resume_step is None or not path.exists()
+        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_server() -> tuple[str, int]:
+    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        port = url.port
+    except ValueError:  # not a number; wandb itself will report the URL
+        port = None
+    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        with contextlib.suppress(OSError):
+            socket.create_connection(wandb_server(), timeout=timeout).close()
+            result.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args, run_name: str, run_dir: Path):
+    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
+    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
+    import netrc
+    import urllib.parse
+
+    import wandb
+
+    mode, reason = os.environ.get("WANDB_MODE"), None
+    if mode is None and not wandb_reachable():
+        reason = "no network"
+    elif mode is None and not os.environ.get("WANDB_API_KEY"):
+        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+        try:
+            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
+        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+            key = None
+        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
+    if reason:
+        mode = "offline"
+        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
+    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+# </shared files>
+
+
+# <shared offpolicy_run>
+def check_replay_args(args) -> None:
+    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+                         "the buffer could never hold enough transitions to start training")
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+                         f"{args.learning_starts}: training would never start")
+
+
+BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+def buffer_state(rb: ReplayBuffer) -> dict:
+    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
+    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
+    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
+    return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
+
+
+def load_buffer(rb: ReplayBuffer, state: dict) -> None:
+    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
+    rb.size = min(state["size"], rb.capacity)
+    rb.pos = rb.size % rb.capacity
+    for name in BUFFER_COLUMNS:
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
+
+
+class Run:
+    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
+    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
+    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
+    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
+    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
+    """
+
+    def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
+        self.args, self.model, self.training, self.rng = args, model, training, rng
+        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
+        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
+        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        if args.resume:
+            self.dir = Path(args.resume).parent
+            self.resume(args.resume)
+        else:
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        make_run_dir(self.dir)
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start_step if args.resume else None)
+        if self.training["buffer"].device.type == "cuda":
+            acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
+            print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
+                  "updates and the replay buffer on the GPU")
+        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
+        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
+        self.start_time = self.last_print = time.time()
+
+    def state(self, objects: dict) -> dict:
+        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
+        return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
+                else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
+
+    def model_state(self, step: int) -> dict:
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
+                "global_step": step}
+
+    def save_checkpoint(self, step: int, num_updates: int) -> None:
+        if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
+            raise self.diverged(step, what)
+        atomic_save(self.model_state(step) | self.state(self.training) | {
+            "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "elapsed": self.elapsed(), "eval_time": self.eval_time}, self.dir / "checkpoint.pt")
+        self.checkpoint_step = step
+
+    def save_final(self, step: int, num_updates: int) -> None:
+        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
+        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        if what := self.non_finite_weight():  # first the last row, the diagnosis
+            self.log({"global_step": step, "gradient_steps": num_updates}, None)
+            raise self.diverged(step, what)
+        if self.args.checkpoint_every > 0:
+            self.save_checkpoint(step, num_updates)
+        if self.args.save_model:
+            atomic_save(self.model_state(step), path := self.dir / "model.pt")
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+        self.final_saved = True
+
+    def resume(self, path: str) -> None:
+        """Everything in a checkpoint back in place, after checking, before anything is written, that it
+        fits these networks and that no finished run would be overwritten."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+        self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
+        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
+        fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
+        for name, obj in (self.model | self.training).items():
+            try:
+                if isinstance(obj, ReplayBuffer):
+                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
+                        load_buffer(obj, ckpt[name])
+                elif hasattr(obj, "load_state_dict"):
+                    obj.load_state_dict(ckpt[name])
+                elif ckpt[name] != obj:  # the env's spaces
+                    raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
+            except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
+                                 f"{fix}") from None
+        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        set_torch_rng(ckpt)
+        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
+        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
+        self.clock_step = 0 if "elapsed" in ckpt else self.start_step
+        self.checkpoint_step = self.start_step
+        print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
+              "in the buffer")
+
+    def diverged(self, step: int, what: str) -> Diverged:
+        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+        kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        if self.final_saved and self.args.save_model:
+            (self.dir / "model.pt").unlink(missing_ok=True)
+        self.metrics.close()
+        noise = " or check --exploration-noise" if hasattr(self.args, "exploration_noise") else ""
+        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
+
+    def non_finite_weight(self) -> str | None:
+        for name, obj in self.model.items():
+            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return f"{name}.{key} is not finite"
+        return None
+
+    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
+        if "episode" in infos:
+            self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
+            self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
+
+    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value)
+
+    def due(self, every: int, step: int, previous_step: int) -> bool:
+        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
+
+    def evaluation_due(self, step: int, previous_step: int) -> bool:
+        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
+
+    def row_due(self, step: int, previous_step: int) -> bool:
+        return self.due(self.args.metrics_every, step, previous_step)
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
+        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+
+    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
+        return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
+
+    @contextlib.contextmanager
+    def off_the_clock(self):
+        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+        start = time.time()
+        yield
+        self.eval_time += time.time() - start
+
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
+        return self.time_before + time.time() - self.start_time
+
+    def training_sps(self, step: int, elapsed: float) -> float:
+        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
+        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
+
+    def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
+        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
+        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
+        finite stops the run, after its row (the diagnosis) is written."""
+        elapsed = self.elapsed()
+        self.recent_returns.extend(self.episode_returns)
+        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
+        row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
+        row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
+                "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
+        if evaluation is not None:
+            returns, discounted, start_q = (np.mean(x) for x in evaluation)
+            row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
+            print(f"eval at step {row['global_step']}: return {returns:.1f} | Q(first state) {start_q:.2f} vs "
+                  f"discounted return earned {discounted:.2f}", flush=True)
+        self.metrics.write(row)
+        self.values, self.episode_returns, self.episode_lengths = {}, [], []
+        for column, value in row.items():
+            if column.endswith(("_loss", "_taken")) or column.startswith("eval_") or column == "episodic_return":
+                if value != "" and not np.isfinite(value):
+                    raise self.diverged(row["global_step"], f"{column} is {value}")
+
+    def progress(self, step: int, exploring: str) -> None:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+            return
+        self.last_print, elapsed = time.time(), self.elapsed()
+        sps = self.training_sps(step, elapsed)
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
+              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
+              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
+
+    def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
+        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
+        wall_time = self.elapsed()
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
+        if evaluation is not None:
+            print_eval(*evaluation)
+            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
+                        "eval_returns": evaluation[0], "eval_discounted_returns": evaluation[1],
+                        "eval_start_q": evaluation[2]}
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
 
 def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
     print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
-    print(
-        f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
-        f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}"
-    )
+    print(f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+          f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}")
 
 
-def run_evaluation(args: Args) -> dict:
+def run_evaluation(args) -> dict:
     """--evaluate: evaluate a saved model later."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    q_network, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(
-        q_network, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma, device, video_dir
-    )
+    *networks, state = load_model(args.evaluate, device)
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
+                                            device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns, discounted, start_q)
-    if video_dir is not None:
+    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
     return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+# </shared offpolicy_run>
 
 
+# <shared evaluation>
+def eval_seed(seed: int) -> int:
+    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
+    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+    return seed + 10_000
 
-# ---------------------------------------------------------------------------------------------
-# The command line
-# ---------------------------------------------------------------------------------------------
+
+def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
+    an env that cannot render frames here is evaluated without it, and one line says why."""
+    env = make_env(env_id)
+    if video_dir is None:
+        return env
+    env.close()
+    reason = "it has no rgb_array render mode"
+    if "rgb_array" in env.metadata.get("render_modes", []):
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
+        env = make_env(env_id, render_mode="rgb_array")
+        try:
+            env.reset()
+            env.render()  # the first frame: where a missing display or GL library shows, before any episode
+            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+        except Exception as e:  # noqa: BLE001 (renderers fail in many ways: no display, no GL library, no package)
+            env.close()
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
+    return make_env(env_id)
+# </shared evaluation>
 
 
+# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
-    """tyro.cli, its boxed parse error (a value of the wrong type, an unknown flag, a missing value) as one line."""
-    import io  # here: only parsing needs it
+    """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
 
     captured = io.StringIO()
     try:
@@ -1306,15 +1114,14 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """Parses the command line. With --resume or --evaluate the saved run's settings become the
-    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
-    given beside it overrides the saved value."""
+    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
+    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
             saved = torch.load(saved_from, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 (a foreign or damaged file fails in many ways; all are the user's)
+        except Exception:  # noqa: BLE001 (unreadable, not a torch file, or objects weights_only refuses)
             saved = None
         if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or "algorithm" not in saved:
             raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
@@ -1322,15 +1129,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
             other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
             raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
                              f"{flag} {saved_from}")
-        saved = saved["args"]
-        saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Args)}}
-        saved |= {"resume": args.resume, "evaluate": args.evaluate}
-        args = tyro_cli(argv, default=Args(**saved))
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
+        args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    # numpy's overflow warnings from acting on diverging weights: the divergence check reports it, in one line.
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)
@@ -1345,13 +1151,14 @@ def main(argv: list[str] | None = None) -> None:
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
-    except OSError as e:  # a last resort: the files and devices of the run, where no check above says more
-        print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # the last resort for the file system's errors: one line too
+        print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
     main()
+# </shared cli>

@@ -28,14 +28,11 @@ Evaluate:     python ppo_continuous.py --evaluate runs/<run-name>/model.pt --cap
 import contextlib
 import copy
 import csv
-import difflib
 import json
 import math
 import os
 import random
-import socket
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, fields
@@ -138,24 +135,24 @@ class Args:
     log_interval: float = 5.0
     """seconds between progress lines on the console"""
     torch_threads: int = 1
-    """CPU threads for torch: the networks are tiny, so one is fastest and lets seeds run side by side"""
+    """CPU threads for torch; one lets seeds run side by side, one per core"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Environment construction
-# ---------------------------------------------------------------------------------------------
-
+# --- Environment construction ---
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    with env_errors(env_id):  # a missing package or a bad id: one error line (Part 2)
-        env = gym.make(env_id, render_mode=render_mode)
-    return check_spaces(env, env_id)  # checked spaces, flat obs (Discrete ones one-hot), or one error line (Part 2)
+    """gym.make, its observations one flat vector, the networks' input: Discrete, MultiDiscrete, Tuple and
+    Dict ones through FlattenObservation (a Discrete one becomes one-hot). check_env refused other spaces."""
+    env = gym.make(env_id, render_mode=render_mode)
+    if isinstance(env.observation_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple,
+                                          gym.spaces.Dict)):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x's default, NEXT_STEP, spends the step
-    after an episode ends on a fake reset transition; SAME_STEP resets inside the ending step, so every
-    transition is real and the true last observation (a truncation bootstraps from it) is in info["final_obs"]."""
+    """Vectorised envs in SAME_STEP autoreset mode (gymnasium 1.x's NEXT_STEP spends the step after an episode
+    on a fake reset transition): every transition is real, the true last observation in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = env_cls([lambda: make_env(args.env_id) for _ in range(args.num_envs)],
                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -175,6 +172,12 @@ class RunningMeanStd:
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
 
+    def state_dict(self) -> dict:  # what checkpoints and model.pt keep, as of a module
+        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"].double().numpy(), state["var"].double().numpy(), state["count"]
+
 
 def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
     if rms is None:
@@ -183,7 +186,8 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of the discounted return, the critic's target. The mean is not
+    """Scales rewards by the running std of a discounted sum of past rewards (as in baselines'
+    VecNormalize), a proxy for the scale of the return the critic learns. The mean is not
     subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
@@ -200,10 +204,7 @@ class RewardScaler:
         return (rewards / np.sqrt(self.rms.var + 1e-8)).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
+# --- Networks ---
 
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
     """Orthogonal weights keep activations' scale through the layers at the start of training."""
@@ -221,7 +222,8 @@ def mlp(in_dim: int, out_dim: int, out_std: float, hidden: int = 64) -> nn.Seque
 
 
 class Agent(nn.Module):
-    """Separate actor and critic MLPs: the value loss cannot disturb the policy's features. The policy
+    """Separate actor and critic MLPs: value gradients never reach the actor's weights (they only scale its
+    step through the shared --max-grad-norm clip). The policy
     is N(mu(s), diag(exp(log_std))^2), log_std one learned, state-independent parameter per dimension: a
     fixed std needs tuning and cannot shrink; a state-conditioned one (SAC's) gives the surrogate an output
     to collapse on a few states."""
@@ -229,7 +231,8 @@ class Agent(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int):
         super().__init__()
         self.critic = mlp(obs_dim, 1, out_std=1.0)
-        # A small last layer starts the mean near zero, so early actions do not saturate the bounds.
+        # A small last layer starts the mean near zero, mid-range for symmetric bounds; the std, exp(0) = 1
+        # at first, alone spreads the early actions.
         self.actor_mean = mlp(obs_dim, act_dim, out_std=0.01)
         self.actor_logstd = nn.Parameter(torch.zeros(act_dim))
 
@@ -250,10 +253,7 @@ class Agent(nn.Module):
         return self.actor_mean(obs)
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's pure functions
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's pure functions ---
 
 def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(a; mu, diag(sigma^2)) = sum_i [ -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2 ].
@@ -339,10 +339,7 @@ def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
     return beta
 
 
-# ---------------------------------------------------------------------------------------------
-# The algorithm's steps
-# ---------------------------------------------------------------------------------------------
-
+# --- The algorithm's steps ---
 
 class Rollout:
     """One rollout, row t holding step t of every env, in numpy on the host (cheap writes per step)."""
@@ -410,7 +407,7 @@ def compute_advantages(agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs
     next_values = successor_values(values, last_values, final_values, rollout.episode_ends)  # V(s_{t+1})
     advantages, returns = compute_gae(rewards, values, next_values, rollout.terminations, rollout.episode_ends,
                                       gamma, gae_lambda)
-    # inference_mode tensors cannot enter autograd; clone() makes ordinary ones.
+    # Inference tensors cannot be saved for backward; clone() makes ordinary ones for any direct use.
     return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs.clone(), "values": b_values.clone(),
             "advantages": torch.from_numpy(advantages.reshape(-1)).to(device),  # A_t
             "returns": torch.from_numpy(returns.reshape(-1)).to(device)}  # R_t = A_t + V(s_t), the value target
@@ -475,22 +472,20 @@ def train(args: Args) -> dict:
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
     agent = Agent(obs_dim, act_dim).to(device)
-    # eps 1e-5, not 1e-8: for tiny gradients m / (sqrt(v) + eps) would be a full step of noise.
-    # fused: each tensor's whole Adam update in one pass, about a fifth off each minibatch step here.
+    # eps 1e-5, not 1e-8: for tiny gradients m / (sqrt(v) + eps) would be a full step of noise. fused: one pass.
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-    # What a checkpoint holds, named once for saving and resuming (--resume restores it all here).
     run = Run(args, device, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "act_dim": act_dim},
               model={"agent": agent, "obs_rms": obs_rms},
               training={"optimizer": optimizer, "reward_rms": reward_scaler.rms if reward_scaler else None},
               counters={"global_step": 0, "iteration": 0, "kl_beta": args.kl_beta})
-    global_step, kl_beta = run.counters["global_step"], run.counters["kl_beta"]
+    global_step, done_iterations, kl_beta = run.start["global_step"], run.start["iteration"], run.start["kl_beta"]
     rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim)
     acting_agent = host_copy(agent, device)  # the agent itself, or its CPU copy when it trains on a GPU (Part 2)
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
 
-    for iteration in range(run.counters["iteration"] + 1, num_iterations + 1):
+    for iteration in range(done_iterations + 1, num_iterations + 1):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
         obs, episodes = collect_rollout(envs, acting_agent, rollout, obs, obs_rms, reward_scaler)
@@ -518,106 +513,135 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Checks of the input, files (metrics, checkpoints, the model), evaluation and the command line.
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, without a traceback."""
-
-
-class Diverged(Exception):
-    """Losses or weights that stopped being finite: reported as one line and exit code 3."""
-
-
-def check_env_id(env_id: str) -> None:
-    if ":" in env_id or env_id in gym.envs.registry:  # "module:Env-v0" registers itself on import
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.envs.registry"
-    raise UsageError(f"unknown env id '{env_id}'{hint}")
-
-
-@contextlib.contextmanager
-def env_errors(env_id: str):
-    """gymnasium's errors while making an env, as one UsageError line."""
-    try:
-        yield
-    except ModuleNotFoundError as e:  # "module:Env-v0" whose module cannot be imported
-        raise UsageError(f"cannot import module '{env_id.split(':')[0]}' for {env_id}: {e}; "
-                         "check the module name and PYTHONPATH")
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(f"{env_id} needs a missing package ({e}); pip install -r requirements.txt")
-    except gym.error.Error as e:
-        raise UsageError(f"cannot make {env_id}: {e}")
-
-
-def check_spaces(env: gym.Env, env_id: str) -> gym.Env:
-    """This script needs a Box action space and flat observations; returns the env,
-    its observations flattened by gymnasium's FlattenObservation unless they are a 1-D Box already."""
-    if not isinstance(env.action_space, gym.spaces.Box):
-        env.close()
-        raise UsageError(
-            f"{env_id} has a {type(env.action_space).__name__} action space; {ALGORITHM}.py "
-            "needs a Box (continuous) one; use ppo_discrete.py for discrete actions"
-        )
-    space = env.observation_space
-    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple, gym.spaces.Dict)):
-        return gym.wrappers.FlattenObservation(env)  # one flat vector; a Discrete observation becomes one-hot
-    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-        env.close()
-        raise UsageError(
-            f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D Box, or a "
-            "Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
-            "convolutional network, which it does not have"
-        )
-    return env
+# Checks of the input, the run's files, evaluation and the command line. A block between
+# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
+# tools/shared/NAME.py, where it is edited.
 
 
 def check_args(args: Args) -> None:
-    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds from 0 to 2**32 - 1, offsets added
-        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    for field in fields(Args):  # nan and inf pass every comparison below: refused first
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_episodes", "checkpoint_every"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    for name in ("learning_rate", "clip_coef", "kl_beta", "kl_beta_target", "max_grad_norm", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not (0.0 < args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0):
-        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    check_flags(args, {
+        "positive": ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads",
+                     "learning_rate", "clip_coef", "kl_beta", "kl_beta_target", "max_grad_norm", "log_interval"),
+        "0 or more": ("eval_episodes", "checkpoint_every"), "in (0, 1]": ("gamma",), "in [0, 1]": ("gae_lambda",),
+    })
     batch = args.num_envs * args.num_steps
     if batch % args.num_minibatches:
-        raise UsageError(
-            f"the rollout batch num_envs * num_steps = {args.num_envs} * {args.num_steps} = {batch} does not "
-            f"divide into --num-minibatches {args.num_minibatches}; pick a divisor of {batch}"
-        )
+        raise UsageError(f"the rollout batch num_envs * num_steps = {args.num_envs} * {args.num_steps} = {batch} "
+                         f"does not divide into --num-minibatches {args.num_minibatches}; pick a divisor of {batch}")
     if args.total_timesteps < batch:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
-            "raise it or lower --num-envs / --num-steps"
-        )
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
+                         "raise it or lower --num-envs / --num-steps")
+    check_env(args.env_id)
+
+
+def action_space_error(space: gym.Space) -> str | None:
+    if not isinstance(space, gym.spaces.Box):
+        return (f"has a {type(space).__name__} action space; {ALGORITHM}.py needs a Box (continuous) one; "
+                "use ppo_discrete.py for discrete actions")
+    return None
+
+
+METRICS = [
+    "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
+    "entropy", "approx_kl", "clip_frac", "explained_variance", "kl_beta",
+    "episodic_return", "episodic_length", "episodes",
+]
+
+
+def evaluate(
+    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, episodes: int, seed: int,
+    device: torch.device, video_dir: Path | None = None,
+) -> list[float]:
+    """Returns of `episodes` episodes acting with the mean action mu(s), no exploration noise.
+
+    Observations go through the *training* statistics, frozen: the policy was trained on inputs
+    normalised that way, and statistics gathered from the evaluation episodes would shift them.
+    """
+    env = evaluation_env(env_id, video_dir)
+    low, high = env.action_space.low, env.action_space.high
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
+            obs, reward, terminated, truncated, _ = env.step(np.clip(action[0].cpu().numpy(), low, high))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
+    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt. Loaded onto the CPU
+    wherever it was saved: the statistics stay there, in numpy; the agent then moves to `device`."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("algorithm") != ALGORITHM:
+        raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
+    agent = Agent(state["obs_dim"], state["act_dim"])
+    agent.load_state_dict(state["agent"])
+    agent.to(device)  # after loading: from the host's copy of the weights to where they will act
+    obs_rms = None
+    if state["obs_rms"] is not None:
+        obs_rms = RunningMeanStd((state["obs_dim"],))
+        obs_rms.load_state_dict(state["obs_rms"])
+    return agent, obs_rms, state
+
+
+# <shared checks>
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
+
+
+RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
+          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
+    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
+    within its range, and a file behind --resume and --evaluate."""
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
+    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
+        if not ok(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
     for name in ("resume", "evaluate"):
         if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
             raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    check_env_id(args.env_id)
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
-# ---------------------------------------------------------------------------------------------
-# Files: atomic writes, the metrics CSV, wandb
-# ---------------------------------------------------------------------------------------------
+def check_env(env_id: str) -> None:
+    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
+    module, or spaces this file cannot use are one error line before anything is written."""
+    try:
+        env = make_env(env_id)
+    except (gym.error.Error, ImportError) as e:
+        raise UsageError(f"cannot make {env_id}: {e}") from None
+    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
+                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
+                         "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
+# </shared checks>
 
 
+# <shared files>
 def atomic_save(obj: dict | str, path: Path) -> None:
-    """Write to a temporary file and rename it over the target: a crash or Ctrl-C mid-write leaves
-    the previous file whole, never a truncated one. A dict goes through torch.save; a str (the JSON
-    files: benchmark.py takes an existing summary.json for a finished run) is written as UTF-8. A failed
-    write (a full disk) removes the temporary file and leaves the previous one."""
+    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
+    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
+    (a full disk) removes the temporary file and keeps the previous one."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -628,43 +652,54 @@ def atomic_save(obj: dict | str, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # a full disk, most likely
-        tmp.unlink(missing_ok=True)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
-        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; "
-                         f"free space and {then}")
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
 
 
-METRICS = [
-    "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
-    "entropy", "approx_kl", "clip_frac", "explained_variance", "kl_beta",
-    "episodic_return", "episodic_length", "episodes",
-]
+def make_run_dir(path: Path) -> None:
+    """The run directory, or one line saying why it cannot be written, before any training."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
 
 
-def finished_episodes(infos: dict) -> list[tuple[float, int]]:
-    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
-    if "episode" not in infos:
-        return []
-    done = infos["_episode"]
-    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
+    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    summary = Path(path).parent / "summary.json"
+    try:
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
 
 
-def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
-    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
-    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run's inf values: Run.log says so in one line
-        var = np.var(target)
-        return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+def set_torch_rng(ckpt: dict) -> None:
+    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv, one row per update, and wandb when tracking.
-
-    Each row is written with a single write and flushed, so an interrupted run leaves whole rows.
-    A resumed run first drops the rows logged after its checkpoint (they are about to be redone),
-    then appends. A run that is not resumed starts the file afresh, even under a run name used
-    before: appending a second run's rows from step 0 would make one curve out of two runs.
-    """
+    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
+    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
+    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
         if resume_step is not None and path.exists():
@@ -677,7 +712,7 @@ class MetricsLog:
                 writer.writerows(kept)
             os.replace(tmp, path)
         new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")
+        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
         if new:
             self.writer.writeheader()
@@ -696,9 +731,8 @@ class MetricsLog:
 
 
 def wandb_server() -> tuple[str, int]:
-    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai): the URL's port,
-    else 443 for https and 80 for http (a self-hosted server often listens elsewhere)."""
-    import urllib.parse  # here, like wandb itself: only --track needs it
+    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
 
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
@@ -708,28 +742,17 @@ def wandb_server() -> tuple[str, int]:
     return url.hostname or "", port or (80 if url.scheme == "http" else 443)
 
 
-def wandb_api_key(host: str) -> bool:
-    """Whether an API key is configured: WANDB_API_KEY, or the netrc entry `wandb login` writes for the host."""
-    import netrc
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
 
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
-        return False
-
-
-def wandb_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
-    """Probe the wandb server in a thread, so that neither DNS nor connect can hang the run."""
     result = []
 
     def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
+        with contextlib.suppress(OSError):
+            socket.create_connection(wandb_server(), timeout=timeout).close()
             result.append(True)
-        except OSError:
-            pass
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
@@ -737,125 +760,95 @@ def wandb_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     return bool(result)
 
 
-def init_wandb(args: Args, run_name: str, run_dir: Path):
+def init_wandb(args, run_name: str, run_dir: Path):
+    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
+    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
+    import netrc
+    import urllib.parse
+
     import wandb
 
-    mode = os.environ.get("WANDB_MODE")
-    if mode is None:
-        host, port = wandb_server()
-        if not wandb_reachable(host, port):
-            mode = "offline"
-            print(f"wandb: no network, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
-        elif not wandb_api_key(host):
-            mode = "offline"
-            print(f"wandb: no API key (run `wandb login` or set WANDB_API_KEY), logging offline to {run_dir}/wandb; "
-                  "upload later with `wandb sync`")
-    return wandb.init(
-        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-        config=asdict(args), dir=str(run_dir), mode=mode or "online",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The run: its directory, metrics, progress line, checkpoints and summary
-# ---------------------------------------------------------------------------------------------
-
-
-def state_dict(obj) -> dict:
-    """What a checkpoint saves of obj: torch's state_dict, or a RunningMeanStd's statistics as tensors."""
-    if isinstance(obj, RunningMeanStd):
-        return {"mean": torch.tensor(obj.mean), "var": torch.tensor(obj.var), "count": obj.count}
-    return to_cpu(obj.state_dict())
-
-
-def to_cpu(state):
-    """The state with every tensor on the host (a GPU's state_dict holds GPU tensors): files load anywhere."""
-    if isinstance(state, torch.Tensor):
-        return state.cpu()
-    if isinstance(state, dict):
-        return {key: to_cpu(value) for key, value in state.items()}
-    if isinstance(state, list):
-        return [to_cpu(value) for value in state]
-    return state
-
-
-def load_state_dict(obj, state: dict) -> None:
-    if isinstance(obj, RunningMeanStd):
-        obj.mean = state["mean"].cpu().numpy().astype(np.float64)  # .cpu(): wherever the file was loaded to
-        obj.var = state["var"].cpu().numpy().astype(np.float64)
-        obj.count = state["count"]
-    else:
-        obj.load_state_dict(state)
-
-
-def state_dicts(objects: dict) -> dict:
-    return {key: state_dict(obj) if obj is not None else None for key, obj in objects.items()}
-
-
-def non_finite(state: dict, prefix: str = "") -> str | None:
-    """The name of the first floating-point tensor of a (nested) state dict holding a NaN or inf, else None."""
-    for key, value in state.items():
-        if isinstance(value, dict) and (found := non_finite(value, f"{prefix}{key}.")):
-            return found
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            return f"{prefix}{key}"
-    return None
+    mode, reason = os.environ.get("WANDB_MODE"), None
+    if mode is None and not wandb_reachable():
+        reason = "no network"
+    elif mode is None and not os.environ.get("WANDB_API_KEY"):
+        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+        try:
+            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
+        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+            key = None
+        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
+    if reason:
+        mode = "offline"
+        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step. On the CPU the module itself (the same
-    numbers, no copy); on a GPU a CPU copy, so that an env step needs no host-device round trip."""
+    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
+    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
 def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """Gives the host copy the trained module's new weights; nothing to do when they are one object."""
+    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
     if host is not module:
         host.load_state_dict(module.state_dict())
+# </shared files>
 
 
-def finished_step(run_dir: Path) -> int | None:
-    """The step a finished run ended at, from its summary.json; None if the run has not finished."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return None
-    try:
-        return int(json.loads(summary.read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+# <shared onpolicy_run>
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
+    if "episode" not in infos:
+        return []
+    done = infos["_episode"]
+    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+
+
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run's inf values: Run.log says so in one line
+        var = np.var(target)
+        return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+
+
+def state_dicts(objects: dict) -> dict:
+    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
+
+
+def non_finite(state: dict) -> str | None:
+    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
+    bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
+    return next(bad, None)
 
 
 class Run:
     """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
 
-    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and
-    wandb with --track), checkpoint.pt every --checkpoint-every steps, and at the end summary.json
-    and model.pt (model.pt first: nothing after training can lose it). What a checkpoint holds is named
-    once, by train(): `model` and `training` map checkpoint keys to the objects whose state_dict is saved
-    there (None for one switched off), `counters` the plain numbers with their starting values. Saving and
-    resuming both go by these names, so the two cannot drift apart. model.pt holds `shapes` and `model` alone.
-    A run whose losses or weights stop being finite raises Diverged, keeping its last finite checkpoint.
+    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
+    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
+    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
+    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
+    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
+    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
     """
 
-    def __init__(self, args: Args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
+    def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
                  model: dict, training: dict, counters: dict):
         self.args, self.device, self.shapes, self.model, self.training = args, device, shapes, model, training
         self.total_steps = num_iterations * batch_size
-        self.counters = dict(counters)
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
+        self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
         if args.resume:
-            self.counters = self.resume(num_iterations)
             self.dir = Path(args.resume).parent
         else:
-            run_name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-            self.dir = Path("runs") / run_name
-        try:  # the first writes: a directory that cannot be made or written is one error line
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsLog(self.dir / "metrics.csv",
-                                      resume_step=self.counters["global_step"] if args.resume else None)
-        except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror}; "
-                             "choose another --run-name or a writable working directory")
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        make_run_dir(self.dir)
+        self.metrics = MetricsLog(self.dir / "metrics.csv",
+                                  resume_step=self.start["global_step"] if args.resume else None)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         if args.track:
             self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
@@ -865,26 +858,15 @@ class Run:
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.start_time = self.last_print = time.time()
 
-    def resume(self, num_iterations: int) -> dict:
+    def resume(self, num_iterations: int, counters: dict) -> dict:
         """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
         after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
         path = self.args.resume
-        # Onto the CPU: the normalisation statistics and the RNG state live on the host;
-        # load_state_dict moves the weights and optimizer state onto the device.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        counters = {key: ckpt[key] for key in self.counters}
-        finished = finished_step(Path(path).parent)
-        # A checkpoint at or past the summary's step is the run extended (maybe interrupted): fine to go on.
-        if finished is not None and counters["global_step"] < finished:
-            raise UsageError(f"{Path(path).parent} finished at step {finished} (summary.json); its checkpoint.pt is "
-                             f"from step {counters['global_step']}, so resuming would redo steps past it and overwrite "
-                             "the finished run's files; start a new run (without --resume) instead")
-        if counters["iteration"] + 1 > num_iterations:  # nothing to train; going on would overwrite its summary
-            raise UsageError(f"{path} ends at step {counters['global_step']}, already the end of "
-                             f"--total-timesteps {self.args.total_timesteps}; "
-                             "pass a larger --total-timesteps to train on")
+        start = {key: ckpt[key] for key in counters}
+        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
         for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
             if ckpt.get(key) != value:
                 raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
@@ -897,19 +879,16 @@ class Run:
                 raise UsageError(f"{path} holds no {key}: its run trained without it; "
                                  "resume without --norm-obs / --norm-reward")
             try:
-                load_state_dict(obj, ckpt[key])
+                obj.load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
-                                 "resume with the flags it was trained with (drop --env-id)")
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():  # older checkpoints lack it
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][:torch.cuda.device_count()])
-        self.checkpoint_step, self.elapsed_before = counters["global_step"], ckpt.get("elapsed", 0.0)
-        print(f"resumed from {path} at step {counters['global_step']}")
-        return counters
+                                 "resume with the flags it was trained with (drop --env-id)") from None
+        set_torch_rng(ckpt)
+        self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
+        print(f"resumed from {path} at step {start['global_step']}")
+        return start
 
-    def elapsed(self) -> float:
-        """Wall time of the whole run, so that a resumed run reads as one: before the resume, and since."""
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.elapsed_before + time.time() - self.start_time
 
     def diverged(self, step: int, what: str, value) -> Diverged:
@@ -923,7 +902,8 @@ class Run:
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model, "global_step": global_step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
+                "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
         """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
@@ -932,7 +912,7 @@ class Run:
         return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
     def save_checkpoint(self, **counters) -> None:
-        counters = {key: counters[key] for key in self.counters}  # exactly the counters named in train()
+        counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
         atomic_save(
             self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
             | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
@@ -968,17 +948,13 @@ class Run:
         sps = global_step / elapsed
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         eta = (self.total_steps - global_step) / max(sps, 1e-9)
-        print(
-            f"step {global_step:>9}/{self.total_steps} | {sps:5.0f} SPS | return {recent} "
-            f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left",
-            flush=True,
-        )
+        print(f"step {global_step:>9}/{self.total_steps} | {sps:5.0f} SPS | return {recent} "
+              f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
 
     def finish(self, global_step: int) -> dict:
         """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
         closes the log; returns the summary. Diverged weights write neither file."""
-        wall_time = self.elapsed()
-        args = self.args
+        wall_time, args = self.elapsed(), self.args
         model = self.model_state(global_step)
         if args.save_model:
             atomic_save(model, self.dir / "model.pt")
@@ -1001,115 +977,60 @@ class Run:
         return summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation, saving and loading
-# ---------------------------------------------------------------------------------------------
-
-
-def eval_seed(seed: int) -> int:
-    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset
-    (seed + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
-    return seed + 10_000
-
-
-def evaluate(
-    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, episodes: int, seed: int,
-    device: torch.device, video_dir: Path | None = None,
-) -> list[float]:
-    """Returns of `episodes` episodes acting with the mean action mu(s), no exploration noise.
-
-    Observations go through the *training* statistics, frozen: the policy was trained on inputs
-    normalised that way, and statistics gathered from the evaluation episodes would shift them.
-    """
-    env = eval_env(env_id, video_dir)
-    low, high = env.action_space.low, env.action_space.high
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total = False, 0.0
-        while not done:
-            with torch.no_grad():
-                action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
-            obs, reward, terminated, truncated, _ = env.step(np.clip(action[0].cpu().numpy(), low, high))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
-
-
-def eval_env(env_id: str, video_dir: Path | None) -> gym.Env:
-    """The evaluation env. With video_dir, it records every episode there if frames can be rendered; if not,
-    one line says why and evaluation goes on without video: a video never takes a trained run down."""
-    env = make_env(env_id)
-    if video_dir is None:
-        return env
-    if "rgb_array" not in env.metadata.get("render_modes", []):
-        reason = "it has no rgb_array render mode"
-    else:
-        env.close()
-        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, with no display
-        env = make_env(env_id, render_mode="rgb_array")
-        try:
-            env.reset()
-            if not isinstance(env.render(), np.ndarray):
-                raise RuntimeError("render() returned no frame")
-            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
-        except Exception as e:  # a missing GL library, no display, no video writer, ...
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            with contextlib.suppress(Exception):
-                env.close()
-            env = make_env(env_id)
-    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video")
-    return env
-
-
-def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
-    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt. Loaded onto the CPU
-    wherever it was saved: the statistics stay there, in numpy; the agent then moves to `device`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("algorithm") != ALGORITHM:
-        raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
-    agent = Agent(state["obs_dim"], state["act_dim"])
-    agent.load_state_dict(state["agent"])
-    agent.to(device)  # after loading: from the host's copy of the weights to where they will act
-    obs_rms = None
-    if state["obs_rms"] is not None:
-        obs_rms = RunningMeanStd((state["obs_dim"],))
-        load_state_dict(obs_rms, state["obs_rms"])
-    return agent, obs_rms, state
-
-
 def print_eval(returns: list[float]) -> None:
     print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (deterministic)")
 
 
-def run_evaluation(args: Args) -> dict:
-    """--evaluate: evaluate a saved model later, with the statistics it was trained with."""
+def run_evaluation(args) -> dict:
+    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
-    if args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-    env_id = state["args"]["env_id"]
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
     returns = evaluate(agent, obs_rms, env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
-    if video_dir is not None:
+    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
     return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+# </shared onpolicy_run>
 
 
-# ---------------------------------------------------------------------------------------------
-# The command line
-# ---------------------------------------------------------------------------------------------
+# <shared evaluation>
+def eval_seed(seed: int) -> int:
+    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
+    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+    return seed + 10_000
 
 
+def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
+    an env that cannot render frames here is evaluated without it, and one line says why."""
+    env = make_env(env_id)
+    if video_dir is None:
+        return env
+    env.close()
+    reason = "it has no rgb_array render mode"
+    if "rgb_array" in env.metadata.get("render_modes", []):
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
+        env = make_env(env_id, render_mode="rgb_array")
+        try:
+            env.reset()
+            env.render()  # the first frame: where a missing display or GL library shows, before any episode
+            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+        except Exception as e:  # noqa: BLE001 (renderers fail in many ways: no display, no GL library, no package)
+            env.close()
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
+    return make_env(env_id)
+# </shared evaluation>
+
+
+# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
-    """tyro.cli, its boxed parse error (a value of the wrong type, an unknown flag, a missing value) as one line."""
-    import io  # here: only parsing needs it
+    """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
 
     captured = io.StringIO()
     try:
@@ -1134,30 +1055,30 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """Parses the command line. With --resume or --evaluate the saved run's settings become the
-    defaults, so `--resume runs/x/checkpoint.pt` alone continues the same experiment and any flag
-    given beside it overrides the saved value."""
+    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
+    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
         try:
             saved = torch.load(saved_from, map_location="cpu", weights_only=True)
-        except Exception:  # unreadable, not a torch file, or objects that weights_only refuses
+        except Exception:  # noqa: BLE001 (unreadable, not a torch file, or objects weights_only refuses)
             saved = None
-        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or "algorithm" not in saved:
             raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
-        if saved.get("algorithm") != ALGORITHM:
-            flag = "--resume" if args.resume else "--evaluate"
-            raise UsageError(f"{saved_from} was saved by {saved.get('algorithm')}.py, not {ALGORITHM}.py; "
-                             f"use python {saved.get('algorithm')}.py {flag} {saved_from}")
-        saved = saved["args"]
-        saved = {k: v for k, v in saved.items() if k in {f.name for f in fields(Args)}}
-        saved |= {"resume": args.resume, "evaluate": args.evaluate}
-        args = tyro_cli(argv, default=Args(**saved))
+        if saved["algorithm"] != ALGORITHM:
+            other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
+            raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
+                             f"{flag} {saved_from}")
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
+        args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
+    warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)
         if args.evaluate:
@@ -1181,3 +1102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+# </shared cli>

@@ -461,7 +461,8 @@ def test_resume_without_buffer_collects_uniform_data_first(in_tmp):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--env-id", "Pendulum-v2"], "unknown env id 'Pendulum-v2'; did you mean Pendulum-v1"),
+    (["--env-id", "Pendulum-v2"], "cannot make Pendulum-v2: Environment version `v2` for environment `Pendulum` "
+                                  "doesn't exist. It provides versioned environments: [ `v1` ]."),
     (["--num-envs", "0"], "--num-envs must be positive"),
     (["--policy-frequency", "0"], "--policy-frequency must be positive"),
     (["--updates-per-step", "-1"], "--updates-per-step must be positive"),
@@ -480,7 +481,7 @@ def test_resume_without_buffer_collects_uniform_data_first(in_tmp):
     ([*TINY_DDPG, "--gamma", "inf"], "--gamma must be a finite number, got inf"),
     ([*TINY_DDPG, "--exploration-noise", "nan"], "--exploration-noise must be a finite number, got nan"),
     ([*TINY_DDPG, "--env-id", "nosuchmod:Foo-v0"],
-     "cannot import module 'nosuchmod' for nosuchmod:Foo-v0: No module named 'nosuchmod'"),
+     "cannot make nosuchmod:Foo-v0: No module named 'nosuchmod'"),
     ([*TINY_DDPG, "--env-id", "GlassboxImage-v0"],
      ("GlassboxImage-v0 has Box(0, 255, (8, 8, 3), uint8) observations; ddpg.py's networks take a flat vector (a "
       "1-D Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image observations need a "
@@ -631,8 +632,9 @@ def test_resume_refuses_a_finished_run_and_other_networks_leaving_its_files_alon
         return lines[0]
 
     assert refused("--total-timesteps", "600", "--hidden-sizes", "8") == (
-        f"error: {ckpt_path} does not fit these networks: actor.hidden.0.weight has shape (16, 3) there, (8, 3) "
-        "here; resume with the flags it was trained with (drop --hidden-sizes)")
+        f"error: {ckpt_path} does not fit these networks: size mismatch for out.weight: copying a param with shape "
+        "torch.Size([1, 16]) from checkpoint, the shape in current model is torch.Size([1, 8]).; resume with the "
+        "flags it was trained with (drop --hidden-sizes)")
     assert refused("--total-timesteps", "600", "--env-id", "GlassboxCountingBox-v0") == (
         f"error: {ckpt_path} does not fit these networks: obs_dim is 3 there, 1 here; resume with the flags it was "
         "trained with (drop --env-id)")
@@ -668,6 +670,18 @@ def test_a_resumed_run_reads_as_one_run_and_restores_the_cuda_random_state(in_tm
     rows = read_metrics(in_tmp / "runs/one")
     assert float(rows[1]["time"]) < 10_000 <= float(rows[2]["time"]) and rows[2]["sps"] == "0"
     assert summary["wall_time"] >= 10_000 and summary["sps"] == 0  # 300 steps over the whole run's time
+
+
+def test_sps_after_resuming_a_checkpoint_without_a_clock_counts_only_the_steps_since(in_tmp):
+    ddpg.train(tiny_args("--run-name", "old", "--checkpoint-every", "200", "--eval-episodes", "0",
+                         "--total-timesteps", "200"))
+    ckpt_path = in_tmp / "runs/old/checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k not in ("elapsed", "eval_time")}, ckpt_path)  # an older file
+    summary = ddpg.train(ddpg.parse_args(["--resume", str(ckpt_path), "--total-timesteps", "400"]))
+    # The 200 steps before the resume have no time to go with: the speed is this process's 200 steps over its
+    # time, where counting all 400 would double it.
+    assert summary["sps"] * summary["wall_time"] == pytest.approx(200, rel=0.15)
 
 
 def test_wandb_probes_the_named_port_and_goes_offline_without_an_api_key(tmp_path, monkeypatch, capsys):

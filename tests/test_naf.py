@@ -196,14 +196,11 @@ def test_acting_actions_are_mu_and_follow_updates():
     np.testing.assert_allclose(act(obs), torch_mu(), rtol=1e-5, atol=1e-6)
 
 
-# --- The code shared with ddpg.py is ddpg.py's ---
+# --- The algorithm code shared with ddpg.py is ddpg.py's (Part 2's shared blocks: tools/sync.py) ---
 
 
-SHARED = ["UsageError", "Diverged", "check_env_id", "check_env", "flat_observations", "make_env", "make_vector_env",
-          "true_next_obs", "ReplayBuffer", "mlp_layers", "hidden_features", "ActionNoise", "select_actions",
-          "update_target", "steps_crossed", "atomic_save", "MetricsLog", "wandb_url", "wandb_reachable",
-          "wandb_key_configured", "init_wandb", "buffer_state", "load_buffer", "to_cpu", "mismatch", "make_run_dir",
-          "Run", "host_copy", "refresh_host_copy", "eval_seed", "evaluation_env", "print_eval", "parse_args", "main"]
+SHARED = ["make_env", "make_vector_env", "true_next_obs", "ReplayBuffer", "mlp_layers", "hidden_features",
+          "ActionNoise", "select_actions", "update_target"]
 
 
 def top_level(path: Path) -> dict[str, str]:
@@ -211,7 +208,7 @@ def top_level(path: Path) -> dict[str, str]:
             if isinstance(node, ast.FunctionDef | ast.ClassDef)}
 
 
-def test_code_shared_with_ddpg_is_identical():
+def test_algorithm_code_shared_with_ddpg_is_identical():
     ours, theirs = top_level(ROOT / "naf.py"), top_level(ROOT / "ddpg.py")
     for name in SHARED:
         assert ours[name] == theirs[name], name
@@ -278,7 +275,8 @@ def test_checkpoint_with_buffer_then_resume_trains_at_once(in_tmp):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--env-id", "Pendulum-v2"], "unknown env id 'Pendulum-v2'; did you mean Pendulum-v1"),
+    (["--env-id", "Pendulum-v2"], "cannot make Pendulum-v2: Environment version `v2` for environment `Pendulum` "
+                                  "doesn't exist. It provides versioned environments: [ `v1` ]."),
     (["--updates-per-step", "0"], "--updates-per-step must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--tau", "0"], "--tau must be in (0, 1]"),

@@ -193,7 +193,7 @@ def test_running_mean_std_matches_numpy_over_batches(algo):
     np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-5)
     np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
     restored = algo.RunningMeanStd((4,))
-    algo.load_state_dict(restored, algo.state_dict(rms))  # what checkpoints save of it (Part 2)
+    restored.load_state_dict(rms.state_dict())  # what checkpoints save of it
     np.testing.assert_array_equal(restored.mean, rms.mean)
     np.testing.assert_array_equal(restored.var, rms.var)
     assert restored.count == rms.count
