@@ -102,6 +102,9 @@ class Args:
     # --- Experiment ---
     env_id: str = "CartPole-v1"
     """gymnasium id of an env with a Discrete action space (CartPole-v1, Acrobot-v1, LunarLander-v3, ...)"""
+    env_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
+    """keyword arguments of gym.make, as NAME VALUE pairs (`--env-kwargs include_cfrc_ext_in_observation False`
+    gives Ant-v5 without its contact forces); every run and evaluation of the model makes the env this way"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 100_000
@@ -209,10 +212,10 @@ class Args:
 
 # --- Environment construction ---
 
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | None = None) -> gym.Env:
     """gym.make, its observations one flat float32 vector, the network's input: Discrete, MultiDiscrete,
     Tuple and Dict ones through FlattenObservation (a Discrete one becomes one-hot). check_env refused others."""
-    env = gym.make(env_id, render_mode=render_mode)
+    env = gym.make(env_id, render_mode=render_mode, **(env_kwargs or {}))
     if isinstance(env.observation_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple,
                                           gym.spaces.Dict)):
         env = gym.wrappers.FlattenObservation(env)
@@ -232,7 +235,7 @@ def make_vector_env(args: Args) -> gym.vector.VectorEnv:
     arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = env_cls(
-        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+        [lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
@@ -488,8 +491,8 @@ def train(args: Args) -> dict:
         evaluation = None
         if run.evaluation_due(global_step, previous_step):
             with run.off_the_clock():
-                evaluation = evaluate(q_network, args.env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
-                                      device, run.video_dir(global_step))
+                evaluation = evaluate(q_network, args.env_id, args.env_kwargs, args.eval_episodes,
+                                      eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
         if evaluation is not None or run.row_due(global_step, previous_step):
             run.log({"global_step": global_step, "gradient_steps": num_updates,
                      "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
@@ -518,7 +521,7 @@ def check_args(args: Args) -> None:
         "in (0, 1]": ("gamma", "tau"), "in [0, 1]": ("start_e", "end_e", "exploration_fraction"),
     })
     check_replay_args(args)
-    check_env(args.env_id)
+    check_env(args.env_id, args.env_kwargs)
 
 
 def action_space_error(space: gym.Space) -> str | None:
@@ -540,13 +543,13 @@ METRICS = [
 
 
 def evaluate(
-    q_network: QNetwork, env_id: str, episodes: int, seed: int, gamma: float, device: torch.device,
+    q_network: QNetwork, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float, device: torch.device,
     video_dir: Path | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
     """Greedy episodes (argmax_a Q(s, a)). Per episode: the return, the discounted return sum_t gamma^t r_t
     earned, and max_a Q(s_0, a), its prediction at the first state; a prediction persistently above what is
     earned is overestimation (on CartPole-v1 the time limit alone makes a perfect policy earn 99.3, not 100)."""
-    env = evaluation_env(env_id, video_dir)
+    env = evaluation_env(env_id, env_kwargs, video_dir)
     q_network = host_copy(q_network, device)  # one observation at a time: on the host, like acting in training
     returns, discounted_returns, start_q = [], [], []
     for episode in range(episodes):
@@ -608,13 +611,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
         raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
-def check_env(env_id: str) -> None:
+def check_env(env_id: str, env_kwargs: dict) -> None:
     """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, or spaces this file cannot use are one error line before anything is written."""
+    module, a keyword the env does not take, or spaces this file cannot use are one error line before
+    anything is written."""
     try:
-        env = make_env(env_id)
-    except (gym.error.Error, ImportError) as e:
-        raise UsageError(f"cannot make {env_id}: {e}") from None
+        env = make_env(env_id, env_kwargs)
+    except (gym.error.Error, ImportError, TypeError) as e:
+        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
+                         + f": {e}") from None
     space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
     env.close()
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
@@ -1029,9 +1034,10 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
-    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
-                                            device, video_dir)
+    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed),
+                                            args.gamma, device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns, discounted, start_q)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
@@ -1047,10 +1053,10 @@ def eval_seed(seed: int) -> int:
     return seed + 10_000
 
 
-def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
     """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
     an env that cannot render frames here is evaluated without it, and one line says why."""
-    env = make_env(env_id)
+    env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
     env.close()
@@ -1058,7 +1064,7 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
     if "rgb_array" in env.metadata.get("render_modes", []):
         if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
             os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
-        env = make_env(env_id, render_mode="rgb_array")
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
         try:
             env.reset()
             env.render()  # the first frame: where a missing display or GL library shows, before any episode
@@ -1067,7 +1073,7 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
             env.close()
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
-    return make_env(env_id)
+    return make_env(env_id, env_kwargs)
 # </shared evaluation>
 
 

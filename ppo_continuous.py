@@ -35,7 +35,7 @@ import random
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import gymnasium as gym
@@ -57,6 +57,9 @@ class Args:
     # --- Experiment ---
     env_id: str = "Pendulum-v1"
     """gymnasium id of an environment with a Box action space (Pendulum-v1, HalfCheetah-v5, ...)"""
+    env_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
+    """keyword arguments of gym.make, as NAME VALUE pairs (`--env-kwargs include_cfrc_ext_in_observation False`
+    gives Ant-v5 without its contact forces); every run and evaluation of the model makes the env this way"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 1_000_000
@@ -140,10 +143,10 @@ class Args:
 
 # --- Environment construction ---
 
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | None = None) -> gym.Env:
     """gym.make, its observations one flat vector, the networks' input: Discrete, MultiDiscrete, Tuple and
     Dict ones through FlattenObservation (a Discrete one becomes one-hot). check_env refused other spaces."""
-    env = gym.make(env_id, render_mode=render_mode)
+    env = gym.make(env_id, render_mode=render_mode, **(env_kwargs or {}))
     if isinstance(env.observation_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Tuple,
                                           gym.spaces.Dict)):
         env = gym.wrappers.FlattenObservation(env)
@@ -154,7 +157,7 @@ def make_vector_env(args: Args) -> gym.vector.VectorEnv:
     """Vectorised envs in SAME_STEP autoreset mode (gymnasium 1.x's NEXT_STEP spends the step after an episode
     on a fake reset transition): every transition is real, the true last observation in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    envs = env_cls([lambda: make_env(args.env_id) for _ in range(args.num_envs)],
+    envs = env_cls([lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
@@ -531,7 +534,7 @@ def check_args(args: Args) -> None:
     if args.total_timesteps < batch:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
                          "raise it or lower --num-envs / --num-steps")
-    check_env(args.env_id)
+    check_env(args.env_id, args.env_kwargs)
 
 
 def action_space_error(space: gym.Space) -> str | None:
@@ -549,7 +552,7 @@ METRICS = [
 
 
 def evaluate(
-    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, episodes: int, seed: int,
+    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, env_kwargs: dict, episodes: int, seed: int,
     device: torch.device, video_dir: Path | None = None,
 ) -> list[float]:
     """Returns of `episodes` episodes acting with the mean action mu(s), no exploration noise.
@@ -557,7 +560,7 @@ def evaluate(
     Observations go through the *training* statistics, frozen: the policy was trained on inputs
     normalised that way, and statistics gathered from the evaluation episodes would shift them.
     """
-    env = evaluation_env(env_id, video_dir)
+    env = evaluation_env(env_id, env_kwargs, video_dir)
     low, high = env.action_space.low, env.action_space.high
     returns = []
     for episode in range(episodes):
@@ -619,13 +622,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
         raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
-def check_env(env_id: str) -> None:
+def check_env(env_id: str, env_kwargs: dict) -> None:
     """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, or spaces this file cannot use are one error line before anything is written."""
+    module, a keyword the env does not take, or spaces this file cannot use are one error line before
+    anything is written."""
     try:
-        env = make_env(env_id)
-    except (gym.error.Error, ImportError) as e:
-        raise UsageError(f"cannot make {env_id}: {e}") from None
+        env = make_env(env_id, env_kwargs)
+    except (gym.error.Error, ImportError, TypeError) as e:
+        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
+                         + f": {e}") from None
     space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
     env.close()
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
@@ -967,8 +972,8 @@ class Run:
         }
         if args.eval_episodes:
             video_dir = self.dir / "videos" if args.capture_video else None
-            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.eval_episodes,
-                               eval_seed(args.seed), self.device, video_dir)
+            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,
+                               args.eval_episodes, eval_seed(args.seed), self.device, video_dir)
             print_eval(returns)
             summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
                         "eval_returns": returns}
@@ -986,8 +991,9 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
-    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns = evaluate(agent, obs_rms, env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
+    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns = evaluate(agent, obs_rms, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
@@ -1003,10 +1009,10 @@ def eval_seed(seed: int) -> int:
     return seed + 10_000
 
 
-def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
+def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
     """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
     an env that cannot render frames here is evaluated without it, and one line says why."""
-    env = make_env(env_id)
+    env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
     env.close()
@@ -1014,7 +1020,7 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
     if "rgb_array" in env.metadata.get("render_modes", []):
         if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
             os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
-        env = make_env(env_id, render_mode="rgb_array")
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
         try:
             env.reset()
             env.render()  # the first frame: where a missing display or GL library shows, before any episode
@@ -1023,7 +1029,7 @@ def evaluation_env(env_id: str, video_dir: Path | None) -> gym.Env:
             env.close()
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
-    return make_env(env_id)
+    return make_env(env_id, env_kwargs)
 # </shared evaluation>
 
 

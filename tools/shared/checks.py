@@ -26,13 +26,15 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
         raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
-def check_env(env_id: str) -> None:
+def check_env(env_id: str, env_kwargs: dict) -> None:
     """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, or spaces this file cannot use are one error line before anything is written."""
+    module, a keyword the env does not take, or spaces this file cannot use are one error line before
+    anything is written."""
     try:
-        env = make_env(env_id)
-    except (gym.error.Error, ImportError) as e:
-        raise UsageError(f"cannot make {env_id}: {e}") from None
+        env = make_env(env_id, env_kwargs)
+    except (gym.error.Error, ImportError, TypeError) as e:
+        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
+                         + f": {e}") from None
     space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
     env.close()
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:

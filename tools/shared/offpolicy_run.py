@@ -239,9 +239,10 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
-    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(*networks, env_id, args.eval_episodes, eval_seed(args.seed), args.gamma,
-                                            device, video_dir)
+    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed),
+                                            args.gamma, device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns, discounted, start_q)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped

@@ -166,8 +166,8 @@ class Run:
         }
         if args.eval_episodes:
             video_dir = self.dir / "videos" if args.capture_video else None
-            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.eval_episodes,
-                               eval_seed(args.seed), self.device, video_dir)
+            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,
+                               args.eval_episodes, eval_seed(args.seed), self.device, video_dir)
             print_eval(returns)
             summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
                         "eval_returns": returns}
@@ -185,8 +185,9 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
-    env_id, video_dir = state["args"]["env_id"], Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns = evaluate(agent, obs_rms, env_id, args.eval_episodes, eval_seed(args.seed), device, video_dir)
+    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns = evaluate(agent, obs_rms, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), device, video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
