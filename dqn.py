@@ -592,7 +592,7 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
         raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
-def check_env(env_id: str, env_kwargs: dict) -> None:
+def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
     """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
     module, a keyword the env does not take, or spaces this file cannot use are one error line before
     anything is written."""
