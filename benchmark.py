@@ -4,6 +4,7 @@ Reproduce the README's results table, or a small subset of it for a quick check 
 (a few minutes on 2 cores):
 
     python benchmark.py --preset full
+    python benchmark.py --preset mujoco    # the MuJoCo suite: 27 runs of 1M steps (docs/results_mujoco.md)
     python benchmark.py --preset quick
 
 Check finished runs against the table's bars without launching anything (exit code 1 if a row
@@ -154,16 +155,18 @@ PRESETS: dict[str, Preset] = {
         Entry("dqn.py", "Taxi-v4", TAXI_DQN, bar=(7, "each")),
     )),
     # The MuJoCo suite at 1M steps (docs/results_mujoco.md): one flag set per script, a row's extra flags named.
+    # PPO's bars: OpenAI Baselines' PPO at 1M (its Mujoco1M page; Ant: the TD3 paper's PPO), rounded down.
     "mujoco": Preset(seeds=(1, 2, 3), entries=(
-        Entry("ppo_continuous.py", "HalfCheetah-v5", bar=(1500, "mean")),
-        Entry("ppo_continuous.py", "Hopper-v5"),
-        Entry("ppo_continuous.py", "Walker2d-v5"),
+        Entry("ppo_continuous.py", "HalfCheetah-v5", bar=(1600, "mean")),
+        Entry("ppo_continuous.py", "Hopper-v5", bar=(2300, "mean")),
+        Entry("ppo_continuous.py", "Walker2d-v5", bar=(3400, "mean")),
         # Ant-v5 observes 78 contact forces besides its 27 positions and velocities; without them (Ant-v4's default)
         # PPO learns to walk.
-        Entry("ppo_continuous.py", "Ant-v5", ("--env-kwargs", "include_cfrc_ext_in_observation", "False")),
+        Entry("ppo_continuous.py", "Ant-v5", ("--env-kwargs", "include_cfrc_ext_in_observation", "False"),
+              bar=(1000, "mean")),
         # Swimmer's reward for moving forward comes slowly: a horizon of 100 steps (gamma 0.99) sees little of it.
-        Entry("ppo_continuous.py", "Swimmer-v5", ("--gamma", "0.9999")),
-        Entry("ppo_continuous.py", "InvertedDoublePendulum-v5"),
+        Entry("ppo_continuous.py", "Swimmer-v5", ("--gamma", "0.9999"), bar=(110, "mean")),
+        Entry("ppo_continuous.py", "InvertedDoublePendulum-v5", bar=(7000, "mean")),
         Entry("a2c.py", "HalfCheetah-v5", A2C_MUJOCO),
         Entry("a2c.py", "Hopper-v5", A2C_MUJOCO),
         Entry("a2c.py", "Walker2d-v5", A2C_MUJOCO),
@@ -181,7 +184,8 @@ PRESETS: dict[str, Preset] = {
 @dataclass
 class Args:
     preset: str | None = None
-    """run (or --check) a preset: full (the README's results table) or quick (a few minutes)"""
+    """run (or --check) a preset: full (the README's results table), mujoco (the MuJoCo suite) or quick (a few
+    minutes)"""
     scripts: list[str] | None = None
     """algorithm scripts to run (default ppo_continuous.py); with a preset, the entries to keep"""
     env_ids: list[str] | None = None
