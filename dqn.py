@@ -563,7 +563,263 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     return q_network.to(device), state
 
 
-# <shared checks>
+
+
+# <shared offpolicy_run>
+def check_replay_args(args) -> None:
+    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
+    if args.learning_starts > args.buffer_size:
+        raise UsageError(f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
+                         "the buffer could never hold enough transitions to start training")
+    if args.total_timesteps <= args.learning_starts:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
+                         f"{args.learning_starts}: training would never start")
+
+
+BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+def buffer_state(rb: ReplayBuffer) -> dict:
+    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
+    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
+    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
+    return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
+
+
+def load_buffer(rb: ReplayBuffer, state: dict) -> None:
+    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
+    rb.size = min(state["size"], rb.capacity)
+    rb.pos = rb.size % rb.capacity
+    for name in BUFFER_COLUMNS:
+        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
+
+
+class Run:
+    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
+    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
+    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
+    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
+    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
+    """
+
+    def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
+        self.args, self.model, self.training, self.rng = args, model, training, rng
+        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
+        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
+        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        if args.resume:
+            self.dir = Path(args.resume).parent
+            self.resume(args.resume)
+        else:
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        make_run_dir(self.dir)
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start_step if args.resume else None)
+        if self.training["buffer"].device.type == "cuda":
+            acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
+            print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
+                  "updates and the replay buffer on the GPU")
+        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
+        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
+        self.start_time = self.last_print = time.time()
+
+    def state(self, objects: dict) -> dict:
+        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
+        return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
+                else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
+
+    def model_state(self, step: int) -> dict:
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
+                "global_step": step}
+
+    def save_checkpoint(self, step: int, num_updates: int) -> None:
+        if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
+            raise self.diverged(step, what)
+        atomic_save(self.model_state(step) | self.state(self.training) | {
+            "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "elapsed": self.elapsed(), "eval_time": self.eval_time}, self.dir / "checkpoint.pt")
+        self.checkpoint_step = step
+
+    def save_final(self, step: int, num_updates: int) -> None:
+        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
+        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        if what := self.non_finite_weight():  # first the last row, the diagnosis
+            self.log({"global_step": step, "gradient_steps": num_updates}, None)
+            raise self.diverged(step, what)
+        if self.args.checkpoint_every > 0:
+            self.save_checkpoint(step, num_updates)
+        if self.args.save_model:
+            atomic_save(self.model_state(step), path := self.dir / "model.pt")
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+        self.final_saved = True
+
+    def resume(self, path: str) -> None:
+        """Everything in a checkpoint back in place, after checking, before anything is written, that it
+        fits these networks and that no finished run would be overwritten."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+        self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
+        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
+        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
+                   if ckpt["args"][k] != getattr(self.args, k)]
+        fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
+        for name, obj in (self.model | self.training).items():
+            try:
+                if isinstance(obj, ReplayBuffer):
+                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
+                        load_buffer(obj, ckpt[name])
+                elif hasattr(obj, "load_state_dict"):
+                    obj.load_state_dict(ckpt[name])
+                elif ckpt[name] != obj:  # the env's spaces
+                    raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
+            except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
+                                 f"{fix}") from None
+        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        set_torch_rng(ckpt)
+        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
+        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
+        self.clock_step = 0 if "elapsed" in ckpt else self.start_step
+        self.checkpoint_step = self.start_step
+        print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
+              "in the buffer")
+
+    def diverged(self, step: int, what: str) -> "Diverged":
+        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+        kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        if self.final_saved and self.args.save_model:
+            (self.dir / "model.pt").unlink(missing_ok=True)
+        self.metrics.close()
+        noise = " or check --exploration-noise" if hasattr(self.args, "exploration_noise") else ""
+        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
+
+    def non_finite_weight(self) -> str | None:
+        for name, obj in self.model.items():
+            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return f"{name}.{key} is not finite"
+        return None
+
+    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
+        if "episode" in infos:
+            self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
+            self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
+
+    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value)
+
+    def due(self, every: int, step: int, previous_step: int) -> bool:
+        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
+
+    def evaluation_due(self, step: int, previous_step: int) -> bool:
+        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
+
+    def row_due(self, step: int, previous_step: int) -> bool:
+        return self.due(self.args.metrics_every, step, previous_step)
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
+        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+
+    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
+        return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
+
+    @contextlib.contextmanager
+    def off_the_clock(self):
+        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+        start = time.time()
+        yield
+        self.eval_time += time.time() - start
+
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
+        return self.time_before + time.time() - self.start_time
+
+    def training_sps(self, step: int, elapsed: float) -> float:
+        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
+        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
+
+    def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
+        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
+        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
+        finite stops the run, after its row (the diagnosis) is written."""
+        elapsed = self.elapsed()
+        self.recent_returns.extend(self.episode_returns)
+        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
+        row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
+        row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
+                "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
+                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
+        if evaluation is not None:
+            returns, discounted, start_q = (np.mean(x) for x in evaluation)
+            row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
+            print(f"eval at step {row['global_step']}: return {returns:.1f} | Q(first state) {start_q:.2f} vs "
+                  f"discounted return earned {discounted:.2f}", flush=True)
+        self.metrics.write(row)
+        self.values, self.episode_returns, self.episode_lengths = {}, [], []
+        for column, value in row.items():
+            if column.endswith(("_loss", "_taken")) or column.startswith("eval_") or column == "episodic_return":
+                if value != "" and not np.isfinite(value):
+                    raise self.diverged(row["global_step"], f"{column} is {value}")
+
+    def progress(self, step: int, exploring: str) -> None:
+        """The console line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
+            return
+        self.last_print, elapsed = time.time(), self.elapsed()
+        sps = self.training_sps(step, elapsed)
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
+              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
+              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
+
+    def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
+        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
+        wall_time = self.elapsed()
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
+                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
+        if evaluation is not None:
+            print_eval(*evaluation)
+            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
+                        "eval_returns": evaluation[0], "eval_discounted_returns": evaluation[1],
+                        "eval_start_q": evaluation[2]}
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+
+def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
+    print(f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
+          f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}")
+
+
+def run_evaluation(args) -> dict:
+    """--evaluate: evaluate a saved model later."""
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    *networks, state = load_model(args.evaluate, device)
+    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns, discounted, start_q = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed),
+                                            args.gamma, device, video_dir)
+    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    print_eval(returns, discounted, start_q)
+    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
+        print(f"videos in {video_dir}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+# </shared offpolicy_run>
+
+
+# <shared common>
 class UsageError(Exception):
     """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
 
@@ -609,10 +865,8 @@ def check_env(env_id: str, env_kwargs: dict) -> None:
                          "observations need a convolutional network, which it does not have")
     if problem:
         raise UsageError(f"{env_id} {problem}")
-# </shared checks>
 
 
-# <shared files>
 def atomic_save(obj: dict | str, path: Path) -> None:
     """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
     file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
@@ -770,264 +1024,8 @@ def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
     """The trained module's weights into its host copy, in place; nothing to do when they are one."""
     if host is not module:
         host.load_state_dict(module.state_dict())
-# </shared files>
 
 
-# <shared offpolicy_run>
-def check_replay_args(args) -> None:
-    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
-    if args.learning_starts > args.buffer_size:
-        raise UsageError(f"--learning-starts {args.learning_starts} is more than --buffer-size {args.buffer_size}: "
-                         "the buffer could never hold enough transitions to start training")
-    if args.total_timesteps <= args.learning_starts:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
-                         f"{args.learning_starts}: training would never start")
-
-
-BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
-
-
-def buffer_state(rb: ReplayBuffer) -> dict:
-    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
-    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
-    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
-    return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
-
-
-def load_buffer(rb: ReplayBuffer, state: dict) -> None:
-    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
-    rb.size = min(state["size"], rb.capacity)
-    rb.pos = rb.size % rb.capacity
-    for name in BUFFER_COLUMNS:
-        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
-
-
-class Run:
-    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
-    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
-    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
-    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
-    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
-    """
-
-    def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
-        self.args, self.model, self.training, self.rng = args, model, training, rng
-        self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
-        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
-        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
-        if args.resume:
-            self.dir = Path(args.resume).parent
-            self.resume(args.resume)
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
-        make_run_dir(self.dir)
-        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
-                                  else None, resume_step=self.start_step if args.resume else None)
-        if self.training["buffer"].device.type == "cuda":
-            acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
-            print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
-                  "updates and the replay buffer on the GPU")
-        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
-        self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
-        self.start_time = self.last_print = time.time()
-
-    def state(self, objects: dict) -> dict:
-        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
-        return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
-                else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
-
-    def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
-                "global_step": step}
-
-    def save_checkpoint(self, step: int, num_updates: int) -> None:
-        if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
-            raise self.diverged(step, what)
-        atomic_save(self.model_state(step) | self.state(self.training) | {
-            "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "elapsed": self.elapsed(), "eval_time": self.eval_time}, self.dir / "checkpoint.pt")
-        self.checkpoint_step = step
-
-    def save_final(self, step: int, num_updates: int) -> None:
-        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
-        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
-        if what := self.non_finite_weight():  # first the last row, the diagnosis
-            self.log({"global_step": step, "gradient_steps": num_updates}, None)
-            raise self.diverged(step, what)
-        if self.args.checkpoint_every > 0:
-            self.save_checkpoint(step, num_updates)
-        if self.args.save_model:
-            atomic_save(self.model_state(step), path := self.dir / "model.pt")
-            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
-        self.final_saved = True
-
-    def resume(self, path: str) -> None:
-        """Everything in a checkpoint back in place, after checking, before anything is written, that it
-        fits these networks and that no finished run would be overwritten."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
-        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        self.start_step, self.start_updates = ckpt["global_step"], ckpt["num_updates"]
-        check_resumable(path, self.start_step, self.start_step >= self.args.total_timesteps, self.args)
-        changed = [f"--{k.replace('_', '-')}" for k in ("env_id", "hidden_sizes")
-                   if ckpt["args"][k] != getattr(self.args, k)]
-        fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
-        for name, obj in (self.model | self.training).items():
-            try:
-                if isinstance(obj, ReplayBuffer):
-                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
-                        load_buffer(obj, ckpt[name])
-                elif hasattr(obj, "load_state_dict"):
-                    obj.load_state_dict(ckpt[name])
-                elif ckpt[name] != obj:  # the env's spaces
-                    raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
-            except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
-                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
-                                 f"{fix}") from None
-        self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        set_torch_rng(ckpt)
-        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
-        self.clock_step = 0 if "elapsed" in ckpt else self.start_step
-        self.checkpoint_step = self.start_step
-        print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
-              "in the buffer")
-
-    def diverged(self, step: int, what: str) -> Diverged:
-        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
-        kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
-                if self.checkpoint_step is not None else "no checkpoint was written")
-        if self.final_saved and self.args.save_model:
-            (self.dir / "model.pt").unlink(missing_ok=True)
-        self.metrics.close()
-        noise = " or check --exploration-noise" if hasattr(self.args, "exploration_noise") else ""
-        return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
-
-    def non_finite_weight(self) -> str | None:
-        for name, obj in self.model.items():
-            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    return f"{name}.{key} is not finite"
-        return None
-
-    def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
-        if "episode" in infos:
-            self.episode_returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
-            self.episode_lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
-
-    def record(self, values: dict[str, torch.Tensor]) -> None:  # one gradient step's, by metrics.csv column
-        for name, value in values.items():
-            self.values.setdefault(name, []).append(value)
-
-    def due(self, every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
-        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
-
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return self.due(self.args.metrics_every, step, previous_step)
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
-        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
-
-    def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
-        return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
-
-    @contextlib.contextmanager
-    def off_the_clock(self):
-        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
-        start = time.time()
-        yield
-        self.eval_time += time.time() - start
-
-    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
-        return self.time_before + time.time() - self.start_time
-
-    def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
-        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
-
-    def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
-        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
-        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
-        finite stops the run, after its row (the diagnosis) is written."""
-        elapsed = self.elapsed()
-        self.recent_returns.extend(self.episode_returns)
-        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
-        row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
-        row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
-                "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
-                "episodes": len(self.episode_returns)}  # after the losses: the first non-finite one is named
-        if evaluation is not None:
-            returns, discounted, start_q = (np.mean(x) for x in evaluation)
-            row |= {"eval_return": returns, "eval_discounted_return": discounted, "eval_start_q": start_q}
-            print(f"eval at step {row['global_step']}: return {returns:.1f} | Q(first state) {start_q:.2f} vs "
-                  f"discounted return earned {discounted:.2f}", flush=True)
-        self.metrics.write(row)
-        self.values, self.episode_returns, self.episode_lengths = {}, [], []
-        for column, value in row.items():
-            if column.endswith(("_loss", "_taken")) or column.startswith("eval_") or column == "episodic_return":
-                if value != "" and not np.isfinite(value):
-                    raise self.diverged(row["global_step"], f"{column} is {value}")
-
-    def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end."""
-        if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
-            return
-        self.last_print, elapsed = time.time(), self.elapsed()
-        sps = self.training_sps(step, elapsed)
-        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
-              f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
-              f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
-
-    def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
-        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
-        wall_time = self.elapsed()
-        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
-                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
-        if evaluation is not None:
-            print_eval(*evaluation)
-            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
-                        "eval_returns": evaluation[0], "eval_discounted_returns": evaluation[1],
-                        "eval_start_q": evaluation[2]}
-        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
-        self.metrics.close()
-        return summary
-
-
-def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
-    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
-    print(f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
-          f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}")
-
-
-def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later."""
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    *networks, state = load_model(args.evaluate, device)
-    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed),
-                                            args.gamma, device, video_dir)
-    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
-    print_eval(returns, discounted, start_q)
-    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
-        print(f"videos in {video_dir}")
-    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
-# </shared offpolicy_run>
-
-
-# <shared evaluation>
 def eval_seed(seed: int) -> int:
     """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
     + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
@@ -1055,10 +1053,8 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
     return make_env(env_id, env_kwargs)
-# </shared evaluation>
 
 
-# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
     import io
@@ -1133,4 +1129,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-# </shared cli>
+# </shared common>

@@ -593,7 +593,208 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
     return agent, obs_rms, state
 
 
-# <shared checks>
+
+
+# <shared onpolicy_run>
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
+    if "episode" not in infos:
+        return []
+    done = infos["_episode"]
+    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+
+
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run's inf values: Run.log says so in one line
+        var = np.var(target)
+        return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
+
+
+def state_dicts(objects: dict) -> dict:
+    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
+
+
+def non_finite(state: dict) -> str | None:
+    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
+    bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
+    return next(bad, None)
+
+
+class Run:
+    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
+
+    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
+    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
+    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
+    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
+    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
+    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
+    """
+
+    def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
+                 model: dict, training: dict, counters: dict):
+        self.args, self.device, self.shapes, self.model, self.training = args, device, shapes, model, training
+        self.total_steps = num_iterations * batch_size
+        self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
+        self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
+        if args.resume:
+            self.dir = Path(args.resume).parent
+        else:
+            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        make_run_dir(self.dir)
+        self.metrics = MetricsLog(self.dir / "metrics.csv",
+                                  resume_step=self.start["global_step"] if args.resume else None)
+        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
+        if args.track:
+            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
+        if device.type == "cuda":
+            print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
+                  "updates and the advantage pass on the GPU")
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.start_time = self.last_print = time.time()
+
+    def resume(self, num_iterations: int, counters: dict) -> dict:
+        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
+        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
+        path = self.args.resume
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
+        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
+            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
+        start = {key: ckpt[key] for key in counters}
+        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
+        for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
+            if ckpt.get(key) != value:
+                raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
+                                 f"flags give {self.args.env_id} ({key} {value}); resume with the flags it was "
+                                 "trained with (drop --env-id)")
+        for key, obj in (self.model | self.training).items():
+            if obj is None:
+                continue
+            if ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
+                raise UsageError(f"{path} holds no {key}: its run trained without it; "
+                                 "resume without --norm-obs / --norm-reward")
+            try:
+                obj.load_state_dict(ckpt[key])
+            except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
+                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
+                                 "resume with the flags it was trained with (drop --env-id)") from None
+        set_torch_rng(ckpt)
+        self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
+        print(f"resumed from {path} at step {start['global_step']}")
+        return start
+
+    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
+        return self.elapsed_before + time.time() - self.start_time
+
+    def diverged(self, step: int, what: str, value) -> "Diverged":
+        kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
+                if self.checkpoint_step is not None else "no checkpoint was written")
+        return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
+
+    def model_state(self, global_step: int) -> dict:
+        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
+        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
+        model = state_dicts(self.model)
+        if bad := non_finite(model):
+            raise self.diverged(global_step, bad, "not finite")
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
+                "global_step": global_step}
+
+    def checkpoint_due(self, step: int, previous_step: int) -> bool:
+        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
+        checkpoint of a finished run is its final state."""
+        every = self.args.checkpoint_every
+        return bool(every) and (step // every > previous_step // every or step == self.total_steps)
+
+    def save_checkpoint(self, **counters) -> None:
+        counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
+        atomic_save(
+            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
+            | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            self.dir / "checkpoint.pt",
+        )
+        self.checkpoint_step = counters["global_step"]
+
+    def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
+        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
+        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
+        episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
+        self.recent_returns.extend(episode_returns)
+        elapsed = self.elapsed()
+        row = row | {
+            "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
+            "episodic_return": np.mean(episode_returns) if episode_returns else "",
+            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
+            "episodes": len(episodes),
+        }
+        self.metrics.write(row)
+        for column, value in row.items():
+            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
+                    and not math.isfinite(value):
+                raise self.diverged(row["global_step"], column, value)
+
+    def progress(self, global_step: int, done: bool) -> None:
+        """The progress line, every --log-interval seconds and at the end."""
+        if time.time() - self.last_print < self.args.log_interval and not done:
+            return
+        self.last_print = time.time()
+        elapsed = self.elapsed()
+        sps = global_step / elapsed
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
+        eta = (self.total_steps - global_step) / max(sps, 1e-9)
+        print(f"step {global_step:>9}/{self.total_steps} | {sps:5.0f} SPS | return {recent} "
+              f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
+
+    def finish(self, global_step: int) -> dict:
+        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
+        closes the log; returns the summary. Diverged weights write neither file."""
+        wall_time, args = self.elapsed(), self.args
+        model = self.model_state(global_step)
+        if args.save_model:
+            atomic_save(model, self.dir / "model.pt")
+            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
+                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
+        summary = {
+            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+            "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
+            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+        }
+        if args.eval_episodes:
+            video_dir = self.dir / "videos" if args.capture_video else None
+            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,
+                               args.eval_episodes, eval_seed(args.seed), self.device, video_dir)
+            print_eval(returns)
+            summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
+                        "eval_returns": returns}
+        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
+        self.metrics.close()
+        return summary
+
+
+def print_eval(returns: list[float]) -> None:
+    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (deterministic)")
+
+
+def run_evaluation(args) -> dict:
+    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    agent, obs_rms, state = load_model(args.evaluate, device)
+    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
+    returns = evaluate(agent, obs_rms, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), device, video_dir)
+    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    print_eval(returns)
+    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
+        print(f"videos in {video_dir}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+# </shared onpolicy_run>
+
+
+# <shared common>
 class UsageError(Exception):
     """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
 
@@ -639,10 +840,8 @@ def check_env(env_id: str, env_kwargs: dict) -> None:
                          "observations need a convolutional network, which it does not have")
     if problem:
         raise UsageError(f"{env_id} {problem}")
-# </shared checks>
 
 
-# <shared files>
 def atomic_save(obj: dict | str, path: Path) -> None:
     """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
     file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
@@ -800,209 +999,8 @@ def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
     """The trained module's weights into its host copy, in place; nothing to do when they are one."""
     if host is not module:
         host.load_state_dict(module.state_dict())
-# </shared files>
 
 
-# <shared onpolicy_run>
-def finished_episodes(infos: dict) -> list[tuple[float, int]]:
-    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
-    if "episode" not in infos:
-        return []
-    done = infos["_episode"]
-    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
-
-
-def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
-    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
-    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run's inf values: Run.log says so in one line
-        var = np.var(target)
-        return float("nan") if var == 0 else float(1.0 - np.var(target - predicted) / var)
-
-
-def state_dicts(objects: dict) -> dict:
-    return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
-
-
-def non_finite(state: dict) -> str | None:
-    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
-    bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
-           if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
-    return next(bad, None)
-
-
-class Run:
-    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
-
-    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
-    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
-    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
-    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
-    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
-    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
-    """
-
-    def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
-                 model: dict, training: dict, counters: dict):
-        self.args, self.device, self.shapes, self.model, self.training = args, device, shapes, model, training
-        self.total_steps = num_iterations * batch_size
-        self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
-        self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
-        if args.resume:
-            self.dir = Path(args.resume).parent
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
-        make_run_dir(self.dir)
-        self.metrics = MetricsLog(self.dir / "metrics.csv",
-                                  resume_step=self.start["global_step"] if args.resume else None)
-        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        if args.track:
-            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
-        if device.type == "cuda":
-            print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
-                  "updates and the advantage pass on the GPU")
-        self.recent_returns: deque[float] = deque(maxlen=20)
-        self.start_time = self.last_print = time.time()
-
-    def resume(self, num_iterations: int, counters: dict) -> dict:
-        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
-        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
-        path = self.args.resume
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
-        if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
-            raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
-        start = {key: ckpt[key] for key in counters}
-        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
-        for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
-            if ckpt.get(key) != value:
-                raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
-                                 f"flags give {self.args.env_id} ({key} {value}); resume with the flags it was "
-                                 "trained with (drop --env-id)")
-        for key, obj in (self.model | self.training).items():
-            if obj is None:
-                continue
-            if ckpt[key] is None:  # --norm-obs / --norm-reward added on resume
-                raise UsageError(f"{path} holds no {key}: its run trained without it; "
-                                 "resume without --norm-obs / --norm-reward")
-            try:
-                obj.load_state_dict(ckpt[key])
-            except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
-                raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
-                                 "resume with the flags it was trained with (drop --env-id)") from None
-        set_torch_rng(ckpt)
-        self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
-        print(f"resumed from {path} at step {start['global_step']}")
-        return start
-
-    def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
-        return self.elapsed_before + time.time() - self.start_time
-
-    def diverged(self, step: int, what: str, value) -> Diverged:
-        kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
-                if self.checkpoint_step is not None else "no checkpoint was written")
-        return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
-
-    def model_state(self, global_step: int) -> dict:
-        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
-        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
-        model = state_dicts(self.model)
-        if bad := non_finite(model):
-            raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
-                "global_step": global_step}
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
-        checkpoint of a finished run is its final state."""
-        every = self.args.checkpoint_every
-        return bool(every) and (step // every > previous_step // every or step == self.total_steps)
-
-    def save_checkpoint(self, **counters) -> None:
-        counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
-        atomic_save(
-            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
-            | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
-               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            self.dir / "checkpoint.pt",
-        )
-        self.checkpoint_step = counters["global_step"]
-
-    def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
-        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
-        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
-        episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
-        self.recent_returns.extend(episode_returns)
-        elapsed = self.elapsed()
-        row = row | {
-            "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
-            "episodic_return": np.mean(episode_returns) if episode_returns else "",
-            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-            "episodes": len(episodes),
-        }
-        self.metrics.write(row)
-        for column, value in row.items():
-            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
-                    and not math.isfinite(value):
-                raise self.diverged(row["global_step"], column, value)
-
-    def progress(self, global_step: int, done: bool) -> None:
-        """The progress line, every --log-interval seconds and at the end."""
-        if time.time() - self.last_print < self.args.log_interval and not done:
-            return
-        self.last_print = time.time()
-        elapsed = self.elapsed()
-        sps = global_step / elapsed
-        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
-        eta = (self.total_steps - global_step) / max(sps, 1e-9)
-        print(f"step {global_step:>9}/{self.total_steps} | {sps:5.0f} SPS | return {recent} "
-              f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
-
-    def finish(self, global_step: int) -> dict:
-        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
-        closes the log; returns the summary. Diverged weights write neither file."""
-        wall_time, args = self.elapsed(), self.args
-        model = self.model_state(global_step)
-        if args.save_model:
-            atomic_save(model, self.dir / "model.pt")
-            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
-                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
-        summary = {
-            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-            "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
-        if args.eval_episodes:
-            video_dir = self.dir / "videos" if args.capture_video else None
-            returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,
-                               args.eval_episodes, eval_seed(args.seed), self.device, video_dir)
-            print_eval(returns)
-            summary |= {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)),
-                        "eval_returns": returns}
-        atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
-        self.metrics.close()
-        return summary
-
-
-def print_eval(returns: list[float]) -> None:
-    print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (deterministic)")
-
-
-def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    agent, obs_rms, state = load_model(args.evaluate, device)
-    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
-    video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns = evaluate(agent, obs_rms, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), device, video_dir)
-    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
-    print_eval(returns)
-    if video_dir is not None and video_dir.is_dir():  # not when video was skipped
-        print(f"videos in {video_dir}")
-    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
-# </shared onpolicy_run>
-
-
-# <shared evaluation>
 def eval_seed(seed: int) -> int:
     """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
     + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
@@ -1030,10 +1028,8 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
     return make_env(env_id, env_kwargs)
-# </shared evaluation>
 
 
-# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
     import io
@@ -1108,4 +1104,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-# </shared cli>
+# </shared common>

@@ -122,7 +122,7 @@ class Run:
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
-    def diverged(self, step: int, what: str) -> Diverged:
+    def diverged(self, step: int, what: str) -> "Diverged":
         """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
         kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")

@@ -90,7 +90,7 @@ class Run:
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.elapsed_before + time.time() - self.start_time
 
-    def diverged(self, step: int, what: str, value) -> Diverged:
+    def diverged(self, step: int, what: str, value) -> "Diverged":
         kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
