@@ -85,8 +85,7 @@ class Args:
     env_id: str = "CartPole-v1"
     """gymnasium id of an env with a Discrete action space (CartPole-v1, Acrobot-v1, LunarLander-v3, ...)"""
     env_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
-    """keyword arguments of gym.make, as NAME VALUE pairs (`--env-kwargs include_cfrc_ext_in_observation False`
-    gives Ant-v5 without its contact forces); every run and evaluation of the model makes the env this way"""
+    """keyword arguments of gym.make as NAME VALUE pairs, for training and every evaluation of the model"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 100_000
@@ -101,8 +100,7 @@ class Args:
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 100_000
-    """transitions the replay buffer holds before the oldest are overwritten; the default keeps
-    all of a default run's, so the early failures stay in memory"""
+    """transitions the buffer holds before the oldest are overwritten; all of a default run's (early failures)"""
     batch_size: int = 64
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
@@ -113,8 +111,7 @@ class Args:
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     """sizes of the Q-network's hidden layers (ReLU between them)"""
     learning_rate: float = 2.3e-3
-    """Adam learning rate; high for DQN, RL Baselines3 Zoo's CartPole-v1 value (with the bursts of
-    --train-frequency and --gradient-steps)"""
+    """Adam learning rate; high for DQN: RL Baselines3 Zoo's CartPole-v1 value, with its training bursts"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over training: DQN's greedy policy can swing long after
     it first gets good, and small final steps let the network that is evaluated and saved settle"""
@@ -126,14 +123,12 @@ class Args:
     gradient_steps: int = 128
     """gradient steps per training round"""
     target_network_frequency: int = 768
-    """copy (or --tau average) the network into the target every this many environment steps
-    (after every third burst); docs/experiments.md compares 256"""
+    """copy (or --tau average) the network into the target every this many env steps (every third burst)"""
     tau: float = 1.0
     """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 copies, below 1 averages (counted
     in vector env steps; docs/experiments.md has what that means with --target-network-frequency 1)"""
     loss: Literal["mse", "huber"] = "mse"
-    """TD loss: mse, or huber (linear beyond --huber-delta, capping a rare huge TD error; see
-    docs/experiments.md for why MSE is the default with unclipped rewards)"""
+    """TD loss: mse, or huber (linear beyond --huber-delta); docs/experiments.md says why MSE is the default"""
     huber_delta: float = 1.0
     """where the Huber loss turns from quadratic to linear (with --loss huber)"""
     max_grad_norm: float = 10.0
@@ -141,8 +136,7 @@ class Args:
 
     # --- Exploration ---
     exploration: Literal["epsilon-greedy", "boltzmann"] = "epsilon-greedy"
-    """epsilon-greedy: a uniformly random action with probability epsilon; boltzmann: sample
-    P(a|s) proportional to exp(Q(s, a) / temperature)"""
+    """epsilon-greedy: a random action with probability epsilon; boltzmann: P(a|s) ~ exp(Q(s, a) / T)"""
     start_e: float = 1.0
     """epsilon at the start (epsilon-greedy)"""
     end_e: float = 0.04
@@ -151,8 +145,7 @@ class Args:
     """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly to its
     end value (16k steps by default; RL Baselines3 Zoo's CartPole-v1 values with --end-e)"""
     start_temperature: float = 10.0
-    """Boltzmann temperature at the start, in units of Q (rewards): large compared to the gaps
-    between actions' Q values means nearly uniform"""
+    """Boltzmann temperature at the start, in units of Q: large next to the gaps in Q is nearly uniform"""
     end_temperature: float = 0.1
     """Boltzmann temperature after the decay, kept to the end; near 0 it is greedy"""
 
@@ -172,15 +165,13 @@ class Args:
     checkpoint_every: int = 0
     """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps (0: none)"""
     save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had rather than
-    refilling an empty one (up to buffer_size * (2 * obs_dim + 4) * 4 bytes: 5 MB on CartPole-v1)"""
+    """put the replay buffer into checkpoints (up to buffer_size * (2 * obs_dim + 4) * 4 bytes)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
     """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
     eval_episodes: int = 10
-    """greedy evaluation episodes (argmax_a Q, no exploration) at the end and every --eval-frequency
-    steps; 0 skips evaluation"""
+    """greedy evaluation episodes (argmax_a Q) at the end and every --eval-frequency steps; 0: none"""
     eval_frequency: int = 10_000
     """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
     each episode's first state beside the discounted return earned: their gap is the overestimation"""
@@ -209,12 +200,11 @@ def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | Non
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x resets a finished sub-env
-    automatically; in the default NEXT_STEP mode the step *after* an episode ends returns the reset
-    observation and ignores the action, a fake transition that must be masked out everywhere.
-    SAME_STEP resets inside the step that ends the episode: every transition returned is real, the
-    returned observation is already the next episode's first one, and the true last observation
-    arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
+    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x resets a finished sub-env automatically; in the
+    default NEXT_STEP mode the step *after* an episode ends returns the reset observation and ignores the action, a
+    fake transition that must be masked out everywhere. SAME_STEP resets inside the step that ends the episode: every
+    transition returned is real, the returned observation is already the next episode's first one, and the true last
+    observation arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = env_cls(
         [lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
@@ -488,9 +478,7 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Checks of the input, the run's files, evaluation and the command line. A block between
-# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
-# tools/shared/NAME.py, where it is edited.
+# Checks, files, evaluation, the command line. `# <shared NAME>` blocks: tools/shared/NAME.py (tools/sync.py)
 
 
 def check_args(args: Args) -> None:
@@ -513,7 +501,6 @@ def action_space_error(space: gym.Space) -> str | None:
 
 
 def exploring(args: Args, epsilon: float, temperature: float) -> str:
-    """The exploration of the progress line."""
     return f"epsilon {epsilon:.3f}" if args.exploration == "epsilon-greedy" else f"T {temperature:.3f}"
 
 
@@ -553,8 +540,7 @@ def evaluate(
 
 
 def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
-    """Rebuilds the Q-network from model.pt or checkpoint.pt on the device. The file is read onto
-    the CPU first, so that one saved on a GPU loads on any machine."""
+    """model.pt or checkpoint.pt, read onto the CPU (from any machine), its networks then on `device`."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
@@ -563,11 +549,8 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
     return q_network.to(device), state
 
 
-
-
 # <shared offpolicy_run>
 def check_replay_args(args) -> None:
-    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if args.learning_starts > args.buffer_size:
@@ -582,14 +565,12 @@ BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
 
 def buffer_state(rb: ReplayBuffer) -> dict:
-    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
-    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
+    """The filled rows, oldest first, so they load into a buffer of any capacity (the newest kept)."""
     oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
     return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
 
 
 def load_buffer(rb: ReplayBuffer, state: dict) -> None:
-    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
     rb.size = min(state["size"], rb.capacity)
     rb.pos = rb.size % rb.capacity
     for name in BUFFER_COLUMNS:
@@ -597,17 +578,12 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
 
 
 class Run:
-    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
-    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
-    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
-    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
-    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). Saving and
+    resuming go by train()'s lists: what model.pt holds (`model`) and what a checkpoint adds (`training`)."""
 
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
-        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
         if args.resume:
             self.dir = Path(args.resume).parent
@@ -622,12 +598,11 @@ class Run:
             acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
-        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
+        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged per row: no sync per step
         self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
 
     def state(self, objects: dict) -> dict:
-        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
         return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
@@ -646,8 +621,7 @@ class Run:
         self.checkpoint_step = step
 
     def save_final(self, step: int, num_updates: int) -> None:
-        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
-        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        """Before the final evaluation (which may fail): the final checkpoint (with --checkpoint-every), model.pt."""
         if what := self.non_finite_weight():  # first the last row, the diagnosis
             self.log({"global_step": step, "gradient_steps": num_updates}, None)
             raise self.diverged(step, what)
@@ -659,8 +633,7 @@ class Run:
         self.final_saved = True
 
     def resume(self, path: str) -> None:
-        """Everything in a checkpoint back in place, after checking, before anything is written, that it
-        fits these networks and that no finished run would be overwritten."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
@@ -684,14 +657,13 @@ class Run:
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         set_torch_rng(ckpt)
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
     def diverged(self, step: int, what: str) -> "Diverged":
-        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+        """The error that stops a run; no model.pt or summary.json of it is left to look like a result."""
         kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
         if self.final_saved and self.args.save_model:
@@ -717,7 +689,7 @@ class Run:
             self.values.setdefault(name, []).append(value)
 
     def due(self, every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
 
     def evaluation_due(self, step: int, previous_step: int) -> bool:
@@ -734,7 +706,7 @@ class Run:
 
     @contextlib.contextmanager
     def off_the_clock(self):
-        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+        """Time spent inside (evaluation) is left out of sps."""
         start = time.time()
         yield
         self.eval_time += time.time() - start
@@ -742,14 +714,12 @@ class Run:
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
-    def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
+    def training_sps(self, step: int, elapsed: float) -> float:  # evaluation time left out
         return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
 
     def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
-        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
-        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
-        finite stops the run, after its row (the diagnosis) is written."""
+        """A metrics row: the caller's values, recorded ones averaged, episodes ended since, the evaluation. A value
+        that is not finite stops the run after its row (the diagnosis) is written."""
         elapsed = self.elapsed()
         self.recent_returns.extend(self.episode_returns)
         row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
@@ -770,7 +740,6 @@ class Run:
                     raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
         self.last_print, elapsed = time.time(), self.elapsed()
@@ -781,7 +750,6 @@ class Run:
               f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
-        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
         wall_time = self.elapsed()
         summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
                    "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
@@ -803,7 +771,6 @@ def print_eval(returns: list[float], discounted_returns: list[float], start_q: l
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
@@ -833,8 +800,7 @@ RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
 
 
 def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
-    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
-    within its range, and a file behind --resume and --evaluate."""
+    """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
     checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
@@ -849,9 +815,7 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
 
 
 def check_env(env_id: str, env_kwargs: dict) -> None:
-    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, a keyword the env does not take, or spaces this file cannot use are one error line before
-    anything is written."""
+    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
     try:
         env = make_env(env_id, env_kwargs)
     except (gym.error.Error, ImportError, TypeError) as e:
@@ -868,16 +832,12 @@ def check_env(env_id: str, env_kwargs: dict) -> None:
 
 
 def atomic_save(obj: dict | str, path: Path) -> None:
-    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
-    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
-    (a full disk) removes the temporary file and keeps the previous one."""
+    """torch.save (a dict) or UTF-8 text (a str) to a temporary file renamed over `path`: a crash, Ctrl-C or
+    full disk mid-write leaves the previous file whole."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
+            f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -902,8 +862,7 @@ def make_run_dir(path: Path) -> None:
 
 
 def check_resumable(path: str, step: int, at_end: bool, args) -> None:
-    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
-    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
     summary = Path(path).parent / "summary.json"
     try:
         finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
@@ -926,25 +885,20 @@ def set_torch_rng(ckpt: dict) -> None:
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
-    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
-    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
+    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        kept = []
         if resume_step is not None and path.exists():
             with open(path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writeheader()
+            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
         self.wandb_run = wandb_run
 
     def write(self, row: dict) -> None:
@@ -960,19 +914,17 @@ class MetricsLog:
 
 
 def wandb_server() -> tuple[str, int]:
-    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
     import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
 
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
+    port = None
+    with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
         port = url.port
-    except ValueError:  # not a number; wandb itself will report the URL
-        port = None
     return url.hostname or "", port or (80 if url.scheme == "http" else 443)
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
     import socket
     import threading
 
@@ -990,8 +942,7 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
 
 
 def init_wandb(args, run_name: str, run_dir: Path):
-    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
-    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
+    """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
     import netrc
     import urllib.parse
 
@@ -1015,26 +966,22 @@ def init_wandb(args, run_name: str, run_dir: Path):
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
-    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
+    """The network that acts: on the CPU the module itself; on a GPU a host copy (no round trip per env step)."""
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
 def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
     if host is not module:
         host.load_state_dict(module.state_dict())
 
 
 def eval_seed(seed: int) -> int:
-    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
-    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+    """Episode i is seeded seed + 10_000 + i, apart from the training envs', the same at the end and later."""
     return seed + 10_000
 
 
 def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
-    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
-    an env that cannot render frames here is evaluated without it, and one line says why."""
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
     env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
@@ -1082,8 +1029,7 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
-    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
+    """The command line; with --resume or --evaluate the saved run's settings are the defaults."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
@@ -1113,12 +1059,9 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluation(args)
         else:
             train(args)
-    except UsageError as e:
+    except (UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(3 if isinstance(e, Diverged) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)

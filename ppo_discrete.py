@@ -58,8 +58,7 @@ class Args:
     env_id: str = "CartPole-v1"
     """gymnasium id of an env with a (Multi)Discrete action space (CartPole-v1, LunarLander-v3, ...)"""
     env_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
-    """keyword arguments of gym.make, as NAME VALUE pairs (`--env-kwargs include_cfrc_ext_in_observation False`
-    gives Ant-v5 without its contact forces); every run and evaluation of the model makes the env this way"""
+    """keyword arguments of gym.make as NAME VALUE pairs, for training and every evaluation of the model"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
@@ -528,9 +527,7 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Checks of the input, the run's files, evaluation and the command line. A block between
-# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
-# tools/shared/NAME.py, where it is edited.
+# Checks, files, evaluation, the command line. `# <shared NAME>` blocks: tools/shared/NAME.py (tools/sync.py)
 
 
 def check_args(args: Args) -> None:
@@ -568,10 +565,7 @@ def evaluate(
     device: torch.device, video_dir: Path | None = None,
 ) -> list[float]:
     """Returns of `episodes` episodes acting with the most likely action, no sampling.
-
-    Observations go through the *training* statistics, frozen: the policy was trained on inputs
-    normalised that way, and statistics gathered from the evaluation episodes would shift them.
-    """
+    Observations go through the frozen *training* statistics, which the policy was trained on."""
     env = evaluation_env(env_id, env_kwargs, video_dir)
     returns = []
     for episode in range(episodes):
@@ -591,8 +585,7 @@ def evaluate(
 
 
 def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
-    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt. Loaded onto the CPU
-    wherever it was saved: the statistics stay there, in numpy; the agent then moves to `device`."""
+    """model.pt or checkpoint.pt, read onto the CPU (from any machine), its networks then on `device`."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
@@ -604,8 +597,6 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
         obs_rms = RunningMeanStd((state["obs_dim"],))
         obs_rms.load_state_dict(state["obs_rms"])
     return agent, obs_rms, state
-
-
 
 
 # <shared onpolicy_run>
@@ -636,15 +627,9 @@ def non_finite(state: dict) -> str | None:
 
 
 class Run:
-    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
-
-    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
-    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
-    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
-    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
-    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
-    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). train() names
+    what a checkpoint holds: `model` and `training` (objects with a state_dict, None for one switched off) and
+    `counters` (numbers, with their starting values; `start` holds them as training starts)."""
 
     def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
                  model: dict, training: dict, counters: dict):
@@ -657,11 +642,9 @@ class Run:
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
-        self.metrics = MetricsLog(self.dir / "metrics.csv",
-                                  resume_step=self.start["global_step"] if args.resume else None)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        if args.track:
-            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
@@ -669,8 +652,7 @@ class Run:
         self.start_time = self.last_print = time.time()
 
     def resume(self, num_iterations: int, counters: dict) -> dict:
-        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
-        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         path = self.args.resume
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
@@ -707,8 +689,7 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
-        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
-        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
+        """model.pt's contents; Diverged if a weight is not finite, so no file holds diverged weights."""
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
@@ -716,8 +697,7 @@ class Run:
                 "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
-        checkpoint of a finished run is its final state."""
+        """A multiple of --checkpoint-every in (previous_step, step], or the last step."""
         every = self.args.checkpoint_every
         return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
@@ -732,8 +712,8 @@ class Run:
         self.checkpoint_step = counters["global_step"]
 
     def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
-        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
-        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
+        """A metrics row with the clock and the episodes that ended; a loss, the entropy or a return that is not
+        finite is Diverged once the row (the diagnosis) is written."""
         episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
         self.recent_returns.extend(episode_returns)
         elapsed = self.elapsed()
@@ -750,11 +730,9 @@ class Run:
                 raise self.diverged(row["global_step"], column, value)
 
     def progress(self, global_step: int, done: bool) -> None:
-        """The progress line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and not done:
             return
-        self.last_print = time.time()
-        elapsed = self.elapsed()
+        self.last_print, elapsed = time.time(), self.elapsed()
         sps = global_step / elapsed
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         eta = (self.total_steps - global_step) / max(sps, 1e-9)
@@ -762,8 +740,7 @@ class Run:
               f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
 
     def finish(self, global_step: int) -> dict:
-        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
-        closes the log; returns the summary. Diverged weights write neither file."""
+        """model.pt (before anything that could fail), the final evaluation, summary.json; returns the summary."""
         wall_time, args = self.elapsed(), self.args
         model = self.model_state(global_step)
         if args.save_model:
@@ -792,7 +769,6 @@ def print_eval(returns: list[float]) -> None:
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
@@ -821,8 +797,7 @@ RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
 
 
 def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
-    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
-    within its range, and a file behind --resume and --evaluate."""
+    """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
     checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
@@ -837,9 +812,7 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
 
 
 def check_env(env_id: str, env_kwargs: dict) -> None:
-    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, a keyword the env does not take, or spaces this file cannot use are one error line before
-    anything is written."""
+    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
     try:
         env = make_env(env_id, env_kwargs)
     except (gym.error.Error, ImportError, TypeError) as e:
@@ -856,16 +829,12 @@ def check_env(env_id: str, env_kwargs: dict) -> None:
 
 
 def atomic_save(obj: dict | str, path: Path) -> None:
-    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
-    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
-    (a full disk) removes the temporary file and keeps the previous one."""
+    """torch.save (a dict) or UTF-8 text (a str) to a temporary file renamed over `path`: a crash, Ctrl-C or
+    full disk mid-write leaves the previous file whole."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
+            f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -890,8 +859,7 @@ def make_run_dir(path: Path) -> None:
 
 
 def check_resumable(path: str, step: int, at_end: bool, args) -> None:
-    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
-    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
     summary = Path(path).parent / "summary.json"
     try:
         finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
@@ -914,25 +882,20 @@ def set_torch_rng(ckpt: dict) -> None:
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
-    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
-    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
+    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        kept = []
         if resume_step is not None and path.exists():
             with open(path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writeheader()
+            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
         self.wandb_run = wandb_run
 
     def write(self, row: dict) -> None:
@@ -948,19 +911,17 @@ class MetricsLog:
 
 
 def wandb_server() -> tuple[str, int]:
-    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
     import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
 
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
+    port = None
+    with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
         port = url.port
-    except ValueError:  # not a number; wandb itself will report the URL
-        port = None
     return url.hostname or "", port or (80 if url.scheme == "http" else 443)
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
     import socket
     import threading
 
@@ -978,8 +939,7 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
 
 
 def init_wandb(args, run_name: str, run_dir: Path):
-    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
-    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
+    """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
     import netrc
     import urllib.parse
 
@@ -1003,26 +963,22 @@ def init_wandb(args, run_name: str, run_dir: Path):
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
-    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
+    """The network that acts: on the CPU the module itself; on a GPU a host copy (no round trip per env step)."""
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
 def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
     if host is not module:
         host.load_state_dict(module.state_dict())
 
 
 def eval_seed(seed: int) -> int:
-    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
-    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+    """Episode i is seeded seed + 10_000 + i, apart from the training envs', the same at the end and later."""
     return seed + 10_000
 
 
 def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
-    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
-    an env that cannot render frames here is evaluated without it, and one line says why."""
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
     env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
@@ -1070,8 +1026,7 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
-    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
+    """The command line; with --resume or --evaluate the saved run's settings are the defaults."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
@@ -1101,12 +1056,9 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluation(args)
         else:
             train(args)
-    except UsageError as e:
+    except (UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(3 if isinstance(e, Diverged) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)

@@ -11,8 +11,7 @@ RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
 
 
 def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
-    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
-    within its range, and a file behind --resume and --evaluate."""
+    """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
     checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
@@ -27,9 +26,7 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
 
 
 def check_env(env_id: str, env_kwargs: dict) -> None:
-    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, a keyword the env does not take, or spaces this file cannot use are one error line before
-    anything is written."""
+    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
     try:
         env = make_env(env_id, env_kwargs)
     except (gym.error.Error, ImportError, TypeError) as e:
@@ -46,16 +43,12 @@ def check_env(env_id: str, env_kwargs: dict) -> None:
 
 
 def atomic_save(obj: dict | str, path: Path) -> None:
-    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
-    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
-    (a full disk) removes the temporary file and keeps the previous one."""
+    """torch.save (a dict) or UTF-8 text (a str) to a temporary file renamed over `path`: a crash, Ctrl-C or
+    full disk mid-write leaves the previous file whole."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
+            f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -80,8 +73,7 @@ def make_run_dir(path: Path) -> None:
 
 
 def check_resumable(path: str, step: int, at_end: bool, args) -> None:
-    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
-    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
+    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
     summary = Path(path).parent / "summary.json"
     try:
         finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
@@ -104,25 +96,20 @@ def set_torch_rng(ckpt: dict) -> None:
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
-    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
-    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
+    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
 
     def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        kept = []
         if resume_step is not None and path.exists():
             with open(path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writeheader()
+            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
         self.wandb_run = wandb_run
 
     def write(self, row: dict) -> None:
@@ -138,19 +125,17 @@ class MetricsLog:
 
 
 def wandb_server() -> tuple[str, int]:
-    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
     import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
 
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
+    port = None
+    with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
         port = url.port
-    except ValueError:  # not a number; wandb itself will report the URL
-        port = None
     return url.hostname or "", port or (80 if url.scheme == "http" else 443)
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
+    """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
     import socket
     import threading
 
@@ -168,8 +153,7 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
 
 
 def init_wandb(args, run_name: str, run_dir: Path):
-    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
-    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
+    """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
     import netrc
     import urllib.parse
 
@@ -193,26 +177,22 @@ def init_wandb(args, run_name: str, run_dir: Path):
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
-    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
+    """The network that acts: on the CPU the module itself; on a GPU a host copy (no round trip per env step)."""
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
 def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
     if host is not module:
         host.load_state_dict(module.state_dict())
 
 
 def eval_seed(seed: int) -> int:
-    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
-    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+    """Episode i is seeded seed + 10_000 + i, apart from the training envs', the same at the end and later."""
     return seed + 10_000
 
 
 def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
-    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
-    an env that cannot render frames here is evaluated without it, and one line says why."""
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
     env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
@@ -260,8 +240,7 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
-    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
+    """The command line; with --resume or --evaluate the saved run's settings are the defaults."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
@@ -291,12 +270,9 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluation(args)
         else:
             train(args)
-    except UsageError as e:
+    except (UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(3 if isinstance(e, Diverged) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)

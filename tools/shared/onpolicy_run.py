@@ -25,15 +25,9 @@ def non_finite(state: dict) -> str | None:
 
 
 class Run:
-    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
-
-    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
-    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
-    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
-    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
-    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
-    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). train() names
+    what a checkpoint holds: `model` and `training` (objects with a state_dict, None for one switched off) and
+    `counters` (numbers, with their starting values; `start` holds them as training starts)."""
 
     def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
                  model: dict, training: dict, counters: dict):
@@ -46,11 +40,9 @@ class Run:
         else:
             self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
-        self.metrics = MetricsLog(self.dir / "metrics.csv",
-                                  resume_step=self.start["global_step"] if args.resume else None)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        if args.track:
-            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
@@ -58,8 +50,7 @@ class Run:
         self.start_time = self.last_print = time.time()
 
     def resume(self, num_iterations: int, counters: dict) -> dict:
-        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
-        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         path = self.args.resume
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
@@ -96,8 +87,7 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
-        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
-        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
+        """model.pt's contents; Diverged if a weight is not finite, so no file holds diverged weights."""
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
@@ -105,8 +95,7 @@ class Run:
                 "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
-        checkpoint of a finished run is its final state."""
+        """A multiple of --checkpoint-every in (previous_step, step], or the last step."""
         every = self.args.checkpoint_every
         return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
@@ -121,8 +110,8 @@ class Run:
         self.checkpoint_step = counters["global_step"]
 
     def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
-        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
-        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
+        """A metrics row with the clock and the episodes that ended; a loss, the entropy or a return that is not
+        finite is Diverged once the row (the diagnosis) is written."""
         episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
         self.recent_returns.extend(episode_returns)
         elapsed = self.elapsed()
@@ -139,11 +128,9 @@ class Run:
                 raise self.diverged(row["global_step"], column, value)
 
     def progress(self, global_step: int, done: bool) -> None:
-        """The progress line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and not done:
             return
-        self.last_print = time.time()
-        elapsed = self.elapsed()
+        self.last_print, elapsed = time.time(), self.elapsed()
         sps = global_step / elapsed
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         eta = (self.total_steps - global_step) / max(sps, 1e-9)
@@ -151,8 +138,7 @@ class Run:
               f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
 
     def finish(self, global_step: int) -> dict:
-        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
-        closes the log; returns the summary. Diverged weights write neither file."""
+        """model.pt (before anything that could fail), the final evaluation, summary.json; returns the summary."""
         wall_time, args = self.elapsed(), self.args
         model = self.model_state(global_step)
         if args.save_model:
@@ -181,7 +167,6 @@ def print_eval(returns: list[float]) -> None:
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
