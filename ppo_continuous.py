@@ -188,9 +188,8 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of a discounted sum of past rewards (as in baselines'
-    VecNormalize), a proxy for the scale of the return the critic learns. The mean is not
-    subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
+    """Scales rewards by the running std of a discounted sum of past rewards (baselines' VecNormalize), a proxy
+    for the return's scale. No mean subtracted: shifting rewards changes the optimal policy (ending early pays)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
         self.rms, self.gamma = RunningMeanStd(), gamma

@@ -154,9 +154,7 @@ def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | Non
 
 def action_dims(space: gym.Space) -> list[int]:
     """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
-    if isinstance(space, gym.spaces.Discrete):
-        return [int(space.n)]
-    return [int(n) for n in space.nvec.reshape(-1)]
+    return [int(space.n)] if isinstance(space, gym.spaces.Discrete) else [int(n) for n in space.nvec.reshape(-1)]
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -195,9 +193,8 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of a discounted sum of past rewards (as in baselines'
-    VecNormalize), a proxy for the scale of the return the critic learns. The mean is not
-    subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
+    """Scales rewards by the running std of a discounted sum of past rewards (baselines' VecNormalize), a proxy
+    for the return's scale. No mean subtracted: shifting rewards changes the optimal policy (ending early pays)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
         self.rms, self.gamma = RunningMeanStd(), gamma
