@@ -671,8 +671,7 @@ class Run:
                 "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """A multiple of --checkpoint-every in (previous_step, step], or the last step."""
-        every = self.args.checkpoint_every
+        every = self.args.checkpoint_every  # a multiple of it in (previous_step, step], or the last step
         return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
     def save_checkpoint(self, **counters) -> None:
@@ -691,12 +690,9 @@ class Run:
         episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
         self.recent_returns.extend(episode_returns)
         elapsed = self.elapsed()
-        row = row | {
-            "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
-            "episodic_return": np.mean(episode_returns) if episode_returns else "",
-            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-            "episodes": len(episodes),
-        }
+        row = row | {"time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
+                     "episodic_return": np.mean(episode_returns) if episode_returns else "",
+                     "episodic_length": np.mean(episode_lengths) if episode_lengths else "", "episodes": len(episodes)}
         self.metrics.write(row)
         for column, value in row.items():
             if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
@@ -721,11 +717,9 @@ class Run:
             atomic_save(model, self.dir / "model.pt")
             print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
                   f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
-        summary = {
-            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-            "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
+        summary = {"algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+                   "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if args.eval_episodes:
             video_dir = self.dir / "videos" if args.capture_video else None
             returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,

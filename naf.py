@@ -502,7 +502,8 @@ def train(args: Args) -> dict:
             run.log({"global_step": global_step, "gradient_steps": num_updates}, evaluation)
         if run.checkpoint_due(global_step, previous_step):
             run.save_checkpoint(global_step, num_updates)
-        run.progress(global_step, exploring(args, uniform))
+        run.progress(global_step, "uniform actions" if uniform
+                     else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}")
     envs.close()
     return run.finish(global_step, evaluation)
 
@@ -532,10 +533,6 @@ def action_space_error(space: gym.Space) -> str | None:
         return (f"has action bounds that are not finite ({space}); {ALGORITHM}.py scales a tanh to them, so it "
                 "needs finite ones (wrap the env in gymnasium.wrappers.ClipAction)")
     return None
-
-
-def exploring(args: Args, uniform: bool) -> str:
-    return "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
 
 
 METRICS = [
@@ -642,8 +639,7 @@ class Run:
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
-                "global_step": step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model), "global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
         if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
@@ -708,11 +704,8 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
     def non_finite_weight(self) -> str | None:
-        for name, obj in self.model.items():
-            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    return f"{name}.{key} is not finite"
-        return None
+        return next((f"{name}.{key} is not finite" for name, obj in self.model.items() if isinstance(obj, nn.Module)
+                     for key, t in obj.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
 
     def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
         if "episode" in infos:
