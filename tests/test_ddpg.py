@@ -369,7 +369,7 @@ def test_evaluate_reports_predicted_q_beside_earned_discounted_return():
         for p in critic.parameters():
             p.zero_()
         critic.out.bias.fill_(5.0)
-    returns, discounted, start_q = ddpg.evaluate(actor, critic, "GlassboxCountingBox-v0", 2, 0, 0.5, torch.device("cpu"))
+    returns, discounted, start_q = ddpg.evaluate(actor, critic, "GlassboxCountingBox-v0", {}, 2, 0, 0.5, torch.device("cpu"))
     assert returns == [6.0, 6.0]
     assert discounted == [1 + 0.5 * 2 + 0.25 * 3] * 2
     assert start_q == [5.0, 5.0]
@@ -395,7 +395,7 @@ def test_train_smoke_writes_metrics_model_and_summary(in_tmp):
     assert summary["algorithm"] == "ddpg" and summary["env_id"] == "Pendulum-v1"
     assert json.loads((run_dir / "summary.json").read_text())["eval_mean"] == summary["eval_mean"]
     actor, critic, _ = ddpg.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
-    returns = ddpg.evaluate(actor, critic, "Pendulum-v1", 2, ddpg.eval_seed(1), 0.98, torch.device("cpu"))[0]
+    returns = ddpg.evaluate(actor, critic, "Pendulum-v1", {}, 2, ddpg.eval_seed(1), 0.98, torch.device("cpu"))[0]
     assert returns == summary["eval_returns"]
 
 
@@ -600,7 +600,7 @@ def test_discrete_observations_one_hot_and_video_skipped_without_frames(in_tmp, 
     assert not (run_dir / "videos").exists()
     actor, critic, state = ddpg.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
     assert state["obs_dim"] == 5
-    returns = ddpg.evaluate(actor, critic, "toy_envs:ToyWalkDiscrete-v0", 2, ddpg.eval_seed(1), 0.98,
+    returns = ddpg.evaluate(actor, critic, "toy_envs:ToyWalkDiscrete-v0", {}, 2, ddpg.eval_seed(1), 0.98,
                             torch.device("cpu"))[0]
     assert returns == summary["eval_returns"]
 

@@ -448,7 +448,7 @@ def test_evaluate_reports_predicted_q_beside_earned_discounted_return():
         for p in net.parameters():
             p.zero_()
         net.out.bias.copy_(torch.tensor([5.0, 2.0]))
-    returns, discounted, start_q = dqn.evaluate(net, "GlassboxCounting-v0", 2, 0, 0.5, torch.device("cpu"))
+    returns, discounted, start_q = dqn.evaluate(net, "GlassboxCounting-v0", {}, 2, 0, 0.5, torch.device("cpu"))
     assert returns == [6.0, 6.0]
     assert discounted == [1 + 0.5 * 2 + 0.25 * 3] * 2
     assert start_q == [5.0, 5.0]
@@ -489,7 +489,7 @@ def test_train_smoke_writes_metrics_model_and_summary(in_tmp):
     assert json.loads((run_dir / "summary.json").read_text())["eval_mean"] == summary["eval_mean"]
     assert summary["algorithm"] == "dqn"
     net, _ = dqn.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
-    assert dqn.evaluate(net, "CartPole-v1", 2, dqn.eval_seed(1), 0.99, torch.device("cpu"))[0] == summary["eval_returns"]
+    assert dqn.evaluate(net, "CartPole-v1", {}, 2, dqn.eval_seed(1), 0.99, torch.device("cpu"))[0] == summary["eval_returns"]
 
 
 def test_discrete_observations_train_and_their_model_evaluates(in_tmp, capsys):

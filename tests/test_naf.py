@@ -230,7 +230,7 @@ def test_train_smoke_writes_metrics_model_and_summary(in_tmp):
     assert summary["algorithm"] == "naf" and summary["global_step"] == 400 and len(summary["eval_returns"]) == 2
     assert json.loads((run_dir / "summary.json").read_text())["eval_mean"] == summary["eval_mean"]
     net, _ = naf.load_model(str(run_dir / "model.pt"), torch.device("cpu"))
-    returns = naf.evaluate(net, "Pendulum-v1", 2, naf.eval_seed(1), 0.98, torch.device("cpu"))[0]
+    returns = naf.evaluate(net, "Pendulum-v1", {}, 2, naf.eval_seed(1), 0.98, torch.device("cpu"))[0]
     assert returns == summary["eval_returns"]
 
 
@@ -364,7 +364,7 @@ def test_dict_observations_train_flattened_and_video_skipped_without_frames(in_t
     assert (in_tmp / "runs/walk/summary.json").exists()
     net, state = naf.load_model(str(in_tmp / "runs/walk/model.pt"), torch.device("cpu"))
     assert state["obs_dim"] == 6
-    assert naf.evaluate(net, "toy_envs:ToyWalkDict-v0", 2, naf.eval_seed(1), 0.98, torch.device("cpu"))[0] == (
+    assert naf.evaluate(net, "toy_envs:ToyWalkDict-v0", {}, 2, naf.eval_seed(1), 0.98, torch.device("cpu"))[0] == (
         summary["eval_returns"])
 
 

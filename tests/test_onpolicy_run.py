@@ -90,7 +90,7 @@ def test_normalisation_statistics_are_saved_and_used_by_evaluation(algo, in_tmp,
     used = []
     normalize = algo.normalize_obs
     monkeypatch.setattr(algo, "normalize_obs", lambda obs, rms: used.append(rms) or normalize(obs, rms))
-    returns = algo.evaluate(agent, obs_rms, SCRIPTS[algo.__name__][0], 2, algo.eval_seed(1), torch.device("cpu"))
+    returns = algo.evaluate(agent, obs_rms, SCRIPTS[algo.__name__][0], {}, 2, algo.eval_seed(1), torch.device("cpu"))
     assert len(used) >= 2 and all(rms is obs_rms for rms in used)
     # ...and so evaluating the saved model reproduces the evaluation at the end of training.
     assert returns == summary["eval_returns"]
@@ -356,7 +356,7 @@ def test_frozenlake_trains_on_one_hot_observations_and_its_model_evaluates(in_tm
     summary = ppo_discrete.train(tiny_args(ppo_discrete, "--env-id", "FrozenLake-v1", "--run-name", "fl"))
     agent, obs_rms, state = ppo_discrete.load_model(str(in_tmp / "runs/fl/model.pt"), CPU)
     assert state["obs_dim"] == 16  # Discrete(16) positions, one-hot
-    later = ppo_discrete.evaluate(agent, obs_rms, "FrozenLake-v1", 2, ppo_discrete.eval_seed(1), CPU)
+    later = ppo_discrete.evaluate(agent, obs_rms, "FrozenLake-v1", {}, 2, ppo_discrete.eval_seed(1), CPU)
     assert later == summary["eval_returns"]
 
 
