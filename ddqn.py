@@ -218,16 +218,12 @@ def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | Non
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x resets a finished sub-env automatically; in the
-    default NEXT_STEP mode the step *after* an episode ends returns the reset observation and ignores the action, a
-    fake transition that must be masked out everywhere. SAME_STEP resets inside the step that ends the episode: every
-    transition returned is real, the returned observation is already the next episode's first one, and the true last
-    observation arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
+    """Vectorised envs in SAME_STEP autoreset mode (gymnasium 1.x's NEXT_STEP spends the step after an episode
+    on a fake reset transition): every transition is real, and the true last observation, which a truncated
+    episode must bootstrap from, arrives in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    envs = env_cls(
-        [lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = env_cls([lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
+                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
@@ -601,11 +597,10 @@ class Run:
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
-            self.dir = Path(args.resume).parent
             self.resume(args.resume)
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track

@@ -599,10 +599,8 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
 # <shared onpolicy_run>
 def finished_episodes(infos: dict) -> list[tuple[float, int]]:
     """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
-    if "episode" not in infos:
-        return []
-    done = infos["_episode"]
-    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+    episode, done = infos.get("episode"), infos.get("_episode")
+    return [] if episode is None else list(zip(episode["r"][done].tolist(), episode["l"][done].tolist()))
 
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -634,10 +632,8 @@ class Run:
         self.total_steps = num_iterations * batch_size
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
         self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
-        if args.resume:
-            self.dir = Path(args.resume).parent
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         make_run_dir(self.dir)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track

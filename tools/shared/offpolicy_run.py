@@ -33,11 +33,10 @@ class Run:
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
-            self.dir = Path(args.resume).parent
             self.resume(args.resume)
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
