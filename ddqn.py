@@ -113,8 +113,7 @@ class Args:
 
     # --- Environment and replay ---
     num_envs: int = 1
-    """parallel environments; each step adds num_envs transitions to the buffer. Training counts
-    environment steps, so --train-frequency keeps meaning "per this many transitions" whatever this is"""
+    """parallel environments, num_envs transitions a step; --train-frequency counts transitions whatever this is"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 100_000
@@ -122,8 +121,7 @@ class Args:
     batch_size: int = 64
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
-    """transitions the buffer must hold before training starts (random-ish data to learn from
-    first). Counted in the buffer, so a run resumed without its buffer refills this much again"""
+    """transitions in the buffer before training starts (refilled if a run resumes without its buffer)"""
 
     # --- Q-learning ---
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
@@ -131,20 +129,17 @@ class Args:
     learning_rate: float = 2.3e-3
     """Adam learning rate; high for DQN: RL Baselines3 Zoo's CartPole-v1 value, with its training bursts"""
     anneal_lr: bool = True
-    """decay the learning rate linearly to 0 over training: DQN's greedy policy can swing long after
-    it first gets good, and small final steps let the network that is evaluated and saved settle"""
+    """decay the learning rate linearly to 0: small final steps let the greedy policy evaluated and saved settle"""
     gamma: float = 0.99
     """discount factor"""
     train_frequency: int = 256
-    """train every this many environment steps: with --gradient-steps 128, a burst of 128 updates
-    every 256 steps (RL Baselines3 Zoo's CartPole-v1 setting, one update per two transitions)"""
+    """train every this many env steps: --gradient-steps 128 every 256 is RL Baselines3 Zoo's CartPole-v1 setting"""
     gradient_steps: int = 128
     """gradient steps per training round"""
     target_network_frequency: int = 768
     """copy (or --tau average) the network into the target every this many env steps (every third burst)"""
     tau: float = 1.0
-    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 copies, below 1 averages (counted
-    in vector env steps; docs/experiments.md has what that means with --target-network-frequency 1)"""
+    """target update theta^- <- tau * theta + (1 - tau) * theta^-: 1 copies, below 1 averages (docs/experiments.md)"""
     loss: Literal["mse", "huber"] = "mse"
     """TD loss: mse, or huber (linear beyond --huber-delta); docs/experiments.md says why MSE is the default"""
     huber_delta: float = 1.0
@@ -160,8 +155,7 @@ class Args:
     end_e: float = 0.04
     """epsilon after the decay, kept to the end (epsilon-greedy)"""
     exploration_fraction: float = 0.16
-    """fraction of --total-timesteps over which epsilon (or the temperature) falls linearly to its
-    end value (16k steps by default; RL Baselines3 Zoo's CartPole-v1 values with --end-e)"""
+    """fraction of --total-timesteps over which epsilon (or T) falls linearly to its end value"""
     start_temperature: float = 10.0
     """Boltzmann temperature at the start, in units of Q: large next to the gaps in Q is nearly uniform"""
     end_temperature: float = 0.1
@@ -191,8 +185,7 @@ class Args:
     eval_episodes: int = 10
     """greedy evaluation episodes (argmax_a Q) at the end and every --eval-frequency steps; 0: none"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
-    each episode's first state beside the discounted return earned: their gap is the overestimation"""
+    """evaluate every this many env steps (0: only at the end), logging Q(first state) beside the return earned"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0

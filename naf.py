@@ -118,8 +118,7 @@ class Args:
 
     # --- Environment and replay ---
     num_envs: int = 1
-    """parallel environments; each step adds num_envs transitions to the buffer and is followed by
-    num_envs * --updates-per-step gradient steps, so the ratio of updates to data does not change"""
+    """parallel environments; each step adds num_envs transitions and takes num_envs * --updates-per-step updates"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 1_000_000
@@ -127,8 +126,7 @@ class Args:
     batch_size: int = 256
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
-    """transitions collected with uniformly random actions before training starts, covering the
-    action box (counted in the buffer: a run resumed without its buffer collects them again)"""
+    """transitions of uniformly random actions before training starts (again if resumed without the buffer)"""
 
     # --- NAF ---
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
@@ -138,21 +136,17 @@ class Args:
     gamma: float = 0.98
     """discount factor (0.98: RL Baselines3 Zoo's Pendulum-v1 value, a horizon of about 50 steps)"""
     tau: float = 0.005
-    """target update theta' <- tau * theta + (1 - tau) * theta' after every gradient step: --updates-per-step
-    times per environment step (num_envs times that per vector step)"""
+    """target update theta' <- tau * theta + (1 - tau) * theta' after every gradient step"""
     updates_per_step: int = 1
     """gradient steps per environment step (per transition)"""
 
     # --- Exploration ---
     exploration_noise: float = 0.3
-    """std of the Gaussian action noise (or the OU sigma) in units of the half-range (high - low) / 2;
-    three times ddpg.py's, so that the spread around mu shows Q's curvature (docs/experiments.md)"""
+    """std of the Gaussian noise (or OU sigma) in half-ranges (high - low) / 2; 3x ddpg.py's (docs/experiments.md)"""
     ou_noise: bool = False
-    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per step,
-    reset when an episode ends; correlated pushes (the original paper's choice)"""
+    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1), reset per episode"""
     ou_theta: float = 0.15
-    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15): stationary std
-    sigma / sqrt(theta * (2 - theta)), 1.9 sigma; decorrelates over about 1 / theta steps"""
+    """the OU pull back to 0 per step (the paper's 0.15): stationary std sigma / sqrt(theta * (2 - theta))"""
 
     # --- Running the experiment: files, tracking, evaluation, threads ---
     run_name: str | None = None
@@ -178,8 +172,7 @@ class Args:
     eval_episodes: int = 10
     """greedy evaluation episodes (a = mu(s)) at the end and every --eval-frequency steps; 0: none"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
-    each episode's first state beside the discounted return earned: their gap is the overestimation"""
+    """evaluate every this many env steps (0: only at the end), logging Q(first state) beside the return earned"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
