@@ -810,8 +810,7 @@ def atomic_save(obj: dict | str, path: Path) -> None:
                          f"and {then}") from None
 
 
-def make_run_dir(path: Path) -> None:
-    """The run directory, or one line saying why it cannot be written, before any training."""
+def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
     import tempfile
 
     try:
@@ -838,8 +837,7 @@ def check_resumable(path: str, step: int, at_end: bool, args) -> None:
                          "pass a larger --total-timesteps to train on")
 
 
-def set_torch_rng(ckpt: dict) -> None:
-    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
     torch.set_rng_state(ckpt["torch_rng"])
     if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
@@ -926,8 +924,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
                       config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
-def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts: on the CPU the module itself; on a GPU a host copy (no round trip per env step)."""
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
@@ -936,8 +933,7 @@ def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
         host.load_state_dict(module.state_dict())
 
 
-def eval_seed(seed: int) -> int:
-    """Episode i is seeded seed + 10_000 + i, apart from the training envs', the same at the end and later."""
+def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later
     return seed + 10_000
 
 

@@ -219,10 +219,9 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 class ReplayBuffer:
     """A circular memory of transitions in tensors preallocated on the device that trains on them.
 
-    Row i holds one whole transition (s, a, r, s', terminated): s' is stored next to s rather than
-    read from row i + 1, because with several envs the rows of one env are not adjacent, and after
-    an autoreset the next row belongs to another episode. One more copy of each observation buys
-    the end of every question about which rows follow which."""
+    Row i holds one whole transition (s, a, r, s', terminated): s' is stored next to s, not read from row i + 1,
+    as one env's rows are not adjacent with several envs, and after an autoreset the next row is another
+    episode's. One more copy of each observation ends every question about which rows follow which."""
 
     def __init__(self, capacity: int, obs_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
@@ -453,7 +452,7 @@ def train(args: Args) -> dict:
             with run.off_the_clock():
                 evaluation = evaluate(q_network, args.env_id, args.env_kwargs, args.eval_episodes,
                                       eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
-        if evaluation is not None or run.row_due(global_step, previous_step):
+        if evaluation is not None or run.due(args.metrics_every, global_step, previous_step):
             run.log({"global_step": global_step, "gradient_steps": num_updates,
                      "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
                      "temperature": temperature if args.exploration == "boltzmann" else ""}, evaluation)
@@ -676,9 +675,6 @@ class Run:
     def evaluation_due(self, step: int, previous_step: int) -> bool:
         return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return self.due(self.args.metrics_every, step, previous_step)
-
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
 
@@ -830,8 +826,7 @@ def atomic_save(obj: dict | str, path: Path) -> None:
                          f"and {then}") from None
 
 
-def make_run_dir(path: Path) -> None:
-    """The run directory, or one line saying why it cannot be written, before any training."""
+def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
     import tempfile
 
     try:
@@ -858,8 +853,7 @@ def check_resumable(path: str, step: int, at_end: bool, args) -> None:
                          "pass a larger --total-timesteps to train on")
 
 
-def set_torch_rng(ckpt: dict) -> None:
-    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
+def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
     torch.set_rng_state(ckpt["torch_rng"])
     if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
@@ -946,8 +940,7 @@ def init_wandb(args, run_name: str, run_dir: Path):
                       config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
-def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts: on the CPU the module itself; on a GPU a host copy (no round trip per env step)."""
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
@@ -956,8 +949,7 @@ def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
         host.load_state_dict(module.state_dict())
 
 
-def eval_seed(seed: int) -> int:
-    """Episode i is seeded seed + 10_000 + i, apart from the training envs', the same at the end and later."""
+def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later
     return seed + 10_000
 
 

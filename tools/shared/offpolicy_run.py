@@ -138,9 +138,6 @@ class Run:
     def evaluation_due(self, step: int, previous_step: int) -> bool:
         return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return self.due(self.args.metrics_every, step, previous_step)
-
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
 
