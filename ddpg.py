@@ -426,8 +426,7 @@ def train(args: Args) -> dict:
     target_critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
     target_actor.load_state_dict(actor.state_dict())
     target_critic.load_state_dict(critic.state_dict())
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
-    # ops are a real share of each gradient step's time at these network sizes.
+    # fused: Adam's update of each tensor in one pass instead of several small ops on it.
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
@@ -443,8 +442,7 @@ def train(args: Args) -> dict:
 
     acting_actor = host_copy(actor, device)  # the actor itself on the CPU; on a GPU its copy in host memory
     act = acting_actions(acting_actor)  # obs -> mu(obs), numpy in and out, for acting at every step
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
     while global_step < args.total_timesteps:
         # --- Act and store ---
         uniform = rb.size < args.learning_starts
@@ -473,7 +471,7 @@ def train(args: Args) -> dict:
         if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
             run.save_final(global_step, num_updates)
         evaluation = None
-        if run.evaluation_due(global_step, previous_step):
+        if args.eval_episodes > 0 and run.due(args.eval_frequency, global_step, previous_step):
             with run.off_the_clock():
                 evaluation = evaluate(actor, critic, args.env_id, args.env_kwargs, args.eval_episodes,
                                       eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
@@ -514,10 +512,8 @@ def action_space_error(space: gym.Space) -> str | None:
     return None
 
 
-METRICS = [
-    "global_step", "time", "sps", "gradient_steps", "critic_loss", "actor_loss", "q_taken",
-    "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q",
-]
+METRICS = ["global_step", "time", "sps", "gradient_steps", "critic_loss", "actor_loss", "q_taken", "episodic_return",
+           "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
 def evaluate(
@@ -699,9 +695,6 @@ class Run:
     def due(self, every: int, step: int, previous_step: int) -> bool:
         """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)

@@ -434,8 +434,7 @@ def train(args: Args) -> dict:
 
     acting_network = host_copy(q_network, device)  # q_network itself on the CPU, a copy in host memory on a GPU
     q_values = acting_q_values(acting_network)
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
     exploration_steps = args.exploration_fraction * args.total_timesteps
 
     while global_step < args.total_timesteps:
@@ -467,7 +466,7 @@ def train(args: Args) -> dict:
         if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
             run.save_final(global_step, num_updates)
         evaluation = None
-        if run.evaluation_due(global_step, previous_step):
+        if args.eval_episodes > 0 and run.due(args.eval_frequency, global_step, previous_step):
             with run.off_the_clock():
                 evaluation = evaluate(q_network, args.env_id, args.env_kwargs, args.eval_episodes,
                                       eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
@@ -508,10 +507,8 @@ def action_space_error(space: gym.Space) -> str | None:
     return None
 
 
-METRICS = [
-    "global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "epsilon", "temperature",
-    "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q",
-]
+METRICS = ["global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "epsilon", "temperature",
+           "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
 def evaluate(
@@ -690,9 +687,6 @@ class Run:
     def due(self, every: int, step: int, previous_step: int) -> bool:
         """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)

@@ -438,8 +438,7 @@ def train(args: Args) -> dict:
     q_network = QNetwork(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
     target_network = QNetwork(obs_dim, act_dim, args.hidden_sizes, low, high).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
-    # ops are a real share of each gradient step's time at these network sizes.
+    # fused: Adam's update of each tensor in one pass instead of several small ops on it.
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
     noise = ActionNoise(args.num_envs, act_dim, args.exploration_noise, args.ou_noise, args.ou_theta)
@@ -453,8 +452,7 @@ def train(args: Args) -> dict:
 
     acting_network = host_copy(q_network, device)  # q_network itself on the CPU; on a GPU its copy in host memory
     act = acting_actions(acting_network)  # obs -> mu(obs), numpy in and out, for acting at every step
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
     while global_step < args.total_timesteps:
         # --- Act and store ---
         uniform = rb.size < args.learning_starts
@@ -478,7 +476,7 @@ def train(args: Args) -> dict:
         if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
             run.save_final(global_step, num_updates)
         evaluation = None
-        if run.evaluation_due(global_step, previous_step):
+        if args.eval_episodes > 0 and run.due(args.eval_frequency, global_step, previous_step):
             with run.off_the_clock():
                 evaluation = evaluate(q_network, args.env_id, args.env_kwargs, args.eval_episodes,
                                       eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
@@ -519,10 +517,8 @@ def action_space_error(space: gym.Space) -> str | None:
     return None
 
 
-METRICS = [
-    "global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "advantage_taken",
-    "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q",
-]
+METRICS = ["global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken", "advantage_taken", "episodic_return",
+           "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
 def evaluate(
@@ -702,9 +698,6 @@ class Run:
     def due(self, every: int, step: int, previous_step: int) -> bool:
         """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)

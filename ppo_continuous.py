@@ -538,11 +538,8 @@ def action_space_error(space: gym.Space) -> str | None:
     return None
 
 
-METRICS = [
-    "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
-    "entropy", "approx_kl", "clip_frac", "explained_variance", "kl_beta",
-    "episodic_return", "episodic_length", "episodes",
-]
+METRICS = ["global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss", "entropy",
+           "approx_kl", "clip_frac", "explained_variance", "kl_beta", "episodic_return", "episodic_length", "episodes"]
 
 
 def evaluate(
@@ -576,9 +573,8 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
     agent = Agent(state["obs_dim"], state["act_dim"])
     agent.load_state_dict(state["agent"])
     agent.to(device)  # after loading: from the host's copy of the weights to where they will act
-    obs_rms = None
-    if state["obs_rms"] is not None:
-        obs_rms = RunningMeanStd((state["obs_dim"],))
+    obs_rms = RunningMeanStd((state["obs_dim"],)) if state["obs_rms"] is not None else None
+    if obs_rms is not None:
         obs_rms.load_state_dict(state["obs_rms"])
     return agent, obs_rms, state
 

@@ -135,9 +135,6 @@ class Run:
         """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
 
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
-
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
 
