@@ -5,12 +5,11 @@ on the deterministic policy gradient of Silver et al. 2014, https://proceedings.
 Q-learning for continuous actions, with a second network, the actor, that learns to output the
 action the Q-network (the critic) rates best.
 
-Why an actor. DQN acts and bootstraps with max_a Q(s, a), a max over a handful of actions. With a
-continuous action (a torque, six joint motors) that max is an optimisation problem of its own, to be
-solved at every environment step and for every row of every minibatch. DDPG learns the answer
-instead: a deterministic policy mu(s) trained by gradient ascent on Q(s, mu(s)), so the argmax is
-one forward pass, amortised over training. (naf.py takes the other way out: it gives Q a shape
-whose maximum is known in closed form.)
+Why an actor. DQN acts and bootstraps with max_a Q(s, a), a max over a handful of actions. With a continuous
+action (a torque, six joint motors) that max is an optimisation problem of its own, to be solved at every
+environment step and for every row of every minibatch. DDPG learns the answer instead: a deterministic policy
+mu(s) trained by gradient ascent on Q(s, mu(s)), so the argmax is one forward pass, amortised over training.
+(naf.py takes the other way out: it gives Q a shape whose maximum is known in closed form.)
 
 The loop: act in `num_envs` environments with mu(s) plus exploration noise (uniformly random actions
 for the first `learning_starts` transitions); store every transition (s, a, r, s', terminated) in a
@@ -32,17 +31,16 @@ The actor is an ordinary MLP whose output goes through tanh, into (-1, 1), then 
 env's bounds: a = (high + low) / 2 + (high - low) / 2 * tanh(.). It can never ask for an action the
 env does not accept, and the critic is never asked about one.
 
-Why target networks, and why the actor needs one too. The critic is regressed onto a label built
-from its own estimate at s': chase a label that moves with every gradient step and an error at one
-state can feed the label that caused it (dqn.py's docstring has the long version). DQN freezes a
-copy of the Q-network for the label. In DDPG the label has two moving parts: the critic that values
-s' and the actor that picks the action at s'. The actor is updated at every policy step, and it is
-pushed towards whatever the critic rates highest, its overestimates included; if the label took its action from
-the online actor, it would move at every actor step even with the critic's copy frozen, and chase
-the critic's own errors. So the actor gets a slow copy as well. It is there to steady the critic's
-label, not the actor: the actor's own objective uses the online networks. Both copies trail their
-networks by Polyak averaging with a small tau, moved at each actor step (0.005: a time constant of
-about 200 target updates, 400 gradient steps with --policy-frequency 2).
+Why target networks, and why the actor needs one too. The critic is regressed onto a label built from its own
+estimate at s': chase a label that moves with every gradient step and an error at one state can feed the label
+that caused it (dqn.py's docstring has the long version). DQN freezes a copy of the Q-network for the label.
+In DDPG the label has two moving parts: the critic that values s' and the actor that picks the action at s'.
+The actor is updated at every policy step, and it is pushed towards whatever the critic rates highest, its
+overestimates included; if the label took its action from the online actor, it would move at every actor step
+even with the critic's copy frozen, and chase the critic's own errors. So the actor gets a slow copy as well.
+It is there to steady the critic's label, not the actor: the actor's own objective uses the online networks.
+Both copies trail their networks by Polyak averaging with a small tau, moved at each actor step (0.005: a time
+constant of about 200 target updates, 400 gradient steps with --policy-frequency 2).
 
 Time limits are the classic trap. Pendulum-v1 never terminates: every episode is *truncated* after
 200 steps, and the state it stops in still has a future, so the stored transition bootstraps from
@@ -239,8 +237,7 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows: only the row numbers
-        travel to the device, the rows are gathered there."""
+        """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
         rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
         return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
@@ -260,10 +257,9 @@ def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
 
 
 class Actor(nn.Module):
-    """mu(s): an MLP from an observation to an action, squashed by tanh into (-1, 1) and stretched
-    to the action bounds, a = action_bias + action_scale * tanh(.), per dimension. The bounds may
-    be asymmetric (a gripper in [0, 1], a throttle in [-1, 3]): bias and scale map (-1, 1) onto
-    (low, high) whatever they are. They are buffers: saved with the weights, never trained."""
+    """mu(s): an MLP from an observation to an action, squashed by tanh into (-1, 1) and stretched to the action
+    bounds, a = action_bias + action_scale * tanh(.) per dimension. Bounds may be asymmetric (a gripper in [0, 1],
+    a throttle in [-1, 3]): bias and scale map (-1, 1) onto (low, high). Buffers: saved, never trained."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], low: np.ndarray, high: np.ndarray):
         super().__init__()
@@ -292,9 +288,8 @@ class Critic(nn.Module):
 
 # Speed only, a first read can skip it: mu(obs) in numpy, the same numbers without torch's per-call cost.
 def acting_actions(actor: Actor) -> Callable[[np.ndarray], np.ndarray]:
-    """mu(obs), the greedy action, numpy in and out, on views of the parameters of a network in host
-    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
-    For one observation torch's fixed cost per call is several times the arithmetic."""
+    """mu(obs), numpy in and out, on views of a host network's parameters (written in place, so always current):
+    for one observation torch's fixed cost per call is several times the arithmetic."""
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in (*actor.hidden, actor.out)]
     scale, bias = actor.action_scale.numpy(), actor.action_bias.numpy()
 
@@ -309,10 +304,8 @@ def acting_actions(actor: Actor) -> Callable[[np.ndarray], np.ndarray]:
 
 # --- The algorithm's pure functions ---
 
-def td_target(
-    target_actor: Actor, target_critic: Critic, rewards: torch.Tensor, next_obs: torch.Tensor,
-    terminated: torch.Tensor, gamma: float,
-) -> torch.Tensor:
+def td_target(target_actor: Actor, target_critic: Critic, rewards: torch.Tensor, next_obs: torch.Tensor,
+              terminated: torch.Tensor, gamma: float) -> torch.Tensor:
     """y = r + gamma * (1 - terminated) * Q'(s', mu'(s')).
 
     Both parts of the bootstrap come from the target copies: the action the (slow) target actor
@@ -333,10 +326,7 @@ def actor_loss(actor: Actor, critic: Critic, obs: torch.Tensor) -> torch.Tensor:
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
     """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly."""
     for target_param, param in zip(target_network.parameters(), network.parameters()):
-        if tau == 1.0:
-            target_param.copy_(param)
-        else:
-            target_param.lerp_(param, tau)
+        target_param.copy_(param) if tau == 1.0 else target_param.lerp_(param, tau)
 
 # --- The algorithm's steps ---
 
@@ -360,24 +350,19 @@ class ActionNoise:
         self.state[episode_ends] = 0.0
 
 
-def select_actions(
-    act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
-    low: np.ndarray, high: np.ndarray, rng: np.random.Generator,
-) -> np.ndarray:
-    """One action per env: uniform over the box (while `uniform`, before training starts), else
-    mu(obs) plus noise scaled to the half-range, clipped to the bounds."""
-    num_envs = obs.shape[0]
+def select_actions(act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
+                   low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per env: uniform over the box while `uniform`, else mu(obs) plus half-range noise, clipped."""
     if uniform:
-        return rng.uniform(low, high, (num_envs, len(low))).astype(np.float32)
+        return rng.uniform(low, high, (obs.shape[0], len(low))).astype(np.float32)
     actions = act(obs) + noise.sample(rng) * (high - low) / 2.0
     return np.clip(actions, low, high).astype(np.float32)
 
 
-def gradient_step(
-    actor: Actor, critic: Critic, target_actor: Actor, target_critic: Critic,
-    actor_optimizer: torch.optim.Optimizer, critic_optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, ...], gamma: float, tau: float, update_actor: bool,
-) -> dict[str, torch.Tensor]:
+def gradient_step(actor: Actor, critic: Critic, target_actor: Actor, target_critic: Critic,
+                  actor_optimizer: torch.optim.Optimizer, critic_optimizer: torch.optim.Optimizer,
+                  batch: tuple[torch.Tensor, ...], gamma: float, tau: float,
+                  update_actor: bool) -> dict[str, torch.Tensor]:
     """One critic step on a minibatch; then, when `update_actor`, one actor step on the same states
     and a Polyak move of both target networks. The actor step sees the critic just updated, and
     changes none of its weights. Returns the detached values for metrics.csv, by column."""
@@ -393,8 +378,7 @@ def gradient_step(
     if update_actor:
         loss = actor_loss(actor, critic, obs)           # -J(phi) = -mean_s Q(s, mu(s; phi); theta)
         actor_optimizer.zero_grad(set_to_none=True)
-        # inputs=: autograd goes through the critic for dQ/da but skips the gradients of the
-        # critic's own weights, which this step has no use for.
+        # inputs=: autograd goes through the critic for dQ/da, skipping its weights' gradients (unused here).
         loss.backward(inputs=list(actor.parameters()))  # dJ/dphi = mean_s dQ(s, a)/da at a = mu(s) * dmu(s; phi)/dphi
         actor_optimizer.step()                          # phi: one Adam step up dJ/dphi
         update_target(target_actor, actor, tau)         # phi'   <- tau phi   + (1 - tau) phi'
@@ -407,8 +391,7 @@ def train(args: Args) -> dict:
     """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
     check_args(args)
 
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
-    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    # Seeding: python, numpy, torch; env i gets seed + i at its first reset. rng (exploration, minibatches) is saved.
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -516,10 +499,8 @@ METRICS = ["global_step", "time", "sps", "gradient_steps", "critic_loss", "actor
            "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
-def evaluate(
-    actor: Actor, critic: Critic, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float,
-    device: torch.device, video_dir: Path | None = None,
-) -> tuple[list[float], list[float], list[float]]:
+def evaluate(actor: Actor, critic: Critic, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float,
+             device: torch.device, video_dir: Path | None = None) -> tuple[list[float], list[float], list[float]]:
     """Greedy episodes (a = mu(s), no noise). Per episode: the return, the discounted return sum_t gamma^t r_t
     earned, and Q(s_0, mu(s_0)), the critic's prediction at the first state; a prediction persistently above
     what is earned is overestimation (Pendulum-v1's time limit cuts off a tail weighted 0.98^200 = 0.018)."""

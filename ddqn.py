@@ -267,8 +267,7 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows: only the row numbers
-        travel to the device, the rows are gathered there."""
+        """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
         rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
         return tuple(column[rows] for column in self.columns)
 
@@ -318,10 +317,8 @@ def linear_schedule(start: float, end: float, duration: float, step: int) -> flo
     return start + (end - start) * step / duration
 
 
-def td_target(
-    q_network: nn.Module, target_network: nn.Module, rewards: torch.Tensor, next_obs: torch.Tensor,
-    terminated: torch.Tensor, gamma: float,
-) -> torch.Tensor:
+def td_target(q_network: nn.Module, target_network: nn.Module, rewards: torch.Tensor, next_obs: torch.Tensor,
+              terminated: torch.Tensor, gamma: float) -> torch.Tensor:
     """y = r + gamma * (1 - terminated) * Q_target(s', argmax_a' Q_online(s', a')).
 
     The online network picks the next action, the target network values it. Everything else in
@@ -356,10 +353,8 @@ def steps_crossed(every: int, step: int, previous_step: int) -> int:
 
 # --- The algorithm's steps ---
 
-def select_actions(
-    q_values: Callable[[np.ndarray], np.ndarray], n_actions: int, obs: np.ndarray, exploration: str,
-    epsilon: float, temperature: float, rng: np.random.Generator,
-) -> np.ndarray:
+def select_actions(q_values: Callable[[np.ndarray], np.ndarray], n_actions: int, obs: np.ndarray, exploration: str,
+                   epsilon: float, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """One action per env, epsilon-greedy or Boltzmann with respect to q_values(obs) = Q(obs, .)."""
     num_envs = obs.shape[0]
     if exploration == "boltzmann":
@@ -376,10 +371,8 @@ def select_actions(
     return actions
 
 
-def gradient_step(
-    q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, ...], args: Args,
-) -> dict[str, torch.Tensor]:
+def gradient_step(q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
+                  batch: tuple[torch.Tensor, ...], args: Args) -> dict[str, torch.Tensor]:
     """One gradient step on the TD loss of a minibatch (s, a, r, s', terminated). Returns the loss
     and Q(s, a) by metrics.csv column, detached tensors: averaged once per row, no sync per step."""
     obs, actions, rewards, next_obs, terminated = batch
@@ -398,18 +391,14 @@ def gradient_step(
 def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
     """theta^- <- tau * theta + (1 - tau) * theta^-, in place; tau = 1 copies exactly."""
     for target_param, param in zip(target_network.parameters(), q_network.parameters()):
-        if tau == 1.0:
-            target_param.copy_(param)
-        else:
-            target_param.lerp_(param, tau)
+        target_param.copy_(param) if tau == 1.0 else target_param.lerp_(param, tau)
 
 
 def train(args: Args) -> dict:
     """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
     check_args(args)
 
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
-    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    # Seeding: python, numpy, torch; env i gets seed + i at its first reset. rng (exploration, minibatches) is saved.
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -511,10 +500,8 @@ METRICS = ["global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken",
            "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
-def evaluate(
-    q_network: QNetwork, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float, device: torch.device,
-    video_dir: Path | None = None,
-) -> tuple[list[float], list[float], list[float]]:
+def evaluate(q_network: QNetwork, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float,
+             device: torch.device, video_dir: Path | None = None) -> tuple[list[float], list[float], list[float]]:
     """Greedy episodes (argmax_a Q(s, a)). Per episode: the return, the discounted return sum_t gamma^t r_t
     earned, and max_a Q(s_0, a), its prediction at the first state; a prediction persistently above what is
     earned is overestimation (on CartPole-v1 the time limit alone makes a perfect policy earn 99.3, not 100)."""

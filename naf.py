@@ -1,17 +1,15 @@
 """NAF: one file, read top to bottom.
 
-Normalized Advantage Functions (Gu, Lillicrap, Sutskever and Levine 2016, "Continuous Deep
-Q-Learning with Model-based Acceleration", https://arxiv.org/abs/1603.00748): Q-learning for
-continuous actions with a single network and no actor, because the network's Q has a shape whose
-maximum over actions is known in closed form.
+Normalized Advantage Functions (Gu, Lillicrap, Sutskever and Levine 2016, "Continuous Deep Q-Learning with
+Model-based Acceleration", https://arxiv.org/abs/1603.00748): Q-learning for continuous actions with a single
+network and no actor, because the network's Q has a shape whose maximum over actions is known in closed form.
 
-The point of the file: Q-learning without an argmax search. Q-learning needs max_a Q(s, a) twice:
-to act greedily, and in the target r + gamma * max_a' Q(s', a'). With a handful of discrete actions
-(dqn.py) the max is a look-up over the network's outputs. With a continuous action the max is an
-optimisation problem, at every environment step and for every row of every minibatch. ddpg.py
-trains a second network, the actor, to approximate the argmax by gradient ascent; it is always
-somewhat behind the critic it chases. NAF instead writes Q as a value plus an advantage that is a
-concave quadratic in the action:
+The point of the file: Q-learning without an argmax search. Q-learning needs max_a Q(s, a) twice: to act
+greedily, and in the target r + gamma * max_a' Q(s', a'). With a handful of discrete actions (dqn.py) the max
+is a look-up over the network's outputs. With a continuous action the max is an optimisation problem, at every
+environment step and for every row of every minibatch. ddpg.py trains a second network, the actor, to
+approximate the argmax by gradient ascent; it is always somewhat behind the critic it chases. NAF instead
+writes Q as a value plus an advantage that is a concave quadratic in the action:
 
     Q(s, a)   = V(s) + A(s, a)
     A(s, a)   = -1/2 (a - mu(s))^T P(s) (a - mu(s)),   P(s) = L(s) L(s)^T positive definite
@@ -21,27 +19,25 @@ A(s, .) is 0 at a = mu(s) and negative everywhere else, so without any search
     argmax_a Q(s, a) = mu(s)        (the greedy action: one forward pass)
     max_a    Q(s, a) = V(s)         (what the target needs)
 
-The network is a shared trunk with three heads: V(s) (one number); mu(s) (the action, through tanh
-and stretched to the env's bounds, so the maximiser is always a valid action); and the
-n (n + 1) / 2 entries of a lower-triangular n x n matrix L(s), n the action dimension, whose
-diagonal goes through exp. A lower-triangular matrix with a positive diagonal is invertible, so
-x^T L L^T x = |L^T x|^2 > 0 for every x != 0: P is positive definite by construction, whatever the
-weights, and every positive definite matrix is such an L L^T (its Cholesky factor), so the
-parametrisation loses no quadratic. P is the curvature: how fast Q falls as the action moves away
-from mu, per direction, with cross terms between action dimensions.
+The network is a shared trunk with three heads: V(s) (one number); mu(s) (the action, through tanh and
+stretched to the env's bounds, so the maximiser is always a valid action); and the n (n + 1) / 2 entries of a
+lower-triangular n x n matrix L(s), n the action dimension, whose diagonal goes through exp. A
+lower-triangular matrix with a positive diagonal is invertible, so x^T L L^T x = |L^T x|^2 > 0 for every x !=
+0: P is positive definite by construction, whatever the weights, and every positive definite matrix is such an
+L L^T (its Cholesky factor), so the parametrisation loses no quadratic. P is the curvature: how fast Q falls
+as the action moves away from mu, per direction, with cross terms between action dimensions.
 
 The price: for each state, Q is a single symmetric bump in a. It cannot say "full left or full
 right, but not the middle", and where the true Q is flat it still insists on a curvature. DDPG's
 critic can be any function of a, at the cost of an actor that only finds a local, lagging argmax.
 
-A failure to watch for: P can collapse. Nothing but the data holds the curvature up. While mu sits
-away from the best action, the stored actions on one side of it did better than the quadratic says,
-and the cheapest fit is a flatter P. Through the exp on L's diagonal P can shrink geometrically,
-and the gradients that could undo it (of L's diagonal, and mu's, which is P (a - mu)) shrink with
-it: Q stops depending on the action and mu stops learning until the data lifts P again. metrics.csv's
-advantage_taken, the mean A(s, a) over the sampled transitions, shows it (docs/experiments.md has
-a run where it happened). The defaults, wider noise than ddpg.py's and a lower learning rate, are
-there to keep P up.
+A failure to watch for: P can collapse. Nothing but the data holds the curvature up. While mu sits away from
+the best action, the stored actions on one side of it did better than the quadratic says, and the cheapest fit
+is a flatter P. Through the exp on L's diagonal P can shrink geometrically, and the gradients that could undo
+it (of L's diagonal, and mu's, which is P (a - mu)) shrink with it: Q stops depending on the action and mu
+stops learning until the data lifts P again. metrics.csv's advantage_taken, the mean A(s, a) over the sampled
+transitions, shows it (docs/experiments.md has a run where it happened). The defaults, wider noise than
+ddpg.py's and a lower learning rate, are there to keep P up.
 
 The loop is DQN's and DDPG's: act in `num_envs` environments with mu(s) plus exploration noise
 (uniformly random actions for the first `learning_starts` transitions); store every transition
@@ -253,8 +249,7 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows: only the row numbers
-        travel to the device, the rows are gathered there."""
+        """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
         rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
         return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
@@ -274,9 +269,8 @@ def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
 
 
 class QNetwork(nn.Module):
-    """Q(s, a) = V(s) - 1/2 (a - mu(s))^T L(s) L(s)^T (a - mu(s)): the trunk and three heads of the
-    module docstring. mu = action_bias + action_scale * tanh(.) per dimension, so asymmetric bounds
-    are met too; the two are buffers, saved with the weights but never trained."""
+    """Q(s, a) = V(s) - 1/2 (a - mu(s))^T L(s) L(s)^T (a - mu(s)): the module docstring's trunk and three heads.
+    mu = action_bias + action_scale * tanh(.) per dimension (asymmetric bounds too; buffers: saved, never trained)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], low: np.ndarray, high: np.ndarray):
         super().__init__()
@@ -290,8 +284,7 @@ class QNetwork(nn.Module):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) = max_a Q(s, a): the trunk and the value head only (all the target needs)."""
-        x = hidden_features(obs, self.hidden)
-        return self.value_head(x).squeeze(1)
+        return self.value_head(hidden_features(obs, self.hidden)).squeeze(1)
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """V(s) (batch,), mu(s) (batch, n) and L(s) (batch, n, n), from one pass through the trunk."""
@@ -308,9 +301,8 @@ class QNetwork(nn.Module):
 
 # Speed only, a first read can skip it: mu(obs) in numpy, the same numbers without torch's per-call cost.
 def acting_actions(q_network: QNetwork) -> Callable[[np.ndarray], np.ndarray]:
-    """mu(obs), the greedy action, numpy in and out, on views of the parameters of a network in host
-    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
-    For one observation torch's fixed cost per call is several times the arithmetic."""
+    """mu(obs), numpy in and out, on views of a host network's parameters (written in place, so always current):
+    for one observation torch's fixed cost per call is several times the arithmetic."""
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
               for layer in (*q_network.hidden, q_network.mu_head)]
     scale, bias = q_network.action_scale.numpy(), q_network.action_bias.numpy()
@@ -344,10 +336,8 @@ def advantage(actions: torch.Tensor, mu: torch.Tensor, l_matrix: torch.Tensor) -
     return -0.5 * scaled.square().sum(1)
 
 
-def td_target(
-    target_network: QNetwork, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
-    gamma: float,
-) -> torch.Tensor:
+def td_target(target_network: QNetwork, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+              gamma: float) -> torch.Tensor:
     """y = r + gamma * (1 - terminated) * V'(s'): Q-learning's max_a' Q'(s', a') without a search, as
     the advantage is 0 at its peak a' = mu'(s'). (dqn.py takes the max over its outputs; ddpg.py
     trusts a target actor to have found it.)"""
@@ -358,10 +348,7 @@ def td_target(
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
     """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly."""
     for target_param, param in zip(target_network.parameters(), network.parameters()):
-        if tau == 1.0:
-            target_param.copy_(param)
-        else:
-            target_param.lerp_(param, tau)
+        target_param.copy_(param) if tau == 1.0 else target_param.lerp_(param, tau)
 
 # --- The algorithm's steps ---
 
@@ -385,23 +372,17 @@ class ActionNoise:
         self.state[episode_ends] = 0.0
 
 
-def select_actions(
-    act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
-    low: np.ndarray, high: np.ndarray, rng: np.random.Generator,
-) -> np.ndarray:
-    """One action per env: uniform over the box (while `uniform`, before training starts), else
-    mu(obs) plus noise scaled to the half-range, clipped to the bounds."""
-    num_envs = obs.shape[0]
+def select_actions(act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
+                   low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per env: uniform over the box while `uniform`, else mu(obs) plus half-range noise, clipped."""
     if uniform:
-        return rng.uniform(low, high, (num_envs, len(low))).astype(np.float32)
+        return rng.uniform(low, high, (obs.shape[0], len(low))).astype(np.float32)
     actions = act(obs) + noise.sample(rng) * (high - low) / 2.0
     return np.clip(actions, low, high).astype(np.float32)
 
 
-def gradient_step(
-    q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, ...], gamma: float, tau: float,
-) -> dict[str, torch.Tensor]:
+def gradient_step(q_network: QNetwork, target_network: QNetwork, optimizer: torch.optim.Optimizer,
+                  batch: tuple[torch.Tensor, ...], gamma: float, tau: float) -> dict[str, torch.Tensor]:
     """One step of the network on a minibatch (one loss for all three heads), then a Polyak move of
     its target copy. Returns the detached values for metrics.csv, by column."""
     obs, actions, rewards, next_obs, terminated = batch
@@ -422,8 +403,7 @@ def train(args: Args) -> dict:
     """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
     check_args(args)
 
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
-    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    # Seeding: python, numpy, torch; env i gets seed + i at its first reset. rng (exploration, minibatches) is saved.
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -521,10 +501,8 @@ METRICS = ["global_step", "time", "sps", "gradient_steps", "td_loss", "q_taken",
            "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
-def evaluate(
-    q_network: QNetwork, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float, device: torch.device,
-    video_dir: Path | None = None,
-) -> tuple[list[float], list[float], list[float]]:
+def evaluate(q_network: QNetwork, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float,
+             device: torch.device, video_dir: Path | None = None) -> tuple[list[float], list[float], list[float]]:
     """Greedy episodes (a = mu(s), no noise). Per episode: the return, the discounted return sum_t gamma^t r_t
     earned, and V(s_0) = max_a Q(s_0, a), its prediction at the first state; a prediction persistently above
     what is earned is overestimation (Pendulum-v1's time limit cuts off a tail weighted 0.98^200 = 0.018)."""

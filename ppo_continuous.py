@@ -542,10 +542,8 @@ METRICS = ["global_step", "iteration", "time", "sps", "learning_rate", "policy_l
            "approx_kl", "clip_frac", "explained_variance", "kl_beta", "episodic_return", "episodic_length", "episodes"]
 
 
-def evaluate(
-    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, env_kwargs: dict, episodes: int, seed: int,
-    device: torch.device, video_dir: Path | None = None,
-) -> list[float]:
+def evaluate(agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, env_kwargs: dict, episodes: int, seed: int,
+             device: torch.device, video_dir: Path | None = None) -> list[float]:
     """Returns of `episodes` episodes acting with the mean action mu(s), no exploration noise.
     Observations go through the frozen *training* statistics, which the policy was trained on."""
     env = evaluation_env(env_id, env_kwargs, video_dir)
