@@ -590,8 +590,7 @@ def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd |
 
 
 # <shared onpolicy_run>
-def finished_episodes(infos: dict) -> list[tuple[float, int]]:
-    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:  # (return, length) of those that ended in this step
     episode, done = infos.get("episode"), infos.get("_episode")
     return [] if episode is None else list(zip(episode["r"][done].tolist(), episode["l"][done].tolist()))
 
@@ -607,8 +606,7 @@ def state_dicts(objects: dict) -> dict:
     return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
 
 
-def non_finite(state: dict) -> str | None:
-    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
+def non_finite(state: dict) -> str | None:  # the first floating-point tensor (object.key) with a NaN or inf
     bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
            if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
     return next(bad, None)
@@ -679,8 +677,7 @@ class Run:
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
-                "global_step": global_step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model, "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
         every = self.args.checkpoint_every  # a multiple of it in (previous_step, step], or the last step
@@ -688,12 +685,10 @@ class Run:
 
     def save_checkpoint(self, **counters) -> None:
         counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
-        atomic_save(
-            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
-            | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
-               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            self.dir / "checkpoint.pt",
-        )
+        atomic_save(self.model_state(counters["global_step"]) | state_dicts(self.training) | counters | {
+            "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }, self.dir / "checkpoint.pt")
         self.checkpoint_step = counters["global_step"]
 
     def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
@@ -726,9 +721,8 @@ class Run:
         wall_time, args = self.elapsed(), self.args
         model = self.model_state(global_step)
         if args.save_model:
-            atomic_save(model, self.dir / "model.pt")
-            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
-                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
+            atomic_save(model, path := self.dir / "model.pt")
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
         summary = {"algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
                    "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
                    "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
