@@ -663,8 +663,7 @@ class Run:
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
     @contextlib.contextmanager
-    def off_the_clock(self):
-        """Time spent inside (evaluation) is left out of sps."""
+    def off_the_clock(self):  # time spent inside (evaluation) is left out of sps
         start = time.time()
         yield
         self.eval_time += time.time() - start
