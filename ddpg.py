@@ -5,12 +5,11 @@ on the deterministic policy gradient of Silver et al. 2014, https://proceedings.
 Q-learning for continuous actions, with a second network, the actor, that learns to output the
 action the Q-network (the critic) rates best.
 
-Why an actor. DQN acts and bootstraps with max_a Q(s, a), a max over a handful of actions. With a
-continuous action (a torque, six joint motors) that max is an optimisation problem of its own, to be
-solved at every environment step and for every row of every minibatch. DDPG learns the answer
-instead: a deterministic policy mu(s) trained by gradient ascent on Q(s, mu(s)), so the argmax is
-one forward pass, amortised over training. (naf.py takes the other way out: it gives Q a shape
-whose maximum is known in closed form.)
+Why an actor. DQN acts and bootstraps with max_a Q(s, a), a max over a handful of actions. With a continuous
+action (a torque, six joint motors) that max is an optimisation problem of its own, to be solved at every
+environment step and for every row of every minibatch. DDPG learns the answer instead: a deterministic policy
+mu(s) trained by gradient ascent on Q(s, mu(s)), so the argmax is one forward pass, amortised over training.
+(naf.py takes the other way out: it gives Q a shape whose maximum is known in closed form.)
 
 The loop: act in `num_envs` environments with mu(s) plus exploration noise (uniformly random actions
 for the first `learning_starts` transitions); store every transition (s, a, r, s', terminated) in a
@@ -32,17 +31,16 @@ The actor is an ordinary MLP whose output goes through tanh, into (-1, 1), then 
 env's bounds: a = (high + low) / 2 + (high - low) / 2 * tanh(.). It can never ask for an action the
 env does not accept, and the critic is never asked about one.
 
-Why target networks, and why the actor needs one too. The critic is regressed onto a label built
-from its own estimate at s': chase a label that moves with every gradient step and an error at one
-state can feed the label that caused it (dqn.py's docstring has the long version). DQN freezes a
-copy of the Q-network for the label. In DDPG the label has two moving parts: the critic that values
-s' and the actor that picks the action at s'. The actor is updated at every policy step, and it is
-pushed towards whatever the critic rates highest, its overestimates included; if the label took its action from
-the online actor, it would move at every actor step even with the critic's copy frozen, and chase
-the critic's own errors. So the actor gets a slow copy as well. It is there to steady the critic's
-label, not the actor: the actor's own objective uses the online networks. Both copies trail their
-networks by Polyak averaging with a small tau, moved at each actor step (0.005: a time constant of
-about 200 target updates, 400 gradient steps with --policy-frequency 2).
+Why target networks, and why the actor needs one too. The critic is regressed onto a label built from its own
+estimate at s': chase a label that moves with every gradient step and an error at one state can feed the label
+that caused it (dqn.py's docstring has the long version). DQN freezes a copy of the Q-network for the label.
+In DDPG the label has two moving parts: the critic that values s' and the actor that picks the action at s'.
+The actor is updated at every policy step, and it is pushed towards whatever the critic rates highest, its
+overestimates included; if the label took its action from the online actor, it would move at every actor step
+even with the critic's copy frozen, and chase the critic's own errors. So the actor gets a slow copy as well.
+It is there to steady the critic's label, not the actor: the actor's own objective uses the online networks.
+Both copies trail their networks by Polyak averaging with a small tau, moved at each actor step (0.005: a time
+constant of about 200 target updates, 400 gradient steps with --policy-frequency 2).
 
 Time limits are the classic trap. Pendulum-v1 never terminates: every episode is *truncated* after
 200 steps, and the state it stops in still has a future, so the stored transition bootstraps from
@@ -90,11 +88,9 @@ ALGORITHM = "ddpg"
 class Args:
     # --- Experiment ---
     env_id: str = "Pendulum-v1"
-    """gymnasium id of an environment with a Box action space with finite bounds (Pendulum-v1,
-    HalfCheetah-v5, InvertedPendulum-v5, ...)"""
+    """gymnasium id of an env with a finite Box action space (Pendulum-v1, HalfCheetah-v5, ...)"""
     env_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
-    """keyword arguments of gym.make, as NAME VALUE pairs (`--env-kwargs include_cfrc_ext_in_observation False`
-    gives Ant-v5 without its contact forces); every run and evaluation of the model makes the env this way"""
+    """keyword arguments of gym.make as NAME VALUE pairs, for training and every evaluation of the model"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 20_000
@@ -104,18 +100,15 @@ class Args:
 
     # --- Environment and replay ---
     num_envs: int = 1
-    """parallel environments; each step adds num_envs transitions to the buffer and is followed by
-    num_envs * --updates-per-step gradient steps, so the ratio of updates to data does not change"""
+    """parallel environments; each step adds num_envs transitions and takes num_envs * --updates-per-step updates"""
     async_envs: bool = False
     """step the envs in subprocesses (gymnasium AsyncVectorEnv); pays off only for slow envs"""
     buffer_size: int = 1_000_000
-    """transitions the replay buffer holds before the oldest are overwritten (the arrays are
-    allocated up front, but memory is only touched as they fill)"""
+    """transitions the buffer holds before the oldest are overwritten (memory is touched as it fills)"""
     batch_size: int = 256
     """transitions per gradient step, drawn uniformly from the buffer"""
     learning_starts: int = 1_000
-    """transitions collected with uniformly random actions before training starts, covering the
-    action box (counted in the buffer: a run resumed without its buffer collects them again)"""
+    """transitions of uniformly random actions before training starts (again if resumed without the buffer)"""
 
     # --- DDPG ---
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
@@ -125,24 +118,19 @@ class Args:
     gamma: float = 0.98
     """discount factor (0.98: RL Baselines3 Zoo's Pendulum-v1 value, a horizon of about 50 steps)"""
     tau: float = 0.005
-    """target update theta' <- tau * theta + (1 - tau) * theta' of the actor and the critic, at each
-    actor update (once per --policy-frequency gradient steps)"""
+    """target update theta' <- tau * theta + (1 - tau) * theta' of actor and critic, at each actor update"""
     updates_per_step: int = 1
     """critic gradient steps per environment step (per transition)"""
     policy_frequency: int = 2
-    """update the actor (and the target networks) after every this many critic updates: 1 is the
-    original DDPG, 2 TD3's delayed policy update (Fujimoto et al. 2018)"""
+    """critic updates per actor (and target) update: 1 is DDPG, 2 TD3's delayed policy update (Fujimoto et al.)"""
 
     # --- Exploration ---
     exploration_noise: float = 0.1
-    """standard deviation of the Gaussian action noise (or sigma of the Ornstein-Uhlenbeck process),
-    in units of the action half-range (high - low) / 2: 0.1 on Pendulum-v1's [-2, 2] is 0.2 N m"""
+    """std of the Gaussian action noise (or the OU sigma) in units of the half-range (high - low) / 2"""
     ou_noise: bool = False
-    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1) per step,
-    reset when an episode ends; correlated pushes (the original paper's choice)"""
+    """Ornstein-Uhlenbeck noise instead of Gaussian: x <- x - ou_theta * x + sigma * N(0, 1), reset per episode"""
     ou_theta: float = 0.15
-    """the Ornstein-Uhlenbeck pull back to 0 per step (the paper's 0.15): stationary std
-    sigma / sqrt(theta * (2 - theta)), 1.9 sigma; decorrelates over about 1 / theta steps"""
+    """the OU pull back to 0 per step (the paper's 0.15): stationary std sigma / sqrt(theta * (2 - theta))"""
 
     # --- Running the experiment: files, tracking, evaluation, threads ---
     run_name: str | None = None
@@ -160,18 +148,15 @@ class Args:
     checkpoint_every: int = 0
     """write a resumable runs/<run-name>/checkpoint.pt every this many environment steps (0: none)"""
     save_buffer: bool = True
-    """put the replay buffer into checkpoints, so a resumed run trains on the memory it had (about
-    (2 * obs_dim + act_dim + 2) * 4 bytes per stored transition)"""
+    """put the replay buffer into checkpoints ((2 * obs_dim + act_dim + 2) * 4 bytes a transition)"""
     resume: str | None = None
     """continue training from this checkpoint.pt, with its settings unless a flag overrides them"""
     evaluate: str | None = None
     """only evaluate this saved model.pt (or checkpoint.pt) for --eval-episodes episodes"""
     eval_episodes: int = 10
-    """episodes of greedy evaluation (the actor's action, no noise) at the end and every
-    --eval-frequency steps; 0 skips evaluation"""
+    """greedy evaluation episodes (no noise) at the end and every --eval-frequency steps; 0: none"""
     eval_frequency: int = 10_000
-    """evaluate every this many environment steps (0: only at the end), logging the Q predicted at
-    each episode's first state beside the discounted return earned: their gap is the overestimation"""
+    """evaluate every this many env steps (0: only at the end), logging Q(first state) beside the return earned"""
     metrics_every: int = 1_000
     """environment steps between rows of metrics.csv (losses and Q values are averaged over them)"""
     log_interval: float = 5.0
@@ -193,17 +178,12 @@ def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | Non
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
-    """Vectorised envs in SAME_STEP autoreset mode. gymnasium 1.x resets a finished sub-env
-    automatically. In the default NEXT_STEP mode the step *after* an episode ends returns the reset
-    observation and ignores the action, a fake transition that must be masked out everywhere.
-    SAME_STEP resets inside the step that ends the episode: every transition returned is real, the
-    returned observation is already the next episode's first one, and the true last observation
-    arrives in info["final_obs"], which is what a truncated episode must bootstrap from."""
+    """Vectorised envs in SAME_STEP autoreset mode (gymnasium 1.x's NEXT_STEP spends the step after an episode
+    on a fake reset transition): every transition is real, and the true last observation, which a truncated
+    episode must bootstrap from, arrives in info["final_obs"]."""
     env_cls = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    envs = env_cls(
-        [lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = env_cls([lambda: make_env(args.env_id, args.env_kwargs) for _ in range(args.num_envs)],
+                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
@@ -223,18 +203,13 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 class ReplayBuffer:
     """A circular memory of transitions in tensors preallocated on the device that trains on them.
 
-    Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next
-    to s rather than read from row i + 1, because with several envs the rows of one env are not
-    adjacent, and after an autoreset the next row belongs to another episode. That costs one more
-    copy of each observation and removes every question about which rows follow which.
-    `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
+    Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next to s, not
+    read from row i + 1, as one env's rows are not adjacent with several envs, and after an autoreset the next
+    row is another episode's. `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
 
-    Actions are stored as the env received them, inside the bounds (the noisy action is clipped
-    before the env sees it). Q should learn the value of what was done: an unclipped action outside
-    the box had exactly the effect of its clipped version, and storing it would ask Q to spread one
-    outcome over a region that the tanh-squashed greedy action can never reach, and to learn a
-    slope of Q out there that nothing uses.
-    """
+    Actions are stored as the env received them, clipped to the bounds: an action outside the box had exactly
+    its clipped version's effect, and storing it would ask Q to spread one outcome over a region that the
+    tanh-squashed greedy action never reaches, and to learn a slope of Q there that nothing uses."""
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
@@ -262,8 +237,7 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A minibatch drawn uniformly (with replacement) from the filled rows: only the row numbers
-        travel to the device, the rows are gathered there."""
+        """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
         rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
         return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
@@ -283,10 +257,9 @@ def hidden_features(x: torch.Tensor, hidden: nn.ModuleList) -> torch.Tensor:
 
 
 class Actor(nn.Module):
-    """mu(s): an MLP from an observation to an action, squashed by tanh into (-1, 1) and stretched
-    to the action bounds, a = action_bias + action_scale * tanh(.), per dimension. The bounds may
-    be asymmetric (a gripper in [0, 1], a throttle in [-1, 3]): bias and scale map (-1, 1) onto
-    (low, high) whatever they are. They are buffers: saved with the weights, never trained."""
+    """mu(s): an MLP from an observation to an action, squashed by tanh into (-1, 1) and stretched to the action
+    bounds, a = action_bias + action_scale * tanh(.) per dimension. Bounds may be asymmetric (a gripper in [0, 1],
+    a throttle in [-1, 3]): bias and scale map (-1, 1) onto (low, high). Buffers: saved, never trained."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], low: np.ndarray, high: np.ndarray):
         super().__init__()
@@ -315,9 +288,8 @@ class Critic(nn.Module):
 
 # Speed only, a first read can skip it: mu(obs) in numpy, the same numbers without torch's per-call cost.
 def acting_actions(actor: Actor) -> Callable[[np.ndarray], np.ndarray]:
-    """mu(obs), the greedy action, numpy in and out, on views of the parameters of a network in host
-    memory (optimizer steps and load_state_dict write them in place, so it always uses the current weights).
-    For one observation torch's fixed cost per call is several times the arithmetic."""
+    """mu(obs), numpy in and out, on views of a host network's parameters (written in place, so always current):
+    for one observation torch's fixed cost per call is several times the arithmetic."""
     layers = [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in (*actor.hidden, actor.out)]
     scale, bias = actor.action_scale.numpy(), actor.action_bias.numpy()
 
@@ -332,10 +304,8 @@ def acting_actions(actor: Actor) -> Callable[[np.ndarray], np.ndarray]:
 
 # --- The algorithm's pure functions ---
 
-def td_target(
-    target_actor: Actor, target_critic: Critic, rewards: torch.Tensor, next_obs: torch.Tensor,
-    terminated: torch.Tensor, gamma: float,
-) -> torch.Tensor:
+def td_target(target_actor: Actor, target_critic: Critic, rewards: torch.Tensor, next_obs: torch.Tensor,
+              terminated: torch.Tensor, gamma: float) -> torch.Tensor:
     """y = r + gamma * (1 - terminated) * Q'(s', mu'(s')).
 
     Both parts of the bootstrap come from the target copies: the action the (slow) target actor
@@ -356,10 +326,7 @@ def actor_loss(actor: Actor, critic: Critic, obs: torch.Tensor) -> torch.Tensor:
 def update_target(target_network: nn.Module, network: nn.Module, tau: float) -> None:
     """theta' <- tau * theta + (1 - tau) * theta', in place; tau = 1 copies exactly."""
     for target_param, param in zip(target_network.parameters(), network.parameters()):
-        if tau == 1.0:
-            target_param.copy_(param)
-        else:
-            target_param.lerp_(param, tau)
+        target_param.copy_(param) if tau == 1.0 else target_param.lerp_(param, tau)
 
 # --- The algorithm's steps ---
 
@@ -383,24 +350,19 @@ class ActionNoise:
         self.state[episode_ends] = 0.0
 
 
-def select_actions(
-    act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
-    low: np.ndarray, high: np.ndarray, rng: np.random.Generator,
-) -> np.ndarray:
-    """One action per env: uniform over the box (while `uniform`, before training starts), else
-    mu(obs) plus noise scaled to the half-range, clipped to the bounds."""
-    num_envs = obs.shape[0]
+def select_actions(act: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, noise: ActionNoise, uniform: bool,
+                   low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per env: uniform over the box while `uniform`, else mu(obs) plus half-range noise, clipped."""
     if uniform:
-        return rng.uniform(low, high, (num_envs, len(low))).astype(np.float32)
+        return rng.uniform(low, high, (obs.shape[0], len(low))).astype(np.float32)
     actions = act(obs) + noise.sample(rng) * (high - low) / 2.0
     return np.clip(actions, low, high).astype(np.float32)
 
 
-def gradient_step(
-    actor: Actor, critic: Critic, target_actor: Actor, target_critic: Critic,
-    actor_optimizer: torch.optim.Optimizer, critic_optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, ...], gamma: float, tau: float, update_actor: bool,
-) -> dict[str, torch.Tensor]:
+def gradient_step(actor: Actor, critic: Critic, target_actor: Actor, target_critic: Critic,
+                  actor_optimizer: torch.optim.Optimizer, critic_optimizer: torch.optim.Optimizer,
+                  batch: tuple[torch.Tensor, ...], gamma: float, tau: float,
+                  update_actor: bool) -> dict[str, torch.Tensor]:
     """One critic step on a minibatch; then, when `update_actor`, one actor step on the same states
     and a Polyak move of both target networks. The actor step sees the critic just updated, and
     changes none of its weights. Returns the detached values for metrics.csv, by column."""
@@ -416,8 +378,7 @@ def gradient_step(
     if update_actor:
         loss = actor_loss(actor, critic, obs)           # -J(phi) = -mean_s Q(s, mu(s; phi); theta)
         actor_optimizer.zero_grad(set_to_none=True)
-        # inputs=: autograd goes through the critic for dQ/da but skips the gradients of the
-        # critic's own weights, which this step has no use for.
+        # inputs=: autograd goes through the critic for dQ/da, skipping its weights' gradients (unused here).
         loss.backward(inputs=list(actor.parameters()))  # dJ/dphi = mean_s dQ(s, a)/da at a = mu(s) * dmu(s; phi)/dphi
         actor_optimizer.step()                          # phi: one Adam step up dJ/dphi
         update_target(target_actor, actor, tau)         # phi'   <- tau phi   + (1 - tau) phi'
@@ -430,8 +391,7 @@ def train(args: Args) -> dict:
     """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
     check_args(args)
 
-    # Seeding: python, numpy and torch here; each env gets seed + index at its first reset. One
-    # numpy generator drives exploration and minibatch sampling; its state goes into checkpoints.
+    # Seeding: python, numpy, torch; env i gets seed + i at its first reset. rng (exploration, minibatches) is saved.
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -449,8 +409,7 @@ def train(args: Args) -> dict:
     target_critic = Critic(obs_dim, act_dim, args.hidden_sizes).to(device)
     target_actor.load_state_dict(actor.state_dict())
     target_critic.load_state_dict(critic.state_dict())
-    # fused: Adam's whole update of a tensor in one pass instead of several small ops on it; those
-    # ops are a real share of each gradient step's time at these network sizes.
+    # fused: Adam's update of each tensor in one pass instead of several small ops on it.
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
@@ -466,8 +425,7 @@ def train(args: Args) -> dict:
 
     acting_actor = host_copy(actor, device)  # the actor itself on the CPU; on a GPU its copy in host memory
     act = acting_actions(acting_actor)  # obs -> mu(obs), numpy in and out, for acting at every step
-    # A resumed run cannot restore the envs' internal state: it starts fresh episodes.
-    obs, _ = envs.reset(seed=args.seed + global_step)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
     while global_step < args.total_timesteps:
         # --- Act and store ---
         uniform = rb.size < args.learning_starts
@@ -496,15 +454,16 @@ def train(args: Args) -> dict:
         if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
             run.save_final(global_step, num_updates)
         evaluation = None
-        if run.evaluation_due(global_step, previous_step):
+        if args.eval_episodes > 0 and run.due(args.eval_frequency, global_step, previous_step):
             with run.off_the_clock():
                 evaluation = evaluate(actor, critic, args.env_id, args.env_kwargs, args.eval_episodes,
                                       eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
-        if evaluation is not None or run.row_due(global_step, previous_step):
+        if evaluation is not None or run.due(args.metrics_every, global_step, previous_step):
             run.log({"global_step": global_step, "gradient_steps": num_updates}, evaluation)
         if run.checkpoint_due(global_step, previous_step):
             run.save_checkpoint(global_step, num_updates)
-        run.progress(global_step, exploring(args, uniform))
+        run.progress(global_step, "uniform actions" if uniform
+                     else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}")
     envs.close()
     return run.finish(global_step, evaluation)
 
@@ -512,9 +471,7 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Checks of the input, the run's files, evaluation and the command line. A block between
-# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
-# tools/shared/NAME.py, where it is edited.
+# Checks, files, evaluation, the command line. `# <shared NAME>` blocks: tools/shared/NAME.py (tools/sync.py)
 
 
 def check_args(args: Args) -> None:
@@ -538,21 +495,12 @@ def action_space_error(space: gym.Space) -> str | None:
     return None
 
 
-def exploring(args: Args, uniform: bool) -> str:
-    """The exploration of the progress line."""
-    return "uniform actions" if uniform else f"{'OU' if args.ou_noise else 'Gaussian'} noise {args.exploration_noise}"
+METRICS = ["global_step", "time", "sps", "gradient_steps", "critic_loss", "actor_loss", "q_taken", "episodic_return",
+           "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q"]
 
 
-METRICS = [
-    "global_step", "time", "sps", "gradient_steps", "critic_loss", "actor_loss", "q_taken",
-    "episodic_return", "episodic_length", "episodes", "eval_return", "eval_discounted_return", "eval_start_q",
-]
-
-
-def evaluate(
-    actor: Actor, critic: Critic, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float,
-    device: torch.device, video_dir: Path | None = None,
-) -> tuple[list[float], list[float], list[float]]:
+def evaluate(actor: Actor, critic: Critic, env_id: str, env_kwargs: dict, episodes: int, seed: int, gamma: float,
+             device: torch.device, video_dir: Path | None = None) -> tuple[list[float], list[float], list[float]]:
     """Greedy episodes (a = mu(s), no noise). Per episode: the return, the discounted return sum_t gamma^t r_t
     earned, and Q(s_0, mu(s_0)), the critic's prediction at the first state; a prediction persistently above
     what is earned is overestimation (Pendulum-v1's time limit cuts off a tail weighted 0.98^200 = 0.018)."""
@@ -579,8 +527,7 @@ def evaluate(
 
 
 def load_model(path: str, device: torch.device) -> tuple[Actor, Critic, dict]:
-    """Rebuilds the actor and the critic from model.pt or checkpoint.pt: loaded onto the CPU (a file
-    written on any machine), then moved to the device."""
+    """model.pt or checkpoint.pt, read onto the CPU (from any machine), its networks then on `device`."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
@@ -592,219 +539,8 @@ def load_model(path: str, device: torch.device) -> tuple[Actor, Critic, dict]:
     return actor.to(device), critic.to(device), state
 
 
-# <shared checks>
-class UsageError(Exception):
-    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
-
-
-class Diverged(Exception):
-    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
-
-
-RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
-          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
-
-
-def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
-    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
-    within its range, and a file behind --resume and --evaluate."""
-    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
-        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
-    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
-        if not ok(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    if args.evaluate and args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-
-
-def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
-    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, a keyword the env does not take, or spaces this file cannot use are one error line before
-    anything is written."""
-    try:
-        env = make_env(env_id, env_kwargs)
-    except (gym.error.Error, ImportError, TypeError) as e:
-        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
-                         + f": {e}") from None
-    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
-    env.close()
-    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
-                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
-                         "observations need a convolutional network, which it does not have")
-    if problem:
-        raise UsageError(f"{env_id} {problem}")
-# </shared checks>
-
-
-# <shared files>
-def atomic_save(obj: dict | str, path: Path) -> None:
-    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
-    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
-    (a full disk) removes the temporary file and keeps the previous one."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
-        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
-                         f"and {then}") from None
-
-
-def make_run_dir(path: Path) -> None:
-    """The run directory, or one line saying why it cannot be written, before any training."""
-    import tempfile
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
-    except OSError as e:
-        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
-                         "a writable working directory") from None
-
-
-def check_resumable(path: str, step: int, at_end: bool, args) -> None:
-    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
-    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
-    summary = Path(path).parent / "summary.json"
-    try:
-        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
-    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
-        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
-                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
-                         "start a new run (without --resume) instead")
-    if at_end:
-        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
-                         "pass a larger --total-timesteps to train on")
-
-
-def set_torch_rng(ckpt: dict) -> None:
-    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
-    torch.set_rng_state(ckpt["torch_rng"])
-    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
-
-
-class MetricsLog:
-    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
-    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
-    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
-
-    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-        self.wandb_run = wandb_run
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-def wandb_server() -> tuple[str, int]:
-    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
-    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
-
-    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
-        port = url.port
-    except ValueError:  # not a number; wandb itself will report the URL
-        port = None
-    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
-
-
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
-    import socket
-    import threading
-
-    result = []
-
-    def probe():
-        with contextlib.suppress(OSError):
-            socket.create_connection(wandb_server(), timeout=timeout).close()
-            result.append(True)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
-def init_wandb(args, run_name: str, run_dir: Path):
-    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
-    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
-    import netrc
-    import urllib.parse
-
-    import wandb
-
-    mode, reason = os.environ.get("WANDB_MODE"), None
-    if mode is None and not wandb_reachable():
-        reason = "no network"
-    elif mode is None and not os.environ.get("WANDB_API_KEY"):
-        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
-        try:
-            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
-        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
-            key = None
-        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
-    if reason:
-        mode = "offline"
-        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
-    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
-
-
-def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
-    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
-    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
-
-
-def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
-    if host is not module:
-        host.load_state_dict(module.state_dict())
-# </shared files>
-
-
 # <shared offpolicy_run>
 def check_replay_args(args) -> None:
-    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if args.learning_starts > args.buffer_size:
@@ -819,14 +555,12 @@ BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
 
 def buffer_state(rb: ReplayBuffer) -> dict:
-    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
-    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
+    """The filled rows, oldest first, so they load into a buffer of any capacity (the newest kept)."""
     oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
     return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
 
 
 def load_buffer(rb: ReplayBuffer, state: dict) -> None:
-    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
     rb.size = min(state["size"], rb.capacity)
     rb.pos = rb.size % rb.capacity
     for name in BUFFER_COLUMNS:
@@ -834,23 +568,17 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
 
 
 class Run:
-    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
-    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
-    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
-    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
-    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). Saving and
+    resuming go by train()'s lists: what model.pt holds (`model`) and what a checkpoint adds (`training`)."""
 
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
-        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
-            self.dir = Path(args.resume).parent
             self.resume(args.resume)
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
@@ -859,18 +587,16 @@ class Run:
             acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
-        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
+        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged per row: no sync per step
         self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
 
     def state(self, objects: dict) -> dict:
-        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
         return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
-                "global_step": step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model), "global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
         if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
@@ -883,8 +609,7 @@ class Run:
         self.checkpoint_step = step
 
     def save_final(self, step: int, num_updates: int) -> None:
-        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
-        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        """Before the final evaluation (which may fail): the final checkpoint (with --checkpoint-every), model.pt."""
         if what := self.non_finite_weight():  # first the last row, the diagnosis
             self.log({"global_step": step, "gradient_steps": num_updates}, None)
             raise self.diverged(step, what)
@@ -896,8 +621,7 @@ class Run:
         self.final_saved = True
 
     def resume(self, path: str) -> None:
-        """Everything in a checkpoint back in place, after checking, before anything is written, that it
-        fits these networks and that no finished run would be overwritten."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
@@ -921,14 +645,13 @@ class Run:
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         set_torch_rng(ckpt)
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
-    def diverged(self, step: int, what: str) -> Diverged:
-        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+    def diverged(self, step: int, what: str) -> "Diverged":
+        """The error that stops a run; no model.pt or summary.json of it is left to look like a result."""
         kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
         if self.final_saved and self.args.save_model:
@@ -938,11 +661,8 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
     def non_finite_weight(self) -> str | None:
-        for name, obj in self.model.items():
-            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    return f"{name}.{key} is not finite"
-        return None
+        return next((f"{name}.{key} is not finite" for name, obj in self.model.items() if isinstance(obj, nn.Module)
+                     for key, t in obj.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
 
     def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
         if "episode" in infos:
@@ -954,14 +674,8 @@ class Run:
             self.values.setdefault(name, []).append(value)
 
     def due(self, every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
-
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return self.due(self.args.metrics_every, step, previous_step)
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
@@ -970,8 +684,7 @@ class Run:
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
     @contextlib.contextmanager
-    def off_the_clock(self):
-        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+    def off_the_clock(self):  # time spent inside (evaluation) is left out of sps
         start = time.time()
         yield
         self.eval_time += time.time() - start
@@ -979,14 +692,12 @@ class Run:
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
-    def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
+    def training_sps(self, step: int, elapsed: float) -> float:  # evaluation time left out
         return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
 
     def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
-        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
-        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
-        finite stops the run, after its row (the diagnosis) is written."""
+        """A metrics row: the caller's values, recorded ones averaged, episodes ended since, the evaluation. A value
+        that is not finite stops the run after its row (the diagnosis) is written."""
         elapsed = self.elapsed()
         self.recent_returns.extend(self.episode_returns)
         row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
@@ -1007,7 +718,6 @@ class Run:
                     raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
         self.last_print, elapsed = time.time(), self.elapsed()
@@ -1018,7 +728,6 @@ class Run:
               f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
-        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
         wall_time = self.elapsed()
         summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
                    "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
@@ -1040,7 +749,6 @@ def print_eval(returns: list[float], discounted_returns: list[float], start_q: l
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)
@@ -1056,16 +764,198 @@ def run_evaluation(args) -> dict:
 # </shared offpolicy_run>
 
 
-# <shared evaluation>
-def eval_seed(seed: int) -> int:
-    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
-    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+# <shared common>
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
+
+
+RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
+          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
+    """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
+    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
+        if not ok(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+
+
+def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
+    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
+    try:
+        env = make_env(env_id, env_kwargs)
+    except (gym.error.Error, ImportError, TypeError) as e:
+        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
+                         + f": {e}") from None
+    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
+                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
+                         "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
+
+
+def atomic_save(obj: dict | str, path: Path) -> None:
+    """torch.save (a dict) or UTF-8 text (a str) to a temporary file renamed over `path`: a crash, Ctrl-C or
+    full disk mid-write leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
+
+
+def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+
+
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
+    summary = Path(path).parent / "summary.json"
+    try:
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
+    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        kept = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writeheader()
+            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_server() -> tuple[str, int]:
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = None
+    with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
+        port = url.port
+    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        with contextlib.suppress(OSError):
+            socket.create_connection(wandb_server(), timeout=timeout).close()
+            result.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args, run_name: str, run_dir: Path):
+    """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
+    import netrc
+    import urllib.parse
+
+    import wandb
+
+    mode, reason = os.environ.get("WANDB_MODE"), None
+    if mode is None and not wandb_reachable():
+        reason = "no network"
+    elif mode is None and not os.environ.get("WANDB_API_KEY"):
+        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+        try:
+            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
+        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+            key = None
+        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
+    if reason:
+        mode = "offline"
+        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+
+
+def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later
     return seed + 10_000
 
 
 def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
-    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
-    an env that cannot render frames here is evaluated without it, and one line says why."""
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
     env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
@@ -1084,10 +974,8 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
     return make_env(env_id, env_kwargs)
-# </shared evaluation>
 
 
-# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
     import io
@@ -1115,8 +1003,7 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
-    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
+    """The command line; with --resume or --evaluate the saved run's settings are the defaults."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
@@ -1146,12 +1033,9 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluation(args)
         else:
             train(args)
-    except UsageError as e:
+    except (UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(3 if isinstance(e, Diverged) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
@@ -1162,4 +1046,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-# </shared cli>
+# </shared common>

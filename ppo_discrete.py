@@ -58,8 +58,7 @@ class Args:
     env_id: str = "CartPole-v1"
     """gymnasium id of an env with a (Multi)Discrete action space (CartPole-v1, LunarLander-v3, ...)"""
     env_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
-    """keyword arguments of gym.make, as NAME VALUE pairs (`--env-kwargs include_cfrc_ext_in_observation False`
-    gives Ant-v5 without its contact forces); every run and evaluation of the model makes the env this way"""
+    """keyword arguments of gym.make as NAME VALUE pairs, for training and every evaluation of the model"""
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
@@ -87,8 +86,7 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
-    """GAE lambda: 0 gives the one-step TD advantage (low variance, biased by V), 1 the Monte-Carlo
-    one, bootstrapped only where the rollout or a truncation cuts the episode (a2c.py's n-step return)"""
+    """GAE lambda: 0 gives the one-step TD advantage (biased by V), 1 the Monte-Carlo one (a2c.py's n-step return)"""
     num_minibatches: int = 32
     """minibatches per epoch; the rollout batch must divide evenly into them"""
     update_epochs: int = 4
@@ -155,9 +153,7 @@ def make_env(env_id: str, env_kwargs: dict | None = None, render_mode: str | Non
 
 def action_dims(space: gym.Space) -> list[int]:
     """Choices per action dimension: Discrete(n) is one dimension of n, MultiDiscrete(nvec) one per entry."""
-    if isinstance(space, gym.spaces.Discrete):
-        return [int(space.n)]
-    return [int(n) for n in space.nvec.reshape(-1)]
+    return [int(space.n)] if isinstance(space, gym.spaces.Discrete) else [int(n) for n in space.nvec.reshape(-1)]
 
 
 def make_vector_env(args: Args) -> gym.vector.VectorEnv:
@@ -196,9 +192,8 @@ def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None) -> np.ndarray:
 
 
 class RewardScaler:
-    """Scales rewards by the running std of a discounted sum of past rewards (as in baselines'
-    VecNormalize), a proxy for the scale of the return the critic learns. The mean is not
-    subtracted: shifting rewards changes the optimal policy (ending early can become attractive)."""
+    """Scales rewards by the running std of a discounted sum of past rewards (baselines' VecNormalize), a proxy
+    for the return's scale. No mean subtracted: shifting rewards changes the optimal policy (ending early pays)."""
 
     def __init__(self, num_envs: int, num_steps: int, gamma: float):
         self.rms, self.gamma = RunningMeanStd(), gamma
@@ -528,9 +523,7 @@ def train(args: Args) -> dict:
 # =============================================================================================
 # Part 2: running it
 # =============================================================================================
-# Checks of the input, the run's files, evaluation and the command line. A block between
-# `# <shared NAME>` and `# </shared NAME>` is the same in every script: tools/sync.py copies it from
-# tools/shared/NAME.py, where it is edited.
+# Checks, files, evaluation, the command line. `# <shared NAME>` blocks: tools/shared/NAME.py (tools/sync.py)
 
 
 def check_args(args: Args) -> None:
@@ -556,22 +549,14 @@ def action_space_error(space: gym.Space) -> str | None:
     return None
 
 
-METRICS = [
-    "global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss",
-    "entropy", "approx_kl", "clip_frac", "explained_variance", "kl_beta",
-    "episodic_return", "episodic_length", "episodes",
-]
+METRICS = ["global_step", "iteration", "time", "sps", "learning_rate", "policy_loss", "value_loss", "entropy",
+           "approx_kl", "clip_frac", "explained_variance", "kl_beta", "episodic_return", "episodic_length", "episodes"]
 
 
-def evaluate(
-    agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, env_kwargs: dict, episodes: int, seed: int,
-    device: torch.device, video_dir: Path | None = None,
-) -> list[float]:
+def evaluate(agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, env_kwargs: dict, episodes: int, seed: int,
+             device: torch.device, video_dir: Path | None = None) -> list[float]:
     """Returns of `episodes` episodes acting with the most likely action, no sampling.
-
-    Observations go through the *training* statistics, frozen: the policy was trained on inputs
-    normalised that way, and statistics gathered from the evaluation episodes would shift them.
-    """
+    Observations go through the frozen *training* statistics, which the policy was trained on."""
     env = evaluation_env(env_id, env_kwargs, video_dir)
     returns = []
     for episode in range(episodes):
@@ -591,238 +576,23 @@ def evaluate(
 
 
 def load_model(path: str, device: torch.device) -> tuple[Agent, RunningMeanStd | None, dict]:
-    """Rebuilds the agent and observation statistics from model.pt or checkpoint.pt. Loaded onto the CPU
-    wherever it was saved: the statistics stay there, in numpy; the agent then moves to `device`."""
+    """model.pt or checkpoint.pt, read onto the CPU (from any machine), its networks then on `device`."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("algorithm") != ALGORITHM:
         raise UsageError(f"{path} is not a {ALGORITHM}.py model (algorithm: {state.get('algorithm')})")
     agent = Agent(state["obs_dim"], state["dims"])
     agent.load_state_dict(state["agent"])
     agent.to(device)  # after loading: from the host's copy of the weights to where they will act
-    obs_rms = None
-    if state["obs_rms"] is not None:
-        obs_rms = RunningMeanStd((state["obs_dim"],))
+    obs_rms = RunningMeanStd((state["obs_dim"],)) if state["obs_rms"] is not None else None
+    if obs_rms is not None:
         obs_rms.load_state_dict(state["obs_rms"])
     return agent, obs_rms, state
 
 
-# <shared checks>
-class UsageError(Exception):
-    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
-
-
-class Diverged(Exception):
-    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
-
-
-RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
-          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
-
-
-def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
-    """--seed's range, every float finite (nan and inf pass any comparison), each flag `ranges` names
-    within its range, and a file behind --resume and --evaluate."""
-    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
-        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
-    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
-    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
-        if not ok(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
-    for name in ("resume", "evaluate"):
-        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
-            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
-    if args.evaluate and args.eval_episodes == 0:
-        raise UsageError("--eval-episodes must be positive with --evaluate")
-
-
-def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
-    """Makes the env once, so that an unknown id (gymnasium suggests near ones), a missing package or
-    module, a keyword the env does not take, or spaces this file cannot use are one error line before
-    anything is written."""
-    try:
-        env = make_env(env_id, env_kwargs)
-    except (gym.error.Error, ImportError, TypeError) as e:
-        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
-                         + f": {e}") from None
-    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
-    env.close()
-    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
-                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
-                         "observations need a convolutional network, which it does not have")
-    if problem:
-        raise UsageError(f"{env_id} {problem}")
-# </shared checks>
-
-
-# <shared files>
-def atomic_save(obj: dict | str, path: Path) -> None:
-    """Writes a temporary file and renames it over `path`: a crash or Ctrl-C mid-write leaves the previous
-    file whole. A dict goes through torch.save, a str (the JSON files) is written as UTF-8. A failed write
-    (a full disk) removes the temporary file and keeps the previous one."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
-        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
-                         f"and {then}") from None
-
-
-def make_run_dir(path: Path) -> None:
-    """The run directory, or one line saying why it cannot be written, before any training."""
-    import tempfile
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
-    except OSError as e:
-        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
-                         "a writable working directory") from None
-
-
-def check_resumable(path: str, step: int, at_end: bool, args) -> None:
-    """Refuses, before anything is written, to resume a checkpoint from before its finished run's end (that
-    would overwrite the run's files) or one with nothing left to train (that would overwrite its summary)."""
-    summary = Path(path).parent / "summary.json"
-    try:
-        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
-    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
-        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
-                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
-                         "start a new run (without --resume) instead")
-    if at_end:
-        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
-                         "pass a larger --total-timesteps to train on")
-
-
-def set_torch_rng(ckpt: dict) -> None:
-    """The random state a checkpoint holds; CUDA's for the first min(saved, here) devices (older files lack it)."""
-    torch.set_rng_state(ckpt["torch_rng"])
-    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
-
-
-class MetricsLog:
-    """runs/<run-name>/metrics.csv (METRICS' columns) and wandb. Each row is one flushed write, so an interrupted
-    run leaves whole rows. A resumed run drops the rows after its checkpoint (to be redone), then appends; any
-    other run starts the file afresh, even under a name used before: two runs' rows would make one curve."""
-
-    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, path)
-        new = resume_step is None or not path.exists()
-        self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-        self.wandb_run = wandb_run
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-def wandb_server() -> tuple[str, int]:
-    """Host and port of the wandb server WANDB_BASE_URL names (default https://api.wandb.ai)."""
-    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
-
-    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
-        port = url.port
-    except ValueError:  # not a number; wandb itself will report the URL
-        port = None
-    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
-
-
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the wandb server accepts a connection, probed in a thread: DNS cannot hang the run either."""
-    import socket
-    import threading
-
-    result = []
-
-    def probe():
-        with contextlib.suppress(OSError):
-            socket.create_connection(wandb_server(), timeout=timeout).close()
-            result.append(True)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
-def init_wandb(args, run_name: str, run_dir: Path):
-    """wandb.init, offline (upload later with `wandb sync`) when the server does not answer (wandb would
-    wait 90 s, then fail) or no API key is configured in WANDB_API_KEY or netrc (it would prompt or fail)."""
-    import netrc
-    import urllib.parse
-
-    import wandb
-
-    mode, reason = os.environ.get("WANDB_MODE"), None
-    if mode is None and not wandb_reachable():
-        reason = "no network"
-    elif mode is None and not os.environ.get("WANDB_API_KEY"):
-        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
-        try:
-            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
-        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
-            key = None
-        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
-    if reason:
-        mode = "offline"
-        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
-    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
-                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
-
-
-def host_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """The network that acts, one small forward pass per env step: on the CPU the module itself (the same
-    numbers, no copy); on a GPU a copy in host memory, so an env step makes no round trip to the device."""
-    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
-
-
-def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
-    """The trained module's weights into its host copy, in place; nothing to do when they are one."""
-    if host is not module:
-        host.load_state_dict(module.state_dict())
-# </shared files>
-
-
 # <shared onpolicy_run>
-def finished_episodes(infos: dict) -> list[tuple[float, int]]:
-    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
-    if "episode" not in infos:
-        return []
-    done = infos["_episode"]
-    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:  # (return, length) of those that ended in this step
+    episode, done = infos.get("episode"), infos.get("_episode")
+    return [] if episode is None else list(zip(episode["r"][done].tolist(), episode["l"][done].tolist()))
 
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -836,23 +606,16 @@ def state_dicts(objects: dict) -> dict:
     return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
 
 
-def non_finite(state: dict) -> str | None:
-    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
+def non_finite(state: dict) -> str | None:  # the first floating-point tensor (object.key) with a NaN or inf
     bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
            if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
     return next(bad, None)
 
 
 class Run:
-    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
-
-    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
-    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
-    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
-    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
-    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
-    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). train() names
+    what a checkpoint holds: `model` and `training` (objects with a state_dict, None for one switched off) and
+    `counters` (numbers, with their starting values; `start` holds them as training starts)."""
 
     def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
                  model: dict, training: dict, counters: dict):
@@ -860,16 +623,12 @@ class Run:
         self.total_steps = num_iterations * batch_size
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
         self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
-        if args.resume:
-            self.dir = Path(args.resume).parent
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         make_run_dir(self.dir)
-        self.metrics = MetricsLog(self.dir / "metrics.csv",
-                                  resume_step=self.start["global_step"] if args.resume else None)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        if args.track:
-            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
@@ -877,8 +636,7 @@ class Run:
         self.start_time = self.last_print = time.time()
 
     def resume(self, num_iterations: int, counters: dict) -> dict:
-        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
-        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         path = self.args.resume
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
@@ -909,48 +667,39 @@ class Run:
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.elapsed_before + time.time() - self.start_time
 
-    def diverged(self, step: int, what: str, value) -> Diverged:
+    def diverged(self, step: int, what: str, value) -> "Diverged":
         kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
-        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
-        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
+        """model.pt's contents; Diverged if a weight is not finite, so no file holds diverged weights."""
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
-                "global_step": global_step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model, "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
-        checkpoint of a finished run is its final state."""
-        every = self.args.checkpoint_every
+        every = self.args.checkpoint_every  # a multiple of it in (previous_step, step], or the last step
         return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
     def save_checkpoint(self, **counters) -> None:
         counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
-        atomic_save(
-            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
-            | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
-               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            self.dir / "checkpoint.pt",
-        )
+        atomic_save(self.model_state(counters["global_step"]) | state_dicts(self.training) | counters | {
+            "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }, self.dir / "checkpoint.pt")
         self.checkpoint_step = counters["global_step"]
 
     def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
-        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
-        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
+        """A metrics row with the clock and the episodes that ended; a loss, the entropy or a return that is not
+        finite is Diverged once the row (the diagnosis) is written."""
         episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
         self.recent_returns.extend(episode_returns)
         elapsed = self.elapsed()
-        row = row | {
-            "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
-            "episodic_return": np.mean(episode_returns) if episode_returns else "",
-            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-            "episodes": len(episodes),
-        }
+        row = row | {"time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
+                     "episodic_return": np.mean(episode_returns) if episode_returns else "",
+                     "episodic_length": np.mean(episode_lengths) if episode_lengths else "", "episodes": len(episodes)}
         self.metrics.write(row)
         for column, value in row.items():
             if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
@@ -958,11 +707,9 @@ class Run:
                 raise self.diverged(row["global_step"], column, value)
 
     def progress(self, global_step: int, done: bool) -> None:
-        """The progress line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and not done:
             return
-        self.last_print = time.time()
-        elapsed = self.elapsed()
+        self.last_print, elapsed = time.time(), self.elapsed()
         sps = global_step / elapsed
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         eta = (self.total_steps - global_step) / max(sps, 1e-9)
@@ -970,19 +717,15 @@ class Run:
               f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
 
     def finish(self, global_step: int) -> dict:
-        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
-        closes the log; returns the summary. Diverged weights write neither file."""
+        """model.pt (before anything that could fail), the final evaluation, summary.json; returns the summary."""
         wall_time, args = self.elapsed(), self.args
         model = self.model_state(global_step)
         if args.save_model:
-            atomic_save(model, self.dir / "model.pt")
-            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
-                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
-        summary = {
-            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-            "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
+            atomic_save(model, path := self.dir / "model.pt")
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+        summary = {"algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+                   "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if args.eval_episodes:
             video_dir = self.dir / "videos" if args.capture_video else None
             returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,
@@ -1000,7 +743,6 @@ def print_eval(returns: list[float]) -> None:
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
@@ -1015,16 +757,198 @@ def run_evaluation(args) -> dict:
 # </shared onpolicy_run>
 
 
-# <shared evaluation>
-def eval_seed(seed: int) -> int:
-    """Evaluation episode i is seeded seed + 10_000 + i, apart from the training envs' first reset (seed
-    + env index), and alike at the end of training and for --evaluate later, which therefore agree."""
+# <shared common>
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
+
+
+RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
+          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
+    """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
+    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
+        if not ok(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+
+
+def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
+    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
+    try:
+        env = make_env(env_id, env_kwargs)
+    except (gym.error.Error, ImportError, TypeError) as e:
+        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
+                         + f": {e}") from None
+    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
+                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
+                         "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
+
+
+def atomic_save(obj: dict | str, path: Path) -> None:
+    """torch.save (a dict) or UTF-8 text (a str) to a temporary file renamed over `path`: a crash, Ctrl-C or
+    full disk mid-write leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
+
+
+def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+
+
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
+    summary = Path(path).parent / "summary.json"
+    try:
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
+    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        kept = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writeheader()
+            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_server() -> tuple[str, int]:
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = None
+    with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
+        port = url.port
+    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        with contextlib.suppress(OSError):
+            socket.create_connection(wandb_server(), timeout=timeout).close()
+            result.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args, run_name: str, run_dir: Path):
+    """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
+    import netrc
+    import urllib.parse
+
+    import wandb
+
+    mode, reason = os.environ.get("WANDB_MODE"), None
+    if mode is None and not wandb_reachable():
+        reason = "no network"
+    elif mode is None and not os.environ.get("WANDB_API_KEY"):
+        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+        try:
+            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
+        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+            key = None
+        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
+    if reason:
+        mode = "offline"
+        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+
+
+def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later
     return seed + 10_000
 
 
 def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
-    """The evaluation env; with video_dir, recording every episode there. A video never takes a run down:
-    an env that cannot render frames here is evaluated without it, and one line says why."""
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
     env = make_env(env_id, env_kwargs)
     if video_dir is None:
         return env
@@ -1043,10 +967,8 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
     return make_env(env_id, env_kwargs)
-# </shared evaluation>
 
 
-# <shared cli>
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
     import io
@@ -1074,8 +996,7 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With --resume or --evaluate the saved run's settings are the defaults, so
-    `--resume runs/x/checkpoint.pt` alone goes on with the same experiment; a flag beside it overrides."""
+    """The command line; with --resume or --evaluate the saved run's settings are the defaults."""
     args = tyro_cli(argv)
     saved_from = args.resume or args.evaluate
     if saved_from and Path(saved_from).is_file():
@@ -1105,12 +1026,9 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluation(args)
         else:
             train(args)
-    except UsageError as e:
+    except (UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(3 if isinstance(e, Diverged) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
         sys.exit(130)
@@ -1121,4 +1039,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-# </shared cli>
+# </shared common>

@@ -425,7 +425,7 @@ def test_make_env_flattens_observations_to_float32_and_refuses_images():
     gym.register("GlassboxImage-v0", entry_point=lambda **kw: ImageEnv(), max_episode_steps=2)
     with pytest.raises(dqn.UsageError, match=re.escape("GlassboxImage-v0 has Box(0, 255, (8, 8, 3), uint8) "
                                                        "observations; dqn.py's networks take a flat vector")):
-        dqn.check_env("GlassboxImage-v0")
+        dqn.check_env("GlassboxImage-v0", {})
 
 
 class ImageEnv(gym.Env):

@@ -554,7 +554,7 @@ def test_acting_on_a_separate_host_copy_gives_the_same_run(algo, in_tmp, monkeyp
 
 def test_one_line_errors_for_a_missing_module_an_unwritable_run_directory_and_a_full_disk(algo, in_tmp, monkeypatch):
     with pytest.raises(algo.UsageError, match="^cannot make nosuchmod:Foo-v0: No module named 'nosuchmod'"):
-        algo.check_env("nosuchmod:Foo-v0")
+        algo.check_env("nosuchmod:Foo-v0", {})
     (in_tmp / "runs").mkdir()
     (in_tmp / "runs/file").write_text("")
     with pytest.raises(algo.UsageError, match="^cannot write the run directory runs/file/sub: Not a directory; "

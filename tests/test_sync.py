@@ -24,11 +24,11 @@ def test_a_copy_edited_by_one_line_fails_the_check_naming_the_block_and_script(t
     script = tmp_path / "a2c.py"
     text = script.read_text()
     line = "    return url.hostname or \"\", port or (80 if url.scheme == \"http\" else 443)\n"
-    assert text.count(line) == 1  # in the files block
+    assert text.count(line) == 1  # in the common block
     script.write_text(text.replace(line, line.replace("443", "8443")))
     result = sync_check(tmp_path)
     assert result.returncode == 1
-    assert "shared block 'files'" in result.stdout and "a2c.py" in result.stdout
+    assert "shared block 'common'" in result.stdout and "a2c.py" in result.stdout
     assert "ppo_continuous.py" not in result.stdout  # only the edited copy is named
     subprocess.run([sys.executable, str(tmp_path / "tools/sync.py")], check=True)  # rewrite the copies
     assert sync_check(tmp_path).returncode == 0 and script.read_text() == text

@@ -16,12 +16,9 @@ ON_POLICY = ("ppo_continuous.py", "ppo_discrete.py", "a2c.py")
 OFF_POLICY = ("dqn.py", "ddqn.py", "ddpg.py", "naf.py")
 # Which scripts hold which block. A block of one family exists once per family, as its own canonical text.
 BLOCKS = {
-    "checks": ON_POLICY + OFF_POLICY,
-    "files": ON_POLICY + OFF_POLICY,
     "onpolicy_run": ON_POLICY,
     "offpolicy_run": OFF_POLICY,
-    "evaluation": ON_POLICY + OFF_POLICY,
-    "cli": ON_POLICY + OFF_POLICY,
+    "common": ON_POLICY + OFF_POLICY,
 }
 MARKED = re.compile(r"^# <shared (\w+)>\n(.*?)^# </shared \1>\n", re.MULTILINE | re.DOTALL)
 

@@ -1,5 +1,4 @@
 def check_replay_args(args) -> None:
-    """What every off-policy script checks beyond check_flags: the networks, and a buffer that can start."""
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if args.learning_starts > args.buffer_size:
@@ -14,14 +13,12 @@ BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
 
 def buffer_state(rb: ReplayBuffer) -> dict:
-    """The filled rows, oldest first (a full buffer's oldest is the next to overwrite), so they load into a
-    buffer of any capacity that holds them. Gathered by an index: a slice would save the whole tensor."""
+    """The filled rows, oldest first, so they load into a buffer of any capacity (the newest kept)."""
     oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
     return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
 
 
 def load_buffer(rb: ReplayBuffer, state: dict) -> None:
-    # The rows come oldest first, so a smaller --buffer-size keeps the newest, as a full buffer would.
     rb.size = min(state["size"], rb.capacity)
     rb.pos = rb.size % rb.capacity
     for name in BUFFER_COLUMNS:
@@ -29,23 +26,17 @@ def load_buffer(rb: ReplayBuffer, state: dict) -> None:
 
 
 class Run:
-    """The files and console of one training run, so that train() reads as the algorithm. runs/<run-name>/
-    gets args.json, metrics.csv (and wandb), checkpoint.pt every --checkpoint-every steps and at the end,
-    model.pt before the final evaluation, summary.json after it. train() lists once what model.pt holds
-    (`model`) and what a checkpoint adds (`training`); saving and resuming both go by these lists. A resumed
-    run starts from start_step and start_updates, its clock going on. What is no longer finite is Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). Saving and
+    resuming go by train()'s lists: what model.pt holds (`model`) and what a checkpoint adds (`training`)."""
 
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
-        # Seconds before this process and of evaluation; the step steps per second count from (see resume).
         self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
-            self.dir = Path(args.resume).parent
             self.resume(args.resume)
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
         make_run_dir(self.dir)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
@@ -54,18 +45,16 @@ class Run:
             acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
-        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged once per row: no sync per step
+        self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged per row: no sync per step
         self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
 
     def state(self, objects: dict) -> dict:
-        """What a file keeps of each entry: a state_dict, the buffer's rows (None with --no-save-buffer), a value."""
         return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
                 else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model),
-                "global_step": step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model), "global_step": step}
 
     def save_checkpoint(self, step: int, num_updates: int) -> None:
         if what := self.non_finite_weight():  # never replace the last finite checkpoint with a diverged one
@@ -78,8 +67,7 @@ class Run:
         self.checkpoint_step = step
 
     def save_final(self, step: int, num_updates: int) -> None:
-        """At the last step, before the final evaluation (which may fail): the final checkpoint (with
-        --checkpoint-every), so that a finished run's checkpoint is its final state, and model.pt."""
+        """Before the final evaluation (which may fail): the final checkpoint (with --checkpoint-every), model.pt."""
         if what := self.non_finite_weight():  # first the last row, the diagnosis
             self.log({"global_step": step, "gradient_steps": num_updates}, None)
             raise self.diverged(step, what)
@@ -91,8 +79,7 @@ class Run:
         self.final_saved = True
 
     def resume(self, path: str) -> None:
-        """Everything in a checkpoint back in place, after checking, before anything is written, that it
-        fits these networks and that no finished run would be overwritten."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
@@ -116,14 +103,13 @@ class Run:
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         set_torch_rng(ckpt)
         self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        # Without a clock (an older checkpoint) steps per second count from here, not from step 0.
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
-    def diverged(self, step: int, what: str) -> Diverged:
-        """The error that stops a diverged run; no model.pt or summary.json of it is left to look like a result."""
+    def diverged(self, step: int, what: str) -> "Diverged":
+        """The error that stops a run; no model.pt or summary.json of it is left to look like a result."""
         kept = (f"{self.dir}/checkpoint.pt (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
         if self.final_saved and self.args.save_model:
@@ -133,11 +119,8 @@ class Run:
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
     def non_finite_weight(self) -> str | None:
-        for name, obj in self.model.items():
-            for key, tensor in obj.state_dict().items() if isinstance(obj, nn.Module) else ():
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    return f"{name}.{key} is not finite"
-        return None
+        return next((f"{name}.{key} is not finite" for name, obj in self.model.items() if isinstance(obj, nn.Module)
+                     for key, t in obj.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
 
     def record_episodes(self, infos: dict) -> None:  # those that ended in this step (RecordEpisodeStatistics)
         if "episode" in infos:
@@ -149,14 +132,8 @@ class Run:
             self.values.setdefault(name, []).append(value)
 
     def due(self, every: int, step: int, previous_step: int) -> bool:
-        """Whether a multiple of `every` (0: never) lies in (previous_step, step]; the last step is always due."""
+        """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
         return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def evaluation_due(self, step: int, previous_step: int) -> bool:
-        return self.args.eval_episodes > 0 and self.due(self.args.eval_frequency, step, previous_step)
-
-    def row_due(self, step: int, previous_step: int) -> bool:
-        return self.due(self.args.metrics_every, step, previous_step)
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
         return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
@@ -165,8 +142,7 @@ class Run:
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
     @contextlib.contextmanager
-    def off_the_clock(self):
-        """Time spent inside (the evaluation episodes) is left out of the training speed, sps."""
+    def off_the_clock(self):  # time spent inside (evaluation) is left out of sps
         start = time.time()
         yield
         self.eval_time += time.time() - start
@@ -174,14 +150,12 @@ class Run:
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
-    def training_sps(self, step: int, elapsed: float) -> float:
-        """Steps per second of training alone, evaluation time left out, over the whole run's clock."""
+    def training_sps(self, step: int, elapsed: float) -> float:  # evaluation time left out
         return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
 
     def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
-        """One row of metrics.csv (and wandb): the caller's values, the recorded ones averaged over the
-        gradient steps since the last row, the episodes that ended since, the evaluation. A value that is not
-        finite stops the run, after its row (the diagnosis) is written."""
+        """A metrics row: the caller's values, recorded ones averaged, episodes ended since, the evaluation. A value
+        that is not finite stops the run after its row (the diagnosis) is written."""
         elapsed = self.elapsed()
         self.recent_returns.extend(self.episode_returns)
         row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
@@ -202,7 +176,6 @@ class Run:
                     raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
-        """The console line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
         self.last_print, elapsed = time.time(), self.elapsed()
@@ -213,7 +186,6 @@ class Run:
               f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
-        """summary.json (model.pt is save_final's); closes metrics.csv and wandb."""
         wall_time = self.elapsed()
         summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
                    "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
@@ -235,7 +207,6 @@ def print_eval(returns: list[float], discounted_returns: list[float], start_q: l
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     *networks, state = load_model(args.evaluate, device)

@@ -1,9 +1,6 @@
-def finished_episodes(infos: dict) -> list[tuple[float, int]]:
-    """(return, length) of each episode that ended in this vector step, from RecordEpisodeStatistics."""
-    if "episode" not in infos:
-        return []
-    done = infos["_episode"]
-    return list(zip(infos["episode"]["r"][done].tolist(), infos["episode"]["l"][done].tolist()))
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:  # (return, length) of those that ended in this step
+    episode, done = infos.get("episode"), infos.get("_episode")
+    return [] if episode is None else list(zip(episode["r"][done].tolist(), episode["l"][done].tolist()))
 
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -17,23 +14,16 @@ def state_dicts(objects: dict) -> dict:
     return {key: obj.state_dict() if obj is not None else None for key, obj in objects.items()}
 
 
-def non_finite(state: dict) -> str | None:
-    """The first floating-point tensor (object.key) of these state dicts holding a NaN or inf, else None."""
+def non_finite(state: dict) -> str | None:  # the first floating-point tensor (object.key) with a NaN or inf
     bad = (f"{name}.{key}" for name, tensors in state.items() if tensors is not None for key, v in tensors.items()
            if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all())
     return next(bad, None)
 
 
 class Run:
-    """The files and console of one training run, so that train() keeps its bookkeeping to a few calls.
-
-    runs/<run-name>/ (with --resume, the checkpoint's directory) gets args.json, metrics.csv (and wandb
-    with --track), checkpoint.pt every --checkpoint-every steps, and at the end model.pt, then summary.json.
-    train() names what a checkpoint holds once: `model` and `training` map file keys to the objects whose
-    state is saved (None for one switched off), `counters` the plain numbers with their starting values;
-    `start` holds those numbers as training starts (a checkpoint's when resuming). model.pt holds `shapes`,
-    `model`, the args and the step, no training state. Losses or weights no longer finite raise Diverged.
-    """
+    """The files and console of one run, so that train() reads as the algorithm (docs/running.md). train() names
+    what a checkpoint holds: `model` and `training` (objects with a state_dict, None for one switched off) and
+    `counters` (numbers, with their starting values; `start` holds them as training starts)."""
 
     def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
                  model: dict, training: dict, counters: dict):
@@ -41,16 +31,12 @@ class Run:
         self.total_steps = num_iterations * batch_size
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
         self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
-        if args.resume:
-            self.dir = Path(args.resume).parent
-        else:
-            self.dir = Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         make_run_dir(self.dir)
-        self.metrics = MetricsLog(self.dir / "metrics.csv",
-                                  resume_step=self.start["global_step"] if args.resume else None)
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        if args.track:
-            self.metrics.wandb_run = init_wandb(args, self.dir.name, self.dir)
+        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
+                                  else None, resume_step=self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
@@ -58,8 +44,7 @@ class Run:
         self.start_time = self.last_print = time.time()
 
     def resume(self, num_iterations: int, counters: dict) -> dict:
-        """Restores every object and counter a checkpoint holds, the RNG states and the run's wall time so far,
-        after checking (before anything is written) that it fits and that resuming overwrites no finished run."""
+        """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         path = self.args.resume
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
@@ -90,48 +75,39 @@ class Run:
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.elapsed_before + time.time() - self.start_time
 
-    def diverged(self, step: int, what: str, value) -> Diverged:
+    def diverged(self, step: int, what: str, value) -> "Diverged":
         kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
-        """model.pt: what --evaluate and load_model need to rebuild the policy. Diverged if a weight is not
-        finite: neither a checkpoint nor model.pt is ever written from diverged weights."""
+        """model.pt's contents; Diverged if a weight is not finite, so no file holds diverged weights."""
         model = state_dicts(self.model)
         if bad := non_finite(model):
             raise self.diverged(global_step, bad, "not finite")
-        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model,
-                "global_step": global_step}
+        return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.shapes, **model, "global_step": global_step}
 
     def checkpoint_due(self, step: int, previous_step: int) -> bool:
-        """True when a multiple of --checkpoint-every lies in (previous_step, step], and at the last step: the
-        checkpoint of a finished run is its final state."""
-        every = self.args.checkpoint_every
+        every = self.args.checkpoint_every  # a multiple of it in (previous_step, step], or the last step
         return bool(every) and (step // every > previous_step // every or step == self.total_steps)
 
     def save_checkpoint(self, **counters) -> None:
         counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
-        atomic_save(
-            self.model_state(counters["global_step"]) | state_dicts(self.training) | counters
-            | {"torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
-               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            self.dir / "checkpoint.pt",
-        )
+        atomic_save(self.model_state(counters["global_step"]) | state_dicts(self.training) | counters | {
+            "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }, self.dir / "checkpoint.pt")
         self.checkpoint_step = counters["global_step"]
 
     def log(self, row: dict, episodes: list[tuple[float, int]]) -> None:
-        """One metrics row: the algorithm's values, the clock, and the (return, length) of the episodes that ended.
-        A loss, the entropy or a return that is not finite is Diverged, once the row (the diagnosis) is written."""
+        """A metrics row with the clock and the episodes that ended; a loss, the entropy or a return that is not
+        finite is Diverged once the row (the diagnosis) is written."""
         episode_returns, episode_lengths = [r for r, _ in episodes], [n for _, n in episodes]
         self.recent_returns.extend(episode_returns)
         elapsed = self.elapsed()
-        row = row | {
-            "time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
-            "episodic_return": np.mean(episode_returns) if episode_returns else "",
-            "episodic_length": np.mean(episode_lengths) if episode_lengths else "",
-            "episodes": len(episodes),
-        }
+        row = row | {"time": round(elapsed, 2), "sps": round(row["global_step"] / elapsed),
+                     "episodic_return": np.mean(episode_returns) if episode_returns else "",
+                     "episodic_length": np.mean(episode_lengths) if episode_lengths else "", "episodes": len(episodes)}
         self.metrics.write(row)
         for column, value in row.items():
             if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
@@ -139,11 +115,9 @@ class Run:
                 raise self.diverged(row["global_step"], column, value)
 
     def progress(self, global_step: int, done: bool) -> None:
-        """The progress line, every --log-interval seconds and at the end."""
         if time.time() - self.last_print < self.args.log_interval and not done:
             return
-        self.last_print = time.time()
-        elapsed = self.elapsed()
+        self.last_print, elapsed = time.time(), self.elapsed()
         sps = global_step / elapsed
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         eta = (self.total_steps - global_step) / max(sps, 1e-9)
@@ -151,19 +125,15 @@ class Run:
               f"(last {len(self.recent_returns)} episodes) | {elapsed:5.0f}s elapsed, ~{eta:.0f}s left", flush=True)
 
     def finish(self, global_step: int) -> dict:
-        """Writes model.pt (before anything that could fail), evaluates the final policy, writes summary.json,
-        closes the log; returns the summary. Diverged weights write neither file."""
+        """model.pt (before anything that could fail), the final evaluation, summary.json; returns the summary."""
         wall_time, args = self.elapsed(), self.args
         model = self.model_state(global_step)
         if args.save_model:
-            atomic_save(model, self.dir / "model.pt")
-            print(f"model saved to {self.dir / 'model.pt'}; evaluate it with: "
-                  f"python {ALGORITHM}.py --evaluate {self.dir / 'model.pt'}")
-        summary = {
-            "algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-            "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-        }
+            atomic_save(model, path := self.dir / "model.pt")
+            print(f"model saved to {path}; evaluate it with: python {ALGORITHM}.py --evaluate {path}")
+        summary = {"algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
+                   "wall_time": round(wall_time, 1), "sps": round(global_step / wall_time),
+                   "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if args.eval_episodes:
             video_dir = self.dir / "videos" if args.capture_video else None
             returns = evaluate(self.model["agent"], self.model["obs_rms"], args.env_id, args.env_kwargs,
@@ -181,7 +151,6 @@ def print_eval(returns: list[float]) -> None:
 
 
 def run_evaluation(args) -> dict:
-    """--evaluate: evaluate a saved model later, with the observation statistics it was trained with."""
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)

@@ -1,0 +1,281 @@
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, without a traceback."""
+
+
+class Diverged(Exception):
+    """A loss, value, return or weight that is no longer finite: one `error:` line and exit code 3."""
+
+
+RANGES = {"positive": lambda v: v > 0, "0 or more": lambda v: v >= 0,
+          "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
+    """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
+    if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
+        raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
+    for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
+        if not ok(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(args, name)}")
+    for name in ("resume", "evaluate"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name}: no file at {getattr(args, name)}")
+    if args.evaluate and args.eval_episodes == 0:
+        raise UsageError("--eval-episodes must be positive with --evaluate")
+
+
+def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
+    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
+    try:
+        env = make_env(env_id, env_kwargs)
+    except (gym.error.Error, ImportError, TypeError) as e:
+        raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
+                         + f": {e}") from None
+    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
+                         "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
+                         "observations need a convolutional network, which it does not have")
+    if problem:
+        raise UsageError(f"{env_id} {problem}")
+
+
+def atomic_save(obj: dict | str, path: Path) -> None:
+    """torch.save (a dict) or UTF-8 text (a str) to a temporary file renamed over `path`: a crash, Ctrl-C or
+    full disk mid-write leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
+                         f"and {then}") from None
+
+
+def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+
+
+def check_resumable(path: str, step: int, at_end: bool, args) -> None:
+    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
+    summary = Path(path).parent / "summary.json"
+    try:
+        finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
+    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+        raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
+                         f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
+                         "start a new run (without --resume) instead")
+    if at_end:
+        raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
+                         "pass a larger --total-timesteps to train on")
+
+
+def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
+class MetricsLog:
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
+    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
+
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
+        kept = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
+        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS).writeheader()
+            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
+        self.wandb_run = wandb_run
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if v != ""}, step=row["global_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def wandb_server() -> tuple[str, int]:
+    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = None
+    with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
+        port = url.port
+    return url.hostname or "", port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        with contextlib.suppress(OSError):
+            socket.create_connection(wandb_server(), timeout=timeout).close()
+            result.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def init_wandb(args, run_name: str, run_dir: Path):
+    """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
+    import netrc
+    import urllib.parse
+
+    import wandb
+
+    mode, reason = os.environ.get("WANDB_MODE"), None
+    if mode is None and not wandb_reachable():
+        reason = "no network"
+    elif mode is None and not os.environ.get("WANDB_API_KEY"):
+        netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+        try:
+            key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
+        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
+            key = None
+        reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
+    if reason:
+        mode = "offline"
+        print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
+                      config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory
+    return module if device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
+def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+    if host is not module:
+        host.load_state_dict(module.state_dict())
+
+
+def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later
+    return seed + 10_000
+
+
+def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
+    env = make_env(env_id, env_kwargs)
+    if video_dir is None:
+        return env
+    env.close()
+    reason = "it has no rgb_array render mode"
+    if "rgb_array" in env.metadata.get("render_modes", []):
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
+        try:
+            env.reset()
+            env.render()  # the first frame: where a missing display or GL library shows, before any episode
+            return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval")
+        except Exception as e:  # noqa: BLE001 (renderers fail in many ways: no display, no GL library, no package)
+            env.close()
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
+    return make_env(env_id, env_kwargs)
+
+
+def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
+    """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
+    import io
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = tyro.cli(Args, args=argv, **kwargs)
+    except SystemExit as e:
+        if not e.code:  # --help
+            raise
+        paragraphs = [[]]  # tyro's message: a title, then paragraphs between rules, boxed or not
+        for line in captured.getvalue().splitlines():
+            line = line.strip("│ ")
+            if line.startswith(("╭", "╰")) or set(line) <= set("─-"):  # the box's edges, rules, blanks
+                if paragraphs[-1]:
+                    paragraphs.append([])
+                continue
+            paragraphs[-1].append(line)
+        boxed = "╭" in captured.getvalue()  # a box holds the title in its top edge, else it comes first
+        message = " ".join(paragraphs[0 if boxed or len(paragraphs) == 1 else 1]).rstrip(".")
+        raise UsageError(f"{message or captured.getvalue().strip()}; see --help") from None
+    sys.stderr.write(captured.getvalue())  # anything else tyro said
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The command line; with --resume or --evaluate the saved run's settings are the defaults."""
+    args = tyro_cli(argv)
+    saved_from = args.resume or args.evaluate
+    if saved_from and Path(saved_from).is_file():
+        try:
+            saved = torch.load(saved_from, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (unreadable, not a torch file, or objects weights_only refuses)
+            saved = None
+        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or "algorithm" not in saved:
+            raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
+        if saved["algorithm"] != ALGORITHM:
+            other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
+            raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
+                             f"{flag} {saved_from}")
+        saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
+        args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
+
+    warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
+    try:
+        args = parse_args(argv)
+        if args.evaluate:
+            check_args(args)
+            run_evaluation(args)
+        else:
+            train(args)
+    except (UsageError, Diverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3 if isinstance(e, Diverged) else 2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:  # the last resort for the file system's errors: one line too
+        print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
