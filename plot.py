@@ -226,7 +226,7 @@ def draw_aggregate(scores: dict[str, np.ndarray], out: Path, score: str, reps: i
         colors={label: colors[label] for label in labels}, xlabel="normalised score", xlabel_y_coordinate=-0.3,
         subfigure_width=3.2, row_height=0.6)
     fig.suptitle(f"Normalised {what} (0: random policy, 1: OpenAI Baselines' PPO at 1M); each script over its envs and "
-                 f"seeds, 95% stratified-bootstrap intervals", fontsize="small", y=1.12)
+                 f"seeds, 95% stratified-bootstrap intervals", fontsize="medium", y=1.3)
     paths = [out / f"aggregate_{score}.png"]
     fig.savefig(paths[0], dpi=100, bbox_inches="tight")
     plt.close(fig)
