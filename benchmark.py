@@ -1,6 +1,6 @@
 """Run algorithm scripts on environments for several seeds, in parallel processes, and report.
 
-Reproduce the README's results table, or a small subset of it for a quick check on a laptop
+Reproduce the results table (docs/results.md), or a small subset of it for a quick check on a laptop
 (a few minutes on 2 cores):
 
     python benchmark.py --preset full
@@ -79,7 +79,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 # ----------------------------------------------------------------------------------------------
-# The presets: one Entry per (script, env) row of the README's table.
+# The presets: one Entry per (script, env) row of the results tables (docs/results.md, docs/results_mujoco.md).
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
@@ -131,7 +131,7 @@ PRESETS: dict[str, Preset] = {
         Entry("a2c.py", "LunarLander-v3", ("--total-timesteps", "1000000", "--gamma", "0.995",
                                            "--learning-rate", "8.3e-4", "--ent-coef", "1e-5"), bar=(150, "mean")),
         Entry("a2c.py", "Pendulum-v1", ("--total-timesteps", "1000000", "--norm-obs", "--norm-reward")),
-        # The flags of tune.py's study on seeds 1 and 2 (README, Tuning), measured on three other seeds.
+        # The flags of tune.py's study on seeds 1 and 2 (docs/tuning.md), measured on three other seeds.
         Entry("a2c.py", "Pendulum-v1", ("--total-timesteps", "1000000", "--norm-obs", "--norm-reward", *A2C_PENDULUM_TUNED),
               tag="tuned", bar=(-250, "mean"), seeds=(4, 5, 6)),
         Entry("dqn.py", "CartPole-v1", bar=(475, "each")),
@@ -184,7 +184,7 @@ PRESETS: dict[str, Preset] = {
 @dataclass
 class Args:
     preset: str | None = None
-    """run (or --check) a preset: full (the README's results table), mujoco (the MuJoCo suite) or quick (a few
+    """run (or --check) a preset: full (docs/results.md), mujoco (the MuJoCo suite) or quick (a few
     minutes)"""
     scripts: list[str] | None = None
     """algorithm scripts to run (default ppo_continuous.py); with a preset, the entries to keep"""

@@ -142,7 +142,7 @@ SPACES: dict[str, dict[str, Param]] = {
 }
 
 # (floor, target) per env for the normalised score of a study over several envs: the floor near a random
-# policy's evaluation, the target near a good one (the README's results). --score-range overrides them.
+# policy's evaluation, the target near a good one (docs/results.md). --score-range overrides them.
 SCORE_RANGES: dict[str, tuple[float, float]] = {
     "CartPole-v1": (0.0, 500.0),
     "Acrobot-v1": (-500.0, -80.0),
