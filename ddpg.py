@@ -734,9 +734,8 @@ class Run:
                    "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
             print_eval(*evaluation)
-            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
-                        "eval_returns": evaluation[0], "eval_discounted_returns": evaluation[1],
-                        "eval_start_q": evaluation[2]}
+            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0]))}
+            summary |= dict(zip(("eval_returns", "eval_discounted_returns", "eval_start_q"), evaluation))
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
@@ -929,10 +928,9 @@ def init_wandb(args, run_name: str, run_dir: Path):
         reason = "no network"
     elif mode is None and not os.environ.get("WANDB_API_KEY"):
         netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
-        try:
+        key = None
+        with contextlib.suppress(OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
             key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
-        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
-            key = None
         reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
     if reason:
         mode = "offline"

@@ -162,10 +162,9 @@ def init_wandb(args, run_name: str, run_dir: Path):
         reason = "no network"
     elif mode is None and not os.environ.get("WANDB_API_KEY"):
         netloc = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
-        try:
+        key = None
+        with contextlib.suppress(OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
             key = netrc.netrc(os.environ.get("NETRC") or None).authenticators(netloc)
-        except (OSError, netrc.NetrcParseError):  # no netrc file, or a broken one: no key
-            key = None
         reason = None if key else "no API key (run `wandb login` or set WANDB_API_KEY)"
     if reason:
         mode = "offline"

@@ -192,9 +192,8 @@ class Run:
                    "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
             print_eval(*evaluation)
-            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0])),
-                        "eval_returns": evaluation[0], "eval_discounted_returns": evaluation[1],
-                        "eval_start_q": evaluation[2]}
+            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0]))}
+            summary |= dict(zip(("eval_returns", "eval_discounted_returns", "eval_start_q"), evaluation))
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
