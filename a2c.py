@@ -74,7 +74,7 @@ class Args:
     seed: int = 1
     """seed of torch, numpy, random and the environments: the same seed gives the same run on CPU"""
     total_timesteps: int = 500_000
-    """environment steps, summed over all envs (500k suits CartPole-v1; LunarLander-v3: 1M, README's flags)"""
+    """environment steps, summed over all envs (500k suits CartPole-v1; LunarLander-v3: 1M, docs/results.md's flags)"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
 

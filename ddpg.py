@@ -50,7 +50,7 @@ would teach the critic that a random subset of ordinary states (those that happe
 200) are worth nothing. Equally wrong is storing, as s', the observation the env returns after an
 autoreset: that is the *next* episode's first state. See `true_next_obs` and `ReplayBuffer`.
 
-Run it:       python ddpg.py                     (Pendulum-v1: 91-106 s in the README's runs)
+Run it:       python ddpg.py                     (Pendulum-v1: 91-106 s in docs/results.md's runs)
 Evaluate:     python ddpg.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python ddpg.py --help
 """

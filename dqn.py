@@ -43,7 +43,7 @@ contradictory targets for states it cannot tell apart. Equally wrong is storing,
 observation the env returns after an autoreset: that is the *next* episode's first state, and the
 transition would splice two episodes together. See `true_next_obs` and `ReplayBuffer`.
 
-Run it:       python dqn.py                      (CartPole-v1, 71-83 s per run in the README's results)
+Run it:       python dqn.py                      (CartPole-v1, 71-83 s per run in docs/results.md)
 Evaluate:     python dqn.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python dqn.py --help
 """

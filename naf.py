@@ -64,7 +64,7 @@ the network that a random subset of ordinary states (those that happened to fall
 worth nothing. Equally wrong is storing, as s', the observation the env returns after an autoreset:
 that is the *next* episode's first state. See `true_next_obs` and `ReplayBuffer`.
 
-Run it:       python naf.py                      (Pendulum-v1: 66-71 s in the README's runs)
+Run it:       python naf.py                      (Pendulum-v1: 66-71 s in docs/results.md's runs)
 Evaluate:     python naf.py --evaluate runs/<run-name>/model.pt --capture-video
 All flags:    python naf.py --help
 """
