@@ -211,14 +211,14 @@ def draw_aggregate(scores: dict[str, np.ndarray], out: Path, score: str, reps: i
 
     from rliable import library as rly, metrics, plot_utils
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module="arch")  # rliable's call of its bootstrap
-
     def aggregates(x):
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
                          metrics.aggregate_optimality_gap(x)])
 
-    estimates, intervals = rly.get_interval_estimates(scores, aggregates, reps=reps, confidence_interval_size=0.95,
-                                                      random_state=np.random.RandomState(0))
+    with warnings.catch_warnings():  # arch's FutureWarning about the RandomState that rliable passes it
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arch")
+        estimates, intervals = rly.get_interval_estimates(scores, aggregates, reps=reps, confidence_interval_size=0.95,
+                                                          random_state=np.random.RandomState(0))
     labels = list(scores)
     what = "final deterministic evaluation" if score == "eval" else "mean of the last 100 training episodes"
     fig, axes = plot_utils.plot_interval_estimates(

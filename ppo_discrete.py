@@ -86,7 +86,8 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     gae_lambda: float = 0.95
-    """GAE lambda: 0 gives the one-step TD advantage (biased by V), 1 the Monte-Carlo one (a2c.py's n-step return)"""
+    """GAE lambda: 0 gives the one-step TD advantage (biased by V); 1 the Monte-Carlo one, bootstrapped where the
+    rollout or a truncation cuts the episode (a2c.py's n-step return)"""
     num_minibatches: int = 32
     """minibatches per epoch; the rollout batch must divide evenly into them"""
     update_epochs: int = 4
