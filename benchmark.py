@@ -120,6 +120,19 @@ A2C_PENDULUM_TUNED = ("--learning-rate", "0.0027", "--optimizer", "rmsprop", "--
 # 0.95 (Tianshou's MuJoCo A2C); docs/results_mujoco.md has the runs behind the choice.
 A2C_MUJOCO = ("--total-timesteps", "1000000", "--norm-obs", "--norm-reward", "--num-envs", "16", "--gae-lambda", "0.95")
 
+# ddpg.py on MuJoCo: CleanRL's ddpg_continuous_action.py settings (also the TD3 paper repository's "OurDDPG"):
+# Adam at 3e-4, gamma 0.99, 25,000 random steps; batch 256, tau 0.005 and noise 0.1 are the defaults already.
+DDPG_MUJOCO = ("--total-timesteps", "300000", "--learning-rate", "3e-4", "--gamma", "0.99", "--learning-starts", "25000")
+# ddpg.py on Box2D: RL Baselines3 Zoo's LunarLanderContinuous DDPG (gamma 0.98 and Adam at 1e-3 are the defaults),
+# with this project's 256-256 networks and delayed actor instead of its 400-300 and actor step per critic step.
+DDPG_BOX2D = ("--total-timesteps", "300000", "--learning-starts", "10000", "--buffer-size", "200000")
+# RL Baselines3 Zoo's tuned MountainCar-v0 DQN, in this project's flags (the zoo trains on SB3's Huber loss at a
+# constant learning rate).
+MOUNTAINCAR_DQN = ("--total-timesteps", "120000", "--learning-rate", "4e-3", "--no-anneal-lr", "--batch-size", "128",
+                   "--buffer-size", "10000", "--learning-starts", "1000", "--gamma", "0.98",
+                   "--target-network-frequency", "600", "--train-frequency", "16", "--gradient-steps", "8",
+                   "--exploration-fraction", "0.2", "--end-e", "0.07", "--loss", "huber")
+
 PRESETS: dict[str, Preset] = {
     "full": Preset(seeds=(1, 2, 3), entries=(
         Entry("ppo_continuous.py", "Pendulum-v1", bar=(-250, "each")),
@@ -147,8 +160,6 @@ PRESETS: dict[str, Preset] = {
         Entry("ddpg.py", "Pendulum-v1", bar=(-200, "each")),
         Entry("naf.py", "Pendulum-v1", bar=(-250, "each")),
         Entry("naf.py", "InvertedPendulum-v5"),
-        Entry("ddpg.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000"),
-              bar=(5000, "mean")),
         Entry("naf.py", "HalfCheetah-v5", ("--total-timesteps", "300000", "--learning-starts", "10000")),
         # Discrete observations, flattened one-hot; a success rate needs many evaluation episodes.
         Entry("ppo_discrete.py", "FrozenLake-v1", ("--eval-episodes", "1000"), bar=(0.7, "mean")),
@@ -170,6 +181,16 @@ PRESETS: dict[str, Preset] = {
         Entry("a2c.py", "HalfCheetah-v5", A2C_MUJOCO),
         Entry("a2c.py", "Hopper-v5", A2C_MUJOCO),
         Entry("a2c.py", "Walker2d-v5", A2C_MUJOCO),
+    )),
+    # The off-policy suite (docs/results_offpolicy.md): DDPG beyond Pendulum at 300k steps, DQN where exploring is the
+    # problem.
+    "offpolicy": Preset(seeds=(1, 2, 3), entries=(
+        Entry("dqn.py", "MountainCar-v0", MOUNTAINCAR_DQN),
+        Entry("ddqn.py", "MountainCar-v0", MOUNTAINCAR_DQN),
+        Entry("ddpg.py", "Hopper-v5", DDPG_MUJOCO),
+        Entry("ddpg.py", "Walker2d-v5", DDPG_MUJOCO),
+        Entry("ddpg.py", "LunarLanderContinuous-v3", DDPG_BOX2D),
+        Entry("ddpg.py", "HalfCheetah-v5", DDPG_MUJOCO),
     )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
     # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
