@@ -69,13 +69,20 @@ All flags:    python ddqn.py --help
 import contextlib
 import copy
 import csv
+import io
 import itertools
 import json
 import math
+import netrc
 import os
 import random
+import socket
 import sys
+import tempfile
+import threading
 import time
+import urllib.parse
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -241,6 +248,8 @@ class ReplayBuffer:
     as one env's rows are not adjacent with several envs, and after an autoreset the next row is another
     episode's. One more copy of each observation ends every question about which rows follow which."""
 
+    names = ("obs", "actions", "rewards", "next_obs", "terminated")  # its columns
+
     def __init__(self, capacity: int, obs_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
         self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
@@ -270,6 +279,18 @@ class ReplayBuffer:
         """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
         rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
         return tuple(column[rows] for column in self.columns)
+
+    # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
+    # of any capacity, which keeps the newest.
+    def state_dict(self) -> dict:
+        order = (torch.arange(self.size) + self.pos) % max(self.size, 1)  # pos: the oldest row, or size if not full
+        return {"size": self.size} | {name: getattr(self, name)[order.to(self.device)] for name in self.names}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size = min(state["size"], self.capacity)
+        self.pos = self.size % self.capacity
+        for name in self.names:
+            getattr(self, name)[: self.size] = state[name][state["size"] - self.size:].to(self.device)
 
 
 # --- Networks ---
@@ -456,14 +477,13 @@ def train(args: Args) -> dict:
             run.save_final(global_step, num_updates)
         evaluation = None
         if args.eval_episodes > 0 and run.due(args.eval_frequency, global_step, previous_step):
-            with run.off_the_clock():
-                evaluation = evaluate(q_network, args.env_id, args.env_kwargs, args.eval_episodes,
-                                      eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
+            evaluation = evaluate(q_network, args.env_id, args.env_kwargs, args.eval_episodes,
+                                  eval_seed(args.seed), args.gamma, device, run.video_dir(global_step))
         if evaluation is not None or run.due(args.metrics_every, global_step, previous_step):
             run.log({"global_step": global_step, "gradient_steps": num_updates,
                      "epsilon": epsilon if args.exploration == "epsilon-greedy" else "",
                      "temperature": temperature if args.exploration == "boltzmann" else ""}, evaluation)
-        if run.checkpoint_due(global_step, previous_step):
+        if run.due(args.checkpoint_every, global_step, previous_step, last=False):  # the last: save_final
             run.save_checkpoint(global_step, num_updates)
         run.progress(global_step, f"epsilon {epsilon:.3f}" if args.exploration == "epsilon-greedy"
                      else f"T {temperature:.3f}")
@@ -549,22 +569,6 @@ def check_replay_args(args) -> None:
                          f"{args.learning_starts}: training would never start")
 
 
-BUFFER_COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminated")
-
-
-def buffer_state(rb: ReplayBuffer) -> dict:
-    """The filled rows, oldest first, so they load into a buffer of any capacity (the newest kept)."""
-    oldest_first = (rb.pos + torch.arange(rb.size)) % rb.size if rb.size == rb.capacity else torch.arange(rb.size)
-    return {"size": rb.size} | {name: getattr(rb, name)[oldest_first.to(rb.device)] for name in BUFFER_COLUMNS}
-
-
-def load_buffer(rb: ReplayBuffer, state: dict) -> None:
-    rb.size = min(state["size"], rb.capacity)
-    rb.pos = rb.size % rb.capacity
-    for name in BUFFER_COLUMNS:
-        getattr(rb, name)[: rb.size] = state[name][state["size"] - rb.size:].to(rb.device)
-
-
 class Run:
     """The files and console of one run, so that train() reads as the algorithm (docs/running.md). Saving and
     resuming go by train()'s lists: what model.pt holds (`model`) and what a checkpoint adds (`training`)."""
@@ -572,26 +576,31 @@ class Run:
     def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
         self.args, self.model, self.training, self.rng = args, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
-        self.time_before, self.eval_time, self.clock_step = 0.0, 0.0, 0
+        self.time_before, self.clock_step = 0.0, 0  # wall time before a resume; the step the clock starts at
         name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
         self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
             self.resume(args.resume)
-        make_run_dir(self.dir)
+        try:  # the run directory, or one line saying why it cannot be written (a read-only one passes mkdir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.dir).close()
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
+                             "--run-name or a writable working directory") from None
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start_step if args.resume else None)
         if self.training["buffer"].device.type == "cuda":
-            acting = next(name for name, obj in model.items() if isinstance(obj, nn.Module))
+            acting = next(name for name, obj in self.model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
         self.values: dict[str, list[torch.Tensor]] = {}  # per gradient step, averaged per row: no sync per step
         self.episode_returns, self.episode_lengths, self.recent_returns = [], [], deque(maxlen=20)
         self.start_time = self.last_print = time.time()
 
-    def state(self, objects: dict) -> dict:
-        return {name: (buffer_state(obj) if self.args.save_buffer else None) if isinstance(obj, ReplayBuffer)
-                else obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
+    def state(self, objects: dict) -> dict:  # the env's spaces as they are, the buffer unless --no-save-buffer
+        return {name: None if isinstance(obj, ReplayBuffer) and not self.args.save_buffer else obj.state_dict()
+                if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
 
     def model_state(self, step: int) -> dict:
         return {"algorithm": ALGORITHM, "args": asdict(self.args), **self.state(self.model), "global_step": step}
@@ -603,7 +612,7 @@ class Run:
             "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "elapsed": self.elapsed(), "eval_time": self.eval_time}, self.dir / "checkpoint.pt")
+            "elapsed": self.elapsed()}, self.dir / "checkpoint.pt")
         self.checkpoint_step = step
 
     def save_final(self, step: int, num_updates: int) -> None:
@@ -630,20 +639,19 @@ class Run:
         fix = f"resume with the flags it was trained with (drop {' and '.join(changed) or '--env-id/--hidden-sizes'})"
         for name, obj in (self.model | self.training).items():
             try:
-                if isinstance(obj, ReplayBuffer):
-                    if ckpt[name] is not None:  # None: saved with --no-save-buffer
-                        load_buffer(obj, ckpt[name])
-                elif hasattr(obj, "load_state_dict"):
+                if hasattr(obj, "load_state_dict") and ckpt[name] is not None:  # None: --no-save-buffer
                     obj.load_state_dict(ckpt[name])
-                elif ckpt[name] != obj:  # the env's spaces
+                elif not hasattr(obj, "load_state_dict") and ckpt[name] != obj:  # the env's spaces
                     raise ValueError(f"{name} is {ckpt[name]} there, {obj} here")
             except (RuntimeError, ValueError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
                                  f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        set_torch_rng(ckpt)
-        self.time_before, self.eval_time = ckpt.get("elapsed", 0.0), ckpt.get("eval_time", 0.0)
-        self.clock_step = 0 if "elapsed" in ckpt else self.start_step
+        torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        self.time_before = ckpt.get("elapsed", 0.0)
+        self.clock_step = 0 if "elapsed" in ckpt else self.start_step  # older files had no clock
         self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
@@ -671,34 +679,25 @@ class Run:
         for name, value in values.items():
             self.values.setdefault(name, []).append(value)
 
-    def due(self, every: int, step: int, previous_step: int) -> bool:
-        """A multiple of `every` (0: never) in (previous_step, step], or the last step."""
-        return step >= self.args.total_timesteps or every > 0 and step // every > previous_step // every
-
-    def checkpoint_due(self, step: int, previous_step: int) -> bool:  # the last one is save_final's
-        return step < self.args.total_timesteps and self.due(self.args.checkpoint_every, step, previous_step)
+    def due(self, every: int, step: int, previous_step: int, last: bool = True) -> bool:
+        """A multiple of `every` (0: never) in (previous_step, step]; at the last step, `last`."""
+        return last if step >= self.args.total_timesteps else every > 0 and step // every > previous_step // every
 
     def video_dir(self, step: int) -> Path | None:  # the final evaluation's, with --capture-video
         return self.dir / "videos" if self.args.capture_video and step >= self.args.total_timesteps else None
 
-    @contextlib.contextmanager
-    def off_the_clock(self):  # time spent inside (evaluation) is left out of sps
-        start = time.time()
-        yield
-        self.eval_time += time.time() - start
-
     def elapsed(self) -> float:  # the whole run's wall time: this process's and its checkpoint's
         return self.time_before + time.time() - self.start_time
 
-    def training_sps(self, step: int, elapsed: float) -> float:  # evaluation time left out
-        return (step - self.clock_step) / max(elapsed - self.eval_time, 1e-9)
+    def sps(self, step: int, elapsed: float) -> float:  # steps per second of wall time, evaluations included
+        return (step - self.clock_step) / max(elapsed, 1e-9)
 
     def log(self, row: dict, evaluation: tuple[list[float], list[float], list[float]] | None) -> None:
         """A metrics row: the caller's values, recorded ones averaged, episodes ended since, the evaluation. A value
         that is not finite stops the run after its row (the diagnosis) is written."""
         elapsed = self.elapsed()
         self.recent_returns.extend(self.episode_returns)
-        row = row | {"time": round(elapsed, 2), "sps": round(self.training_sps(row["global_step"], elapsed))}
+        row = row | {"time": round(elapsed, 2), "sps": round(self.sps(row["global_step"], elapsed))}
         row |= {name: torch.cat([v.reshape(-1) for v in values]).mean().item() for name, values in self.values.items()}
         row |= {"episodic_return": np.mean(self.episode_returns) if self.episode_returns else "",
                 "episodic_length": np.mean(self.episode_lengths) if self.episode_lengths else "",
@@ -719,7 +718,7 @@ class Run:
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
             return
         self.last_print, elapsed = time.time(), self.elapsed()
-        sps = self.training_sps(step, elapsed)
+        sps = self.sps(step, elapsed)
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "n/a"
         print(f"step {step:>9}/{self.args.total_timesteps} | {sps:5.0f} SPS | return {recent} (last "
               f"{len(self.recent_returns)} episodes) | {exploring} | {elapsed:5.0f}s elapsed, "
@@ -728,7 +727,7 @@ class Run:
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
         wall_time = self.elapsed()
         summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
-                   "wall_time": round(wall_time, 1), "sps": round(self.training_sps(step, wall_time)),
+                   "wall_time": round(wall_time, 1), "sps": round(self.sps(step, wall_time)),
                    "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
             print_eval(*evaluation)
@@ -824,17 +823,6 @@ def atomic_save(obj: dict | str, path: Path) -> None:
                          f"and {then}") from None
 
 
-def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
-    import tempfile
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
-    except OSError as e:
-        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
-                         "a writable working directory") from None
-
-
 def check_resumable(path: str, step: int, at_end: bool, args) -> None:
     """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
     summary = Path(path).parent / "summary.json"
@@ -849,12 +837,6 @@ def check_resumable(path: str, step: int, at_end: bool, args) -> None:
     if at_end:
         raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
                          "pass a larger --total-timesteps to train on")
-
-
-def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
-    torch.set_rng_state(ckpt["torch_rng"])
-    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
@@ -887,8 +869,6 @@ class MetricsLog:
 
 
 def wandb_server() -> tuple[str, int]:
-    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
-
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     port = None
     with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
@@ -898,9 +878,6 @@ def wandb_server() -> tuple[str, int]:
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
     """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
-    import socket
-    import threading
-
     result = []
 
     def probe():
@@ -916,10 +893,7 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
 
 def init_wandb(args, run_name: str, run_dir: Path):
     """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
-    import netrc
-    import urllib.parse
-
-    import wandb
+    import wandb  # here: only --track needs it
 
     mode, reason = os.environ.get("WANDB_MODE"), None
     if mode is None and not wandb_reachable():
@@ -973,9 +947,8 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
 
 
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
-    """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
-    import io
-
+    """tyro.cli, its parse error (a wrong type, an unknown flag, a missing value) as one line: the first paragraph
+    under the title of tyro's message, boxed or plain."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -983,17 +956,14 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     except SystemExit as e:
         if not e.code:  # --help
             raise
-        paragraphs = [[]]  # tyro's message: a title, then paragraphs between rules, boxed or not
-        for line in captured.getvalue().splitlines():
+        message = []
+        for line in captured.getvalue().splitlines()[1:]:  # the title: a line, or in the box's top edge
             line = line.strip("│ ")
-            if line.startswith(("╭", "╰")) or set(line) <= set("─-"):  # the box's edges, rules, blanks
-                if paragraphs[-1]:
-                    paragraphs.append([])
-                continue
-            paragraphs[-1].append(line)
-        boxed = "╭" in captured.getvalue()  # a box holds the title in its top edge, else it comes first
-        message = " ".join(paragraphs[0 if boxed or len(paragraphs) == 1 else 1]).rstrip(".")
-        raise UsageError(f"{message or captured.getvalue().strip()}; see --help") from None
+            if line and not set(line) <= set("─-╰╯"):
+                message.append(line)
+            elif message:  # a rule, the box's bottom edge or a blank line ends it
+                break
+        raise UsageError(f"{' '.join(message).rstrip('.') or captured.getvalue().strip()}; see --help") from None
     sys.stderr.write(captured.getvalue())  # anything else tyro said
     return args
 
@@ -1019,8 +989,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
-
+    # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)

@@ -28,12 +28,19 @@ Evaluate:     python ppo_continuous.py --evaluate runs/<run-name>/model.pt --cap
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
+import netrc
 import os
 import random
+import socket
 import sys
+import tempfile
+import threading
 import time
+import urllib.parse
+import warnings
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -614,7 +621,12 @@ class Run:
         self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
         name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
         self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
-        make_run_dir(self.dir)
+        try:  # the run directory, or one line saying why it cannot be written (a read-only one passes mkdir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.dir).close()
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
+                             "--run-name or a writable working directory") from None
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start["global_step"] if args.resume else None)
@@ -648,7 +660,9 @@ class Run:
             except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)") from None
-        set_torch_rng(ckpt)
+        torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
         self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
         print(f"resumed from {path} at step {start['global_step']}")
         return start
@@ -809,17 +823,6 @@ def atomic_save(obj: dict | str, path: Path) -> None:
                          f"and {then}") from None
 
 
-def make_run_dir(path: Path) -> None:  # or one line saying why it cannot be written, before any training
-    import tempfile
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # an existing directory on a read-only filesystem passes mkdir
-    except OSError as e:
-        raise UsageError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-name or "
-                         "a writable working directory") from None
-
-
 def check_resumable(path: str, step: int, at_end: bool, args) -> None:
     """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
     summary = Path(path).parent / "summary.json"
@@ -834,12 +837,6 @@ def check_resumable(path: str, step: int, at_end: bool, args) -> None:
     if at_end:
         raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
                          "pass a larger --total-timesteps to train on")
-
-
-def set_torch_rng(ckpt: dict) -> None:  # CUDA's for the first min(saved, here) devices (older files lack it)
-    torch.set_rng_state(ckpt["torch_rng"])
-    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
 
 
 class MetricsLog:
@@ -872,8 +869,6 @@ class MetricsLog:
 
 
 def wandb_server() -> tuple[str, int]:
-    import urllib.parse  # here, like socket, threading and netrc below: only --track needs them
-
     url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     port = None
     with contextlib.suppress(ValueError):  # not a number; wandb itself will report the URL
@@ -883,9 +878,6 @@ def wandb_server() -> tuple[str, int]:
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
     """Whether the wandb server (WANDB_BASE_URL) answers, probed in a thread: DNS cannot hang the run either."""
-    import socket
-    import threading
-
     result = []
 
     def probe():
@@ -901,10 +893,7 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
 
 def init_wandb(args, run_name: str, run_dir: Path):
     """wandb.init, offline when the server does not answer or no API key is set (wandb would wait, prompt or fail)."""
-    import netrc
-    import urllib.parse
-
-    import wandb
+    import wandb  # here: only --track needs it
 
     mode, reason = os.environ.get("WANDB_MODE"), None
     if mode is None and not wandb_reachable():
@@ -958,9 +947,8 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
 
 
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
-    """tyro.cli, its parse error (boxed or plain: a wrong type, an unknown flag, a missing value) as one line."""
-    import io
-
+    """tyro.cli, its parse error (a wrong type, an unknown flag, a missing value) as one line: the first paragraph
+    under the title of tyro's message, boxed or plain."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -968,17 +956,14 @@ def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
     except SystemExit as e:
         if not e.code:  # --help
             raise
-        paragraphs = [[]]  # tyro's message: a title, then paragraphs between rules, boxed or not
-        for line in captured.getvalue().splitlines():
+        message = []
+        for line in captured.getvalue().splitlines()[1:]:  # the title: a line, or in the box's top edge
             line = line.strip("│ ")
-            if line.startswith(("╭", "╰")) or set(line) <= set("─-"):  # the box's edges, rules, blanks
-                if paragraphs[-1]:
-                    paragraphs.append([])
-                continue
-            paragraphs[-1].append(line)
-        boxed = "╭" in captured.getvalue()  # a box holds the title in its top edge, else it comes first
-        message = " ".join(paragraphs[0 if boxed or len(paragraphs) == 1 else 1]).rstrip(".")
-        raise UsageError(f"{message or captured.getvalue().strip()}; see --help") from None
+            if line and not set(line) <= set("─-╰╯"):
+                message.append(line)
+            elif message:  # a rule, the box's bottom edge or a blank line ends it
+                break
+        raise UsageError(f"{' '.join(message).rstrip('.') or captured.getvalue().strip()}; see --help") from None
     sys.stderr.write(captured.getvalue())  # anything else tyro said
     return args
 
@@ -1004,8 +989,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import warnings  # numpy's overflow warnings from acting on diverging weights: the divergence check says it
-
+    # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
     try:
         args = parse_args(argv)

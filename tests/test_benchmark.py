@@ -57,7 +57,7 @@ def with_bar(monkeypatch, index, bar):
 def test_full_preset_run_names_and_flags():
     entries, seeds = benchmark.select("full", None, None, None)
     names = [r.name for r in benchmark.plan(entries, seeds)]
-    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 72
+    assert seeds == [1, 2, 3] and len(names) == 3 * len(benchmark.PRESETS["full"].entries) == 69
     assert "LunarLander-v3__a2c__2" in names and "Pendulum-v1__ppo_continuous__1" in names
     assert "FrozenLake-v1__ppo_discrete__3" in names and "Taxi-v4__dqn__1" in names
     # No tags but on the two CartPole-v1 overestimation rows and the tuned a2c.py Pendulum-v1 row, which must not
@@ -70,6 +70,7 @@ def test_full_preset_run_names_and_flags():
                            "--optimizer", "rmsprop", "--gamma", "0.9", "--gae-lambda", "0.8", "--ent-coef", "2.05e-05",
                            "--vf-coef", "0.493", "--max-grad-norm", "0.3", "--num-envs", "16", "--num-steps", "32",
                            "--norm-adv") and tuned.bar == (-250, "mean")
+    assert not any("__ddpg__" in name and "HalfCheetah" in name for name in names)  # the offpolicy preset's row
     # --seeds replaces an entry's own seeds too.
     entries_7, _ = benchmark.select("full", ["a2c.py"], ["Pendulum-v1"], [7])
     assert [r.name for r in benchmark.plan(entries_7, [7])] == ["Pendulum-v1__a2c__7", "Pendulum-v1__a2c__7__tuned"]
@@ -91,6 +92,19 @@ def test_full_preset_run_names_and_flags():
     assert quick_seeds == [1] and {("ppo_discrete.py", "CartPole-v1"), ("dqn.py", "CartPole-v1")} <= {
         (e.script, e.env_id) for e in quick}
     assert all(e.bar is not None for e in quick)
+
+
+def test_offpolicy_preset_runs_each_suite_row_with_its_named_flag_set():
+    entries, seeds = benchmark.select("offpolicy", None, None, None)
+    names = [r.name for r in benchmark.plan(entries, seeds)]
+    assert seeds == [1, 2, 3] and len(names) == 18 and all(name.count("__") == 2 for name in names)
+    flags = {(e.script, e.env_id): e.flags for e in entries}
+    for env_id in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"):  # one MuJoCo set, unchanged on every row
+        assert flags["ddpg.py", env_id] == benchmark.DDPG_MUJOCO
+    assert flags["ddpg.py", "LunarLanderContinuous-v3"] == benchmark.DDPG_BOX2D
+    assert flags["dqn.py", "MountainCar-v0"] == flags["ddqn.py", "MountainCar-v0"] == benchmark.MOUNTAINCAR_DQN
+    assert "--gamma" in benchmark.DDPG_MUJOCO and "--learning-rate" in benchmark.DDPG_MUJOCO
+
 
 
 def test_ad_hoc_plan_without_preset():

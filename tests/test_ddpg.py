@@ -152,7 +152,7 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     # Into a larger buffer: the five rows arrive oldest first (the full buffer's oldest is at its
     # pos, 3) and the next write goes after them, so no unwritten row is ever sampled.
     restored = ddpg.ReplayBuffer(10, obs_dim=2, act_dim=1, device=torch.device("cpu"))
-    ddpg.load_buffer(restored, ddpg.buffer_state(rb))
+    restored.load_state_dict(rb.state_dict())
     assert (restored.pos, restored.size) == (5, 5)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(restored, name)[:5], np.roll(getattr(rb, name), -3, axis=0))
@@ -162,7 +162,7 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     assert (restored.pos, restored.size) == (7, 7) and restored.obs[5:7].tolist() == [[4, 4], [4, 4]]
     # Into a smaller buffer: the newest four of the five, oldest first; the next write replaces the oldest.
     smaller = ddpg.ReplayBuffer(4, obs_dim=2, act_dim=1, device=torch.device("cpu"))
-    ddpg.load_buffer(smaller, ddpg.buffer_state(rb))
+    smaller.load_state_dict(rb.state_dict())
     assert (smaller.pos, smaller.size) == (0, 4)
     assert smaller.obs.tolist() == [[2, 0], [2, 1], [3, 0], [3, 1]]
     np.testing.assert_array_equal(smaller.next_obs, smaller.obs + 10)

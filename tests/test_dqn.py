@@ -164,13 +164,13 @@ def test_buffer_wraps_around_and_samples_only_filled_rows():
 def test_buffer_state_round_trip():
     rb = fill_from_counting_envs([[0, 1]] * 5)
     restored = dqn.ReplayBuffer(100, obs_dim=1, device=torch.device("cpu"))
-    dqn.load_buffer(restored, dqn.buffer_state(rb))
+    restored.load_state_dict(rb.state_dict())
     assert (restored.pos, restored.size) == (rb.pos, rb.size) == (10, 10)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(rb, name))
     # A smaller buffer keeps the newest rows, and writes next over the oldest of them.
     smaller = dqn.ReplayBuffer(4, obs_dim=1, device=torch.device("cpu"))
-    dqn.load_buffer(smaller, dqn.buffer_state(rb))
+    smaller.load_state_dict(rb.state_dict())
     assert (smaller.pos, smaller.size) == (0, 4)
     for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
         np.testing.assert_array_equal(getattr(smaller, name), getattr(rb, name)[6:10])

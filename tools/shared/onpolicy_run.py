@@ -33,7 +33,12 @@ class Run:
         self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
         name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
         self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
-        make_run_dir(self.dir)
+        try:  # the run directory, or one line saying why it cannot be written (a read-only one passes mkdir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.dir).close()
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
+                             "--run-name or a writable working directory") from None
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start["global_step"] if args.resume else None)
@@ -67,7 +72,9 @@ class Run:
             except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)") from None
-        set_torch_rng(ckpt)
+        torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
         self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
         print(f"resumed from {path} at step {start['global_step']}")
         return start
