@@ -224,22 +224,23 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 # --- Replay buffer ---
 
 class ReplayBuffer:
-    """A circular memory of transitions in tensors preallocated on the device that trains on them.
+    """A circular memory of transitions, preallocated on the device that trains on them: one float32 row each.
 
     Row i holds one whole transition (s, a, r, s', terminated): s' is stored next to s, not read from row i + 1,
     as one env's rows are not adjacent with several envs, and after an autoreset the next row is another
-    episode's. One more copy of each observation ends every question about which rows follow which."""
+    episode's. One more copy of each observation ends every question about which rows follow which. The
+    columns share one tensor, so a step's rows go in with one copy (one upload on a GPU) and a minibatch comes
+    out with one gather; the action, a small integer, is exact in float32."""
 
-    names = ("obs", "actions", "rewards", "next_obs", "terminated")  # its columns
+    names = ("obs", "actions", "rewards", "next_obs", "terminated")  # its columns, in a row's order
 
     def __init__(self, capacity: int, obs_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
-        self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
-        self.next_obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
-        self.actions = torch.zeros(capacity, dtype=torch.int64, device=device)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.columns = (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        d = obs_dim  # where each column sits in a row: a slice for a vector, an index for one number
+        self.places = dict(zip(self.names, (slice(0, d), d, d + 1, slice(d + 2, 2 * d + 2), 2 * d + 2)))
+        self.rows = torch.zeros((capacity, 2 * d + 3), dtype=torch.float32, device=device)
+        for name, place in self.places.items():  # rb.obs, rb.actions, ...: views of the rows
+            setattr(self, name, self.rows[:, place])
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
@@ -247,20 +248,22 @@ class ReplayBuffer:
         with s' = true_next_obs(...) and done = terminations alone: truncations keep their bootstrap."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)
+        new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in (obs, actions, rewards, next_obs,
+                                                                              terminations)], 1, dtype=np.float32)
         # A slice when the rows do not wrap around the end: much cheaper than an index array.
         if self.pos + n <= self.capacity:
-            rows = slice(self.pos, self.pos + n)
+            where = slice(self.pos, self.pos + n)
         else:
-            rows = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
-        for column, value in zip(self.columns, (obs, actions, rewards, next_obs, terminations)):
-            column[rows] = torch.as_tensor(value, dtype=column.dtype, device=self.device)
+            where = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
+        self.rows[where] = torch.from_numpy(new_rows).to(self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
-        rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
-        return tuple(column[rows] for column in self.columns)
+        batch = self.rows[torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)]
+        obs, actions, rewards, next_obs, terminated = (batch[:, place] for place in self.places.values())
+        return obs, actions.long(), rewards, next_obs, terminated
 
     # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
     # of any capacity, which keeps the newest.

@@ -220,47 +220,50 @@ def true_next_obs(next_obs: np.ndarray, episode_ends: np.ndarray, infos: dict) -
 # --- Replay buffer ---
 
 class ReplayBuffer:
-    """A circular memory of transitions in tensors preallocated on the device that trains on them.
+    """A circular memory of transitions, preallocated on the device that trains on them: one float32 row each.
 
     Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next to s, not
     read from row i + 1, as one env's rows are not adjacent with several envs, and after an autoreset the next
     row is another episode's. `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
+    The columns share one tensor, so a step's rows go in with one copy (one upload on a GPU) and a minibatch
+    comes out with one gather.
 
     Actions are stored as the env received them, clipped to the bounds: an action outside the box had exactly
     its clipped version's effect, and storing it would ask Q to spread one outcome over a region that the
     tanh-squashed greedy action never reaches, and to learn a slope of Q there that nothing uses."""
 
-    names = ("obs", "actions", "rewards", "next_obs", "terminated")  # its columns
+    names = ("obs", "actions", "rewards", "next_obs", "terminated")  # its columns, in a row's order
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
+        d, a = obs_dim, act_dim  # where each column sits in a row: a slice for a vector, an index for one number
+        self.places = dict(zip(self.names, (slice(0, d), slice(d, d + a), d + a, slice(d + a + 1, 2 * d + a + 1),
+                                            2 * d + a + 1)))
         # empty, not zeros: in host memory the pages are only touched as the rows fill.
-        self.obs = torch.empty((capacity, obs_dim), dtype=torch.float32, device=device)
-        self.next_obs = torch.empty((capacity, obs_dim), dtype=torch.float32, device=device)
-        self.actions = torch.empty((capacity, act_dim), dtype=torch.float32, device=device)
-        self.rewards = torch.empty(capacity, dtype=torch.float32, device=device)
-        self.terminated = torch.empty(capacity, dtype=torch.float32, device=device)
+        self.rows = torch.empty((capacity, 2 * d + a + 2), dtype=torch.float32, device=device)
+        for name, place in self.places.items():  # rb.obs, rb.actions, ...: views of the rows
+            setattr(self, name, self.rows[:, place])
 
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
         """Stores one step of the vector env, as it returned it: row k of each array is env k's."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n = len(actions)
+        new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in (obs, actions, rewards, next_obs,
+                                                                              terminations)], 1, dtype=np.float32)
         # A slice when the rows do not wrap around the end: much cheaper than an index array.
         if self.pos + n <= self.capacity:
-            rows = slice(self.pos, self.pos + n)
+            where = slice(self.pos, self.pos + n)
         else:
-            rows = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
-        for name, value in (("obs", obs), ("actions", actions), ("rewards", rewards), ("next_obs", next_obs),
-                            ("terminated", terminations)):  # as float32 (one-hot observations arrive as int64)
-            getattr(self, name)[rows] = torch.from_numpy(np.asarray(value, np.float32)).to(self.device)
+            where = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
+        self.rows[where] = torch.from_numpy(new_rows).to(self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
-        rows = torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)
-        return tuple(a[rows] for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
+        batch = self.rows[torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)]
+        return tuple(batch[:, place] for place in self.places.values())
 
     # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
     # of any capacity, which keeps the newest.

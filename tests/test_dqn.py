@@ -185,14 +185,15 @@ def test_buffer_stores_in_its_dtypes_wraps_around_and_samples_the_rows_the_gener
         rb.add(obs, np.array([step, 1]), obs + 10, np.array([step, -step], np.float64),
                np.array([True, False]), no_end, {"final_obs": final_obs})
     assert (rb.pos, rb.size) == (3, 5)
-    assert [rb.obs.dtype, rb.actions.dtype, rb.rewards.dtype, rb.terminated.dtype] == [
-        torch.float32, torch.int64, torch.float32, torch.float32]
+    assert rb.rows.dtype == torch.float32 and rb.rows.shape == (5, 2 + 1 + 1 + 2 + 1)  # one row per transition
     assert rb.obs.tolist() == [[2, 1], [3, 0], [3, 1], [1, 1], [2, 0]]
     assert rb.next_obs.tolist() == [[12, 11], [23, 20], [13, 11], [11, 11], [22, 20]]  # env 0's s' is its final obs
     assert rb.terminated.tolist() == [0, 1, 0, 0, 1] and rb.rewards.tolist() == [-2, 3, -3, -1, 2]
-    rows = np.random.default_rng(1).integers(0, 5, 32)
-    for column, sampled in zip(rb.columns, rb.sample(32, np.random.default_rng(1))):
-        assert torch.equal(sampled, column[torch.from_numpy(rows)])
+    rows = torch.from_numpy(np.random.default_rng(1).integers(0, 5, 32))
+    sampled = rb.sample(32, np.random.default_rng(1))
+    assert [t.dtype for t in sampled] == [torch.float32, torch.int64, torch.float32, torch.float32, torch.float32]
+    for name, column in zip(rb.names, sampled):  # the rows the generator drew, each column of them
+        assert torch.equal(column, getattr(rb, name)[rows].to(column.dtype))
 
 
 @pytest.mark.parametrize("new", [json.dumps({"eval_mean": 2.0}), {"eval_mean": 2.0}], ids=["text", "torch"])
