@@ -712,9 +712,8 @@ class Run:
         self.metrics.write(row)
         self.values, self.episode_returns, self.episode_lengths = {}, [], []
         for column, value in row.items():
-            if column.endswith(("_loss", "_taken")) or column.startswith("eval_") or column == "episodic_return":
-                if value != "" and not np.isfinite(value):
-                    raise self.diverged(row["global_step"], f"{column} is {value}")
+            if value != "" and not np.isfinite(value):
+                raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
