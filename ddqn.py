@@ -650,9 +650,8 @@ class Run:
         torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
-        self.time_before = ckpt.get("elapsed", 0.0)
+        self.checkpoint_step, self.time_before = self.start_step, ckpt.get("elapsed", 0.0)
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step  # older files had no clock
-        self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
