@@ -496,15 +496,12 @@ def train(args: Args) -> dict:
 # Checks, files, evaluation, the command line. `# <shared NAME>` blocks: tools/shared/NAME.py (tools/sync.py)
 
 
-def check_args(args: Args) -> None:
-    check_flags(args, {
-        "positive": ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
-                     "torch_threads", "metrics_every", "learning_rate", "log_interval"),
-        "0 or more": ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"),
-        "in (0, 1]": ("gamma", "tau", "ou_theta"),
-    })
-    check_replay_args(args)
-    check_env(args.env_id, args.env_kwargs)
+FLAG_RANGES = {  # what check_flags holds each flag to
+    "positive": ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step",
+                 "torch_threads", "metrics_every", "learning_rate", "log_interval"),
+    "0 or more": ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"),
+    "in (0, 1]": ("gamma", "tau", "ou_theta"),
+}
 
 
 def action_space_error(space: gym.Space) -> str | None:
@@ -560,7 +557,8 @@ def load_model(path: str, device: torch.device) -> tuple[QNetwork, dict]:
 
 
 # <shared offpolicy_run>
-def check_replay_args(args) -> None:
+def check_args(args) -> None:
+    check_flags(args, FLAG_RANGES)
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if args.learning_starts > args.buffer_size:
@@ -569,6 +567,7 @@ def check_replay_args(args) -> None:
     if args.total_timesteps <= args.learning_starts:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
                          f"{args.learning_starts}: training would never start")
+    check_env(args.env_id, args.env_kwargs)
 
 
 class Run:

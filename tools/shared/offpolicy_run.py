@@ -1,4 +1,5 @@
-def check_replay_args(args) -> None:
+def check_args(args) -> None:
+    check_flags(args, FLAG_RANGES)
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if args.learning_starts > args.buffer_size:
@@ -7,6 +8,7 @@ def check_replay_args(args) -> None:
     if args.total_timesteps <= args.learning_starts:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
                          f"{args.learning_starts}: training would never start")
+    check_env(args.env_id, args.env_kwargs)
 
 
 class Run:
