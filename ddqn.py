@@ -727,18 +727,18 @@ class Run:
                    "wall_time": round(wall_time, 1), "sps": round(self.sps(step, wall_time)),
                    "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
-            print_eval(*evaluation)
-            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0]))}
-            summary |= dict(zip(("eval_returns", "eval_discounted_returns", "eval_start_q"), evaluation))
+            summary |= report_eval(*evaluation)
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
 
 
-def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+def report_eval(returns: list[float], discounted: list[float], start_q: list[float]) -> dict:  # summary.json's entries
     print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
     print(f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
-          f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}")
+          f"{np.mean(discounted):.2f}: overestimation {np.mean(start_q) - np.mean(discounted):+.2f}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+            "eval_discounted_returns": discounted, "eval_start_q": start_q}
 
 
 def run_evaluation(args) -> dict:
@@ -747,13 +747,12 @@ def run_evaluation(args) -> dict:
     *networks, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed),
-                                            args.gamma, device, video_dir)
+    evaluation = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), args.gamma, device,
+                          video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
-    print_eval(returns, discounted, start_q)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
-    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+    return report_eval(*evaluation)
 # </shared offpolicy_run>
 
 
