@@ -497,15 +497,12 @@ def train(args: Args) -> dict:
 # Checks, files, evaluation, the command line. `# <shared NAME>` blocks: tools/shared/NAME.py (tools/sync.py)
 
 
-def check_args(args: Args) -> None:
-    check_flags(args, {
-        "positive": ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
-                     "torch_threads", "metrics_every", "learning_rate", "log_interval"),
-        "0 or more": ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"),
-        "in (0, 1]": ("gamma", "tau", "ou_theta"),
-    })
-    check_replay_args(args)
-    check_env(args.env_id, args.env_kwargs)
+FLAG_RANGES = {  # what check_flags holds each flag to
+    "positive": ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
+                 "torch_threads", "metrics_every", "learning_rate", "log_interval"),
+    "0 or more": ("eval_episodes", "eval_frequency", "checkpoint_every", "learning_starts", "exploration_noise"),
+    "in (0, 1]": ("gamma", "tau", "ou_theta"),
+}
 
 
 def action_space_error(space: gym.Space) -> str | None:
@@ -563,7 +560,8 @@ def load_model(path: str, device: torch.device) -> tuple[Actor, Critic, dict]:
 
 
 # <shared offpolicy_run>
-def check_replay_args(args) -> None:
+def check_args(args) -> None:
+    check_flags(args, FLAG_RANGES)
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"--hidden-sizes needs one or more positive layer sizes, got {args.hidden_sizes}")
     if args.learning_starts > args.buffer_size:
@@ -572,6 +570,7 @@ def check_replay_args(args) -> None:
     if args.total_timesteps <= args.learning_starts:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
                          f"{args.learning_starts}: training would never start")
+    check_env(args.env_id, args.env_kwargs)
 
 
 class Run:
@@ -655,9 +654,8 @@ class Run:
         torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
-        self.time_before = ckpt.get("elapsed", 0.0)
+        self.checkpoint_step, self.time_before = self.start_step, ckpt.get("elapsed", 0.0)
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step  # older files had no clock
-        self.checkpoint_step = self.start_step
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
               "in the buffer")
 
@@ -715,9 +713,8 @@ class Run:
         self.metrics.write(row)
         self.values, self.episode_returns, self.episode_lengths = {}, [], []
         for column, value in row.items():
-            if column.endswith(("_loss", "_taken")) or column.startswith("eval_") or column == "episodic_return":
-                if value != "" and not np.isfinite(value):
-                    raise self.diverged(row["global_step"], f"{column} is {value}")
+            if value != "" and not np.isfinite(value):
+                raise self.diverged(row["global_step"], f"{column} is {value}")
 
     def progress(self, step: int, exploring: str) -> None:
         if time.time() - self.last_print < self.args.log_interval and step < self.args.total_timesteps:
@@ -735,18 +732,18 @@ class Run:
                    "wall_time": round(wall_time, 1), "sps": round(self.sps(step, wall_time)),
                    "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None}
         if evaluation is not None:
-            print_eval(*evaluation)
-            summary |= {"eval_mean": float(np.mean(evaluation[0])), "eval_std": float(np.std(evaluation[0]))}
-            summary |= dict(zip(("eval_returns", "eval_discounted_returns", "eval_start_q"), evaluation))
+            summary |= report_eval(*evaluation)
         atomic_save(json.dumps(summary, indent=2), self.dir / "summary.json")
         self.metrics.close()
         return summary
 
 
-def print_eval(returns: list[float], discounted_returns: list[float], start_q: list[float]) -> None:
+def report_eval(returns: list[float], discounted: list[float], start_q: list[float]) -> dict:  # summary.json's entries
     print(f"eval: {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes (greedy)")
     print(f"      Q(first state) predicted {np.mean(start_q):.2f}, discounted return earned "
-          f"{np.mean(discounted_returns):.2f}: overestimation {np.mean(start_q) - np.mean(discounted_returns):+.2f}")
+          f"{np.mean(discounted):.2f}: overestimation {np.mean(start_q) - np.mean(discounted):+.2f}")
+    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns,
+            "eval_discounted_returns": discounted, "eval_start_q": start_q}
 
 
 def run_evaluation(args) -> dict:
@@ -755,13 +752,12 @@ def run_evaluation(args) -> dict:
     *networks, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns, discounted, start_q = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed),
-                                            args.gamma, device, video_dir)
+    evaluation = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), args.gamma, device,
+                          video_dir)
     print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
-    print_eval(returns, discounted, start_q)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
-    return {"eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
+    return report_eval(*evaluation)
 # </shared offpolicy_run>
 
 
