@@ -428,7 +428,7 @@ def train(args: Args) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
     envs = make_vector_env(args)
     obs_dim = envs.single_observation_space.shape[0]
@@ -442,7 +442,7 @@ def train(args: Args) -> dict:
     rb = ReplayBuffer(args.buffer_size, obs_dim, device)
     # What model.pt holds, and what a checkpoint adds to go on training: listed once, to save and to resume.
     model = {"obs_dim": obs_dim, "n_actions": n_actions, "q_network": q_network}
-    run = Run(args, model, {"target_network": target_network, "optimizer": optimizer, "buffer": rb}, rng)
+    run = Run(args, device, model, {"target_network": target_network, "optimizer": optimizer, "buffer": rb}, rng)
     global_step, num_updates = run.start_step, run.start_updates
 
     acting_network = host_copy(q_network, device)  # q_network itself on the CPU, a copy in host memory on a GPU
@@ -575,8 +575,8 @@ class Run:
     """The files and console of one run, so that train() reads as the algorithm (docs/running.md). Saving and
     resuming go by train()'s lists: what model.pt holds (`model`) and what a checkpoint adds (`training`)."""
 
-    def __init__(self, args, model: dict, training: dict, rng: np.random.Generator):
-        self.args, self.model, self.training, self.rng = args, model, training, rng
+    def __init__(self, args, device: torch.device, model: dict, training: dict, rng: np.random.Generator):
+        self.args, self.device, self.model, self.training, self.rng = args, device, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         self.time_before, self.clock_step = 0.0, 0  # wall time before a resume; the step the clock starts at
         name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
@@ -592,7 +592,7 @@ class Run:
         atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
         self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
                                   else None, resume_step=self.start_step if args.resume else None)
-        if self.training["buffer"].device.type == "cuda":
+        if device.type == "cuda":
             acting = next(name for name, obj in self.model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
                   "updates and the replay buffer on the GPU")
@@ -613,7 +613,7 @@ class Run:
         atomic_save(self.model_state(step) | self.state(self.training) | {
             "num_updates": num_updates, "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,  # a CPU run: no CUDA
             "elapsed": self.elapsed()}, self.dir / "checkpoint.pt")
         self.checkpoint_step = step
 
@@ -650,7 +650,7 @@ class Run:
                                  f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
         self.checkpoint_step, self.time_before = self.start_step, ckpt.get("elapsed", 0.0)
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step  # older files had no clock
@@ -746,7 +746,7 @@ def report_eval(returns: list[float], discounted: list[float], start_q: list[flo
 
 def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     *networks, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None

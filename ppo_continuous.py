@@ -428,8 +428,9 @@ def update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torc
     minibatch_size = batch_size // args.num_minibatches
     losses, log_ratios = [], []  # per minibatch, detached: diagnostics are computed once per update
     for epoch in range(args.update_epochs):
-        # One shuffle per epoch, then contiguous slices: cheaper than gathering each minibatch.
-        perm = torch.randperm(batch_size, device=batch["obs"].device)
+        # One shuffle per epoch, then contiguous slices: cheaper than gathering each minibatch. The CPU generator
+        # draws it (as it draws actions) on either device: a GPU run shuffles as the CPU run does.
+        perm = torch.randperm(batch_size).to(batch["obs"].device)
         shuffled = {key: value[perm] for key, value in batch.items()}
         for start in range(0, batch_size, minibatch_size):
             mb = {key: value[start : start + minibatch_size] for key, value in shuffled.items()}
@@ -473,7 +474,7 @@ def train(args: Args) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
     envs = make_vector_env(args)
     obs_dim = envs.single_observation_space.shape[0]
@@ -661,7 +662,7 @@ class Run:
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)") from None
         torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
         self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
         print(f"resumed from {path} at step {start['global_step']}")
@@ -690,7 +691,7 @@ class Run:
         counters = {key: counters[key] for key in self.start}  # exactly the counters named in train()
         atomic_save(self.model_state(counters["global_step"]) | state_dicts(self.training) | counters | {
             "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,  # a CPU run: no CUDA
         }, self.dir / "checkpoint.pt")
         self.checkpoint_step = counters["global_step"]
 
@@ -747,7 +748,7 @@ def print_eval(returns: list[float]) -> None:
 
 def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     agent, obs_rms, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None

@@ -532,7 +532,7 @@ def test_non_finite_evaluation_or_weights_stop_the_run_and_keep_the_last_good_ch
     model = {"obs_dim": 4, "n_actions": 2, "q_network": q_network}
     training = {"target_network": target_network, "optimizer": torch.optim.Adam(q_network.parameters()),
                 "buffer": dqn.ReplayBuffer(10, 4, cpu)}
-    run = dqn.Run(tiny_args("--run-name", "unit", "--checkpoint-every", "100"), model, training,
+    run = dqn.Run(tiny_args("--run-name", "unit", "--checkpoint-every", "100"), cpu, model, training,
                   np.random.default_rng(0))
     run.save_checkpoint(100, 4)
     good = (in_tmp / "runs/unit/checkpoint.pt").read_bytes()
@@ -543,7 +543,7 @@ def test_non_finite_evaluation_or_weights_stop_the_run_and_keep_the_last_good_ch
             "runs/unit/checkpoint.pt (step 100) holds the last finite weights")):
         run.save_checkpoint(200, 8)
     assert (in_tmp / "runs/unit/checkpoint.pt").read_bytes() == good
-    run = dqn.Run(tiny_args("--run-name", "unit", "--checkpoint-every", "100"), model, training,
+    run = dqn.Run(tiny_args("--run-name", "unit", "--checkpoint-every", "100"), cpu, model, training,
                   np.random.default_rng(0))  # the Diverged above closed the first one's metrics
     with pytest.raises(dqn.Diverged, match="q_network.out.bias is not finite"):
         run.save_final(400, 16)
@@ -551,7 +551,7 @@ def test_non_finite_evaluation_or_weights_stop_the_run_and_keep_the_last_good_ch
     # A NaN evaluation in a metrics row (the row is written first: it is the diagnosis).
     with torch.no_grad():
         q_network.out.bias[1] = 0.0
-    run = dqn.Run(tiny_args("--run-name", "unit2"), model, training, np.random.default_rng(0))
+    run = dqn.Run(tiny_args("--run-name", "unit2"), cpu, model, training, np.random.default_rng(0))
     with pytest.raises(dqn.Diverged, match="training diverged at step 200: eval_return is nan; no checkpoint"):
         run.log({"global_step": 200, "gradient_steps": 8}, ([float("nan")], [0.0], [0.0]))
     assert read_metrics(in_tmp / "runs/unit2")[-1]["eval_return"] == "nan"
@@ -651,14 +651,13 @@ def assert_same_state(a, b, where="checkpoint"):
 
 
 def fresh_run(args, device=torch.device("cpu")):
-    """A Run over new objects of the tiny run's shapes, as train() would make them (a buffer on the CPU
-    that says it is on `device`: nothing of a fresh run touches it)."""
+    """A Run over new objects of the tiny run's shapes, as train() would make them, for a run on `device` (its
+    objects stay on the CPU: nothing of a fresh run touches them but the loading of a checkpoint)."""
     q_network, target_network = dqn.QNetwork(4, 2, [16, 16]), dqn.QNetwork(4, 2, [16, 16])
-    rb = dqn.ReplayBuffer(1000, 4, torch.device("cpu"))
-    rb.device = device
     training = {"target_network": target_network, "optimizer": torch.optim.Adam(q_network.parameters(), lr=1.0),
-                "buffer": rb}
-    run = dqn.Run(args, {"obs_dim": 4, "n_actions": 2, "q_network": q_network}, training, np.random.default_rng(0))
+                "buffer": dqn.ReplayBuffer(1000, 4, torch.device("cpu"))}
+    run = dqn.Run(args, device, {"obs_dim": 4, "n_actions": 2, "q_network": q_network}, training,
+                  np.random.default_rng(0))
     run.metrics.close()
     return run
 
@@ -722,17 +721,21 @@ def test_cuda_random_state_is_saved_and_restored(finished_run, in_tmp, monkeypat
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert ckpt["cuda_rng"] is None  # saved without CUDA
+    assert ckpt["cuda_rng"] is None  # saved by a CPU run
     torch.save(ckpt | {"cuda_rng": states}, run_dir / "checkpoint.pt")  # as a 2-GPU machine saves it
-    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]))
+    cuda = torch.device("cuda")
+    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]), cuda)
     assert len(restored) == 1 and torch.equal(restored[0], states[0])  # one device here: the first state
     saved = saved_again(run, 400, 28)["cuda_rng"]
     assert len(saved) == 2 and all(torch.equal(a, b) for a, b in zip(saved, states))
+    # A CPU run on this machine neither restores that state nor saves one.
+    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]))
+    assert len(restored) == 1 and saved_again(run, 400, 28)["cuda_rng"] is None
     # A checkpoint written before these keys existed still resumes.
     old = {k: v for k, v in ckpt.items() if k not in ("cuda_rng", "elapsed", "eval_time")}
     torch.save(old, run_dir / "checkpoint.pt")
     restored.clear()
-    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]))
+    run = fresh_run(dqn.parse_args(["--resume", str(run_dir / "checkpoint.pt"), "--total-timesteps", "500"]), cuda)
     assert run.start_step == 400 and restored == [] and run.elapsed() < ckpt["elapsed"] + 5
 
 

@@ -377,6 +377,25 @@ def adam_steps(optimizer) -> set[int]:
     return {int(state["step"]) for state in optimizer.state.values()}
 
 
+def test_minibatch_shuffles_come_from_the_cpu_generator_whatever_the_device(ppo, monkeypatch):
+    # A GPU run must shuffle as the CPU run with its seed does: the permutation is drawn by the CPU generator and
+    # sent over. "meta" stands in for the GPU, whose own generator would be another stream.
+    agent, optimizer, batch = ppo_update_fixture(ppo)
+    real_randperm, drawn = torch.randperm, []
+
+    class Drawn(Exception):
+        pass
+
+    def randperm(*args, **kwargs):
+        drawn.append(real_randperm(*args, **kwargs).device.type)
+        raise Drawn  # the update itself cannot run on meta tensors; the draw is what this test is about
+
+    monkeypatch.setattr(torch, "randperm", randperm)
+    with pytest.raises(Drawn):
+        ppo.update(agent, optimizer, {key: value.to("meta") for key, value in batch.items()}, ppo.Args(), kl_beta=1.0)
+    assert drawn == ["cpu"]
+
+
 def test_ppo_update_runs_every_epoch_and_minibatch_without_a_target_kl(ppo):
     agent, optimizer, batch = ppo_update_fixture(ppo)
     stats = ppo.update(agent, optimizer, batch, ppo.Args(num_minibatches=4, update_epochs=3), kl_beta=1.0)

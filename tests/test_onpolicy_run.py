@@ -500,9 +500,9 @@ def test_cuda_random_state_is_saved_and_restored_and_old_checkpoints_still_resum
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append([s.tolist() for s in new]))
     counters = {"global_step": 0, "iteration": 0}
 
-    def run(*argv):
-        r = algo.Run(tiny_args(algo, *argv) if argv[0] != "--resume" else algo.parse_args(list(argv)), CPU, 4, 128,
-                     shapes={}, model={}, training={}, counters=counters)
+    def run(*argv, device=torch.device("cuda")):  # a run on that device; its (empty) objects stay on the CPU
+        r = algo.Run(tiny_args(algo, *argv) if argv[0] != "--resume" else algo.parse_args(list(argv)), device, 4,
+                     128, shapes={}, model={}, training={}, counters=counters)
         r.metrics.close()
         return r
 
@@ -512,10 +512,33 @@ def test_cuda_random_state_is_saved_and_restored_and_old_checkpoints_still_resum
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a machine with fewer GPUs: the first ones
     run("--resume", path)
     assert restored == [[[1, 2, 3], [4, 5]], [[1, 2, 3]]]
+    # A CPU run on this machine neither restores it nor saves one.
+    on_cpu = run("--resume", path, device=CPU)
+    on_cpu.save_checkpoint(global_step=256, iteration=2)
+    assert len(restored) == 2 and torch.load(path, weights_only=True)["cuda_rng"] is None
+    run("--run-name", "cu2").save_checkpoint(global_step=128, iteration=1)
+    path = str(in_tmp / "runs/cu2/checkpoint.pt")
     ckpt = torch.load(path, weights_only=True)
     del ckpt["cuda_rng"], ckpt["elapsed"]  # as the code before wrote them
     torch.save(ckpt, path)
     assert run("--resume", path).elapsed_before == 0 and len(restored) == 2
+
+
+def test_a_cpu_run_on_a_cuda_machine_never_touches_cuda(algo, in_tmp, monkeypatch):
+    def touched(*args, **kwargs):
+        raise AssertionError("a --no-cuda run touched CUDA")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state_all", "set_rng_state_all", "device_count", "_lazy_init"):
+        monkeypatch.setattr(torch.cuda, name, touched)
+    algo.train(tiny_args(algo, "--run-name", "cpu", "--checkpoint-every", "128"))  # tiny: --no-cuda
+    path = in_tmp / "runs/cpu/checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["cuda_rng"] is None
+    (in_tmp / "runs/cpu/summary.json").unlink()  # a run to go on with, from a GPU run's checkpoint
+    torch.save(ckpt | {"cuda_rng": [torch.tensor([1, 2], dtype=torch.uint8)], "global_step": 128, "iteration": 0},
+               path)
+    algo.train(algo.parse_args(["--resume", str(path)]))
+    algo.main(["--evaluate", str(in_tmp / "runs/cpu/model.pt"), "--no-cuda", "--eval-episodes", "1"])
 
 
 def test_load_model_keeps_the_statistics_on_the_host_wherever_the_agent_goes(algo, in_tmp):
