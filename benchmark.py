@@ -234,7 +234,9 @@ class Args:
     cpus_per_run: float | None = None
     """CPUs each run asks of the Ray cluster (default 1)"""
     gpus_per_run: float | None = None
-    """GPUs each run asks of the Ray cluster (default 0; a fraction shares one GPU between runs)"""
+    """GPUs each run gets (default 0: a run sees none and trains on the CPU); a fraction shares one GPU between
+    runs, a whole number above 1 gives each run that many. Local runs are spread over the visible GPUs; on a
+    Ray cluster, Ray assigns them"""
     max_retries: int = 3
     """times Ray starts a run again from step 0 when the node (or worker) running it is lost"""
 
@@ -311,29 +313,62 @@ def command_of(run: Run, extra: list[str], script: str | None = None) -> list[st
             "--seed", str(run.seed), "--run-name", run.name, *run.entry.flags, *extra]
 
 
-def launch(run: Run, extra: list[str]) -> subprocess.Popen:
+def launch(run: Run, extra: list[str], gpus: list[str]) -> subprocess.Popen:
+    """The run as a process that sees the GPUs `gpus` (CUDA_VISIBLE_DEVICES), and none if it is empty."""
     run.directory.mkdir(parents=True, exist_ok=True)
     command = command_of(run, extra)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES=",".join(gpus))
     with open(run.log_path, "w") as log:  # the child keeps its own handle on the file
         log.write(" ".join(command) + "\n")
         log.flush()
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may give out: CUDA_VISIBLE_DEVICES's list where it is set, else nvidia-smi's."""
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip() and not gpu.strip().startswith("-")]
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):  # no driver, no GPU
+        return []
+    return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
+
+
 class LocalRunner:
     """Each run a process on this machine. benchmark.py and tune.py start, poll and stop runs through a runner:
-    this one, or RayRunner (below) for a Ray cluster."""
+    this one, or RayRunner (below) for a Ray cluster. Without --gpus-per-run a run sees no GPU; with it, each
+    run gets its share of the visible GPUs: the least busy one for a fraction, whole free ones otherwise."""
 
-    slots: int | None = None
-    """runs the runner can hold at once (None: as many as --workers)"""
+    def __init__(self, gpus_per_run: float = 0.0, gpus: list[str] | None = None):
+        self.gpus_per_run = gpus_per_run
+        gpus = (visible_gpus() if gpus is None else gpus) if gpus_per_run else []
+        if gpus_per_run and len(gpus) < gpus_per_run:
+            raise UsageError(f"--gpus-per-run {gpus_per_run:g}, but {len(gpus)} GPU(s) are visible here "
+                             "(CUDA_VISIBLE_DEVICES, nvidia-smi); drop the flag to run on the CPU")
+        per_gpu = int(1 // gpus_per_run) if 0 < gpus_per_run < 1 else 1  # runs that share one GPU
+        self.room = dict.fromkeys(gpus, per_gpu)  # runs each GPU can still take
+        self.slots: int | None = None  # runs the runner can hold at once (None: as many as --workers)
+        if gpus_per_run:
+            self.slots = len(gpus) * per_gpu if gpus_per_run < 1 else len(gpus) // int(gpus_per_run)
+        self.held: dict[subprocess.Popen, list[str]] = {}
 
     def start(self, run: Run, extra: list[str]) -> subprocess.Popen:
-        return launch(run, extra)
+        # The GPUs with the most room (the first of equals): within self.slots runs at once, room for this one.
+        gpus = sorted(self.room, key=lambda gpu: -self.room[gpu])[: math.ceil(self.gpus_per_run)]
+        for gpu in gpus:
+            self.room[gpu] -= 1
+        process = launch(run, extra, gpus)
+        self.held[process] = gpus
+        return process
 
     def poll(self, handle: subprocess.Popen) -> int | None:
         """The run's exit code once it has ended (its directory complete under runs/), else None."""
-        return handle.poll()
+        returncode = handle.poll()
+        if returncode is not None:
+            for gpu in self.held.pop(handle, []):
+                self.room[gpu] += 1
+        return returncode
 
     def stop(self, handles: list[subprocess.Popen]):
         for process in handles:
@@ -510,7 +545,7 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
                                + (f", eval {number(evaluation)}" if evaluation is not None else ""))
             for text in runner.events():
                 view.event(text)
-            while todo and len(running) < workers:
+            while todo and len(running) < min(workers, runner.slots or workers):
                 run = todo.pop(0)
                 running[runner.start(run, extra)] = (run, time.time())
             observe(samples, list(running.values()), time.time())
@@ -568,7 +603,8 @@ def progress_block(running: list[tuple[Run, float]], todo: list[Run], durations:
 # ----------------------------------------------------------------------------------------------
 # Running on a Ray cluster (--ray-address): each run one Ray task. Ray is imported here only.
 # ----------------------------------------------------------------------------------------------
-def run_on_node(script_name: str, script_text: str, arguments: list[str], run_name: str, board) -> tuple:
+def run_on_node(script_name: str, script_text: str, arguments: list[str], run_name: str, board,
+                hide_gpus: bool = True) -> tuple:
     """A Ray task: one run in a temporary directory of whichever node Ray placed it on.
 
     The script travels as text (each script is one self-contained file), so the nodes need the Python packages
@@ -607,11 +643,13 @@ def run_on_node(script_name: str, script_text: str, arguments: list[str], run_na
             except OSError:  # lowering the niceness needs root (or CAP_SYS_NICE)
                 pass
 
+        # A task that asked for no GPU sees none (Ray no longer hides them from it); one that asked has those Ray set.
+        environment = dict(os.environ, PYTHONUNBUFFERED="1", **({"CUDA_VISIBLE_DEVICES": ""} if hide_gpus else {}))
         with open(log_path, "w") as log:
             log.write(" ".join(command) + "\n")
             log.flush()
             process = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                       stdin=subprocess.DEVNULL, env=environment,
                                        preexec_fn=as_a_run if sys.platform == "linux" else None)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         with open(log_path, "rb") as reader:
@@ -670,6 +708,7 @@ class RayRunner(LocalRunner):
 
     def __init__(self, address: str, cpus: float = 1.0, gpus: float = 0.0, max_retries: int = 3):
         self.ray = ray = connect(address)
+        self.gpus = gpus
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -702,7 +741,8 @@ class RayRunner(LocalRunner):
         run.directory.mkdir(parents=True, exist_ok=True)
         run.log_path.write_text("(waiting for a node of the Ray cluster)\n")
         script = script_path(run.entry.script)
-        ref = self.task.remote(script.name, script.read_text(), command_of(run, extra)[2:], run.name, self.board)
+        ref = self.task.remote(script.name, script.read_text(), command_of(run, extra)[2:], run.name, self.board,
+                               self.gpus == 0)
         self.active[run.name] = handle = RayHandle(run, ref)
         return handle
 
@@ -792,16 +832,14 @@ def connect(address: str):
 def make_runner(ray_address: str | None, cpus_per_run: float | None, gpus_per_run: float | None,
                 max_retries: int) -> LocalRunner:
     """The runner the command line asks for; checks the Ray flags (UsageError)."""
+    if gpus_per_run is not None and (gpus_per_run < 0 or gpus_per_run > 1 and gpus_per_run != int(gpus_per_run)):
+        raise UsageError(f"--gpus-per-run must be 0, a fraction below 1 or a whole number, got {gpus_per_run:g}")
     if ray_address is None:
-        given = [flag for flag, value in (("--cpus-per-run", cpus_per_run), ("--gpus-per-run", gpus_per_run))
-                 if value is not None]
-        if given:
-            raise UsageError(f"{' and '.join(given)}: for runs on a Ray cluster; give --ray-address too")
-        return LocalRunner()
+        if cpus_per_run is not None:
+            raise UsageError("--cpus-per-run: for runs on a Ray cluster; give --ray-address too")
+        return LocalRunner(gpus_per_run or 0.0)
     if cpus_per_run is not None and cpus_per_run <= 0:
         raise UsageError(f"--cpus-per-run must be positive, got {cpus_per_run:g}")
-    if gpus_per_run is not None and gpus_per_run < 0:
-        raise UsageError(f"--gpus-per-run must be 0 or more, got {gpus_per_run:g}")
     if max_retries < 0:
         raise UsageError(f"--max-retries must be 0 or more, got {max_retries}")
     return RayRunner(ray_address, cpus_per_run or 1.0, gpus_per_run or 0.0, max_retries)

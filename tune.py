@@ -284,7 +284,8 @@ class Args:
     cpus_per_run: float | None = None
     """CPUs each run asks of the Ray cluster (default 1)"""
     gpus_per_run: float | None = None
-    """GPUs each run asks of the Ray cluster (default 0)"""
+    """GPUs each run gets (default 0: none, it trains on the CPU), on the Ray cluster or spread over this
+    machine's visible GPUs, as benchmark.py"""
     max_retries: int = 3
     """times Ray starts a run again from step 0 when the node running it is lost"""
 

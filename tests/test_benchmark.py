@@ -498,3 +498,47 @@ def test_plot_aggregate_normalises_against_the_references(in_tmp, monkeypatch, c
     monkeypatch.setattr(plot, "REFERENCES", {"A-v0": (10.0, 110.0)})
     assert plot.main(["--preset", "test", "--runs-dir", str(runs), "--aggregate"]) == 2
     assert "error: --aggregate needs a reference score for B-v0" in capsys.readouterr().err
+
+
+def test_runs_see_no_gpu_unless_given_one_and_share_the_visible_ones(tmp_path, monkeypatch):
+    launched = []  # each run's CUDA_VISIBLE_DEVICES, as launched
+
+    class Process:
+        def __init__(self, command, env, **kwargs):
+            launched.append(env["CUDA_VISIBLE_DEVICES"])
+            self.returncode = None
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(benchmark.subprocess, "Popen", Process)
+    runs = [benchmark.Run(Entry("a.py", "Env-v0"), seed, f"r{seed}", tmp_path / f"r{seed}") for seed in range(6)]
+    on_cpu = benchmark.LocalRunner()  # no --gpus-per-run: a run sees no GPU, however many this machine has
+    on_cpu.start(runs[0], [])
+    assert launched == [""] and on_cpu.slots is None
+    launched.clear()
+    halves = benchmark.LocalRunner(0.5, gpus=["0", "1"])  # two runs per GPU, spread over both
+    processes = [halves.start(run, []) for run in runs[:4]]
+    assert halves.slots == 4 and launched == ["0", "1", "0", "1"]
+    processes[1].returncode = 0
+    assert halves.poll(processes[1]) == 0  # its share of GPU 1 is free again
+    halves.start(runs[4], [])
+    assert launched[-1] == "1"
+    launched.clear()
+    pairs = benchmark.LocalRunner(2, gpus=["0", "1", "2", "3"])  # two whole GPUs each
+    first = pairs.start(runs[0], [])
+    pairs.start(runs[1], [])
+    assert pairs.slots == 2 and launched == ["0,1", "2,3"]
+    first.returncode = 1
+    pairs.poll(first)
+    pairs.start(runs[2], [])
+    assert launched[-1] == "0,1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert benchmark.visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert benchmark.visible_gpus() == []
+    with pytest.raises(benchmark.UsageError, match=r"^--gpus-per-run 1, but 0 GPU\(s\) are visible here"):
+        benchmark.make_runner(None, None, 1.0, 3)
+    with pytest.raises(benchmark.UsageError, match="^--gpus-per-run must be 0, a fraction below 1 or a whole"):
+        benchmark.make_runner(None, None, 1.5, 3)
+

@@ -36,17 +36,31 @@ def metrics_without_time(path):
         return [{k: v for k, v in row.items() if k not in ("time", "sps")} for row in csv.DictReader(f)]
 
 
+GPU_PROBE = (  # a stand-in run that says which GPUs it was given, and finishes
+    "import argparse, json, os, pathlib\np = argparse.ArgumentParser()\n"
+    "for f in ('--env-id', '--seed', '--run-name'): p.add_argument(f)\na, _ = p.parse_known_args()\n"
+    "print('CUDA_VISIBLE_DEVICES=' + repr(os.environ.get('CUDA_VISIBLE_DEVICES')))\n"
+    "d = pathlib.Path('runs') / a.run_name\nd.mkdir(parents=True, exist_ok=True)\n"
+    "(d / 'summary.json').write_text(json.dumps({'seed': 1, 'global_step': 1, 'wall_time': 0, 'sps': 1, "
+    "'eval_mean': 1.0}))\n")
+
+
 def test_benchmark_on_a_local_ray_cluster_brings_the_runs_back(tmp_path):
     argv = ["--scripts", "a2c.py", "--env-ids", "CartPole-v1", "--seeds", "1", "2", "--progress-interval", "1",
             "--", *TINY_A2C]
     on_ray, alone = tmp_path / "ray", tmp_path / "local"
     on_ray.mkdir(), alone.mkdir()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    command = in_own_network([sys.executable, str(ROOT / "benchmark.py"), *argv[:-len(TINY_A2C) - 1],
-                              "--ray-address", "local", "--", *TINY_A2C])
+    (on_ray / "gpu_probe.py").write_text(GPU_PROBE)
+    # A machine whose GPU every process may see: a run that asks Ray for no GPU must see none all the same.
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", CUDA_VISIBLE_DEVICES="0")
+    command = in_own_network([sys.executable, str(ROOT / "benchmark.py"), "--scripts", "a2c.py", "gpu_probe.py",
+                              *argv[2:-len(TINY_A2C) - 1], "--ray-address", "local", "--", *TINY_A2C])
     result = subprocess.run(command, cwd=on_ray, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Ray cluster at local: 1 node(s)" in result.stdout
+    for seed in (1, 2):
+        probe = (on_ray / "runs" / f"CartPole-v1__gpu_probe__{seed}" / "stdout.log").read_text()
+        assert "CUDA_VISIBLE_DEVICES=''" in probe, probe
     for seed in (1, 2):
         assert f"start  CartPole-v1__a2c__{seed} on node" in result.stdout
         assert f"done   CartPole-v1__a2c__{seed}" in result.stdout
