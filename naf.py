@@ -255,14 +255,14 @@ class ReplayBuffer:
         if self.pos + n <= self.capacity:
             where = slice(self.pos, self.pos + n)
         else:
-            where = torch.from_numpy((self.pos + np.arange(n)) % self.capacity).to(self.device)
-        self.rows[where] = torch.from_numpy(new_rows).to(self.device)
+            where = to_device((self.pos + np.arange(n)) % self.capacity, self.device)
+        self.rows[where] = to_device(new_rows, self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
-        batch = self.rows[torch.from_numpy(rng.integers(0, self.size, batch_size)).to(self.device)]
+        batch = self.rows[to_device(rng.integers(0, self.size, batch_size), self.device)]
         return tuple(batch[:, place] for place in self.places.values())
 
     # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
@@ -474,7 +474,7 @@ def train(args: Args) -> dict:
                 batch = rb.sample(args.batch_size, rng)
                 num_updates += 1
                 run.record(gradient_step(q_network, target_network, optimizer, batch, args.gamma, args.tau))
-            refresh_host_copy(acting_network, q_network)  # acting goes on with the new weights
+            refresh_host_copy(acting_network, q_network, ("hidden", "mu_head"))  # what acting reads: mu(s)
 
         # --- Evaluate, log, checkpoint ---
         if global_step >= args.total_timesteps:  # first the final checkpoint and model.pt: nothing can lose them
@@ -527,17 +527,18 @@ def evaluate(q_network: QNetwork, env_id: str, env_kwargs: dict, episodes: int, 
     earned, and V(s_0) = max_a Q(s_0, a), its prediction at the first state; a prediction persistently above
     what is earned is overestimation (Pendulum-v1's time limit cuts off a tail weighted 0.98^200 = 0.018)."""
     env = evaluation_env(env_id, env_kwargs, video_dir)
+    q_network = host_copy(q_network, device)  # one observation at a time: on the host, as acting in training
     returns, discounted_returns, start_q = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done, total, discounted, discount, t = False, 0.0, 0.0, 1.0, 0
         while not done:
             with torch.inference_mode():
-                obs_tensor = torch.from_numpy(np.asarray(obs, np.float32)[None]).to(device)
+                obs_tensor = torch.from_numpy(np.asarray(obs, np.float32)[None])
                 value, action, _ = q_network.heads(obs_tensor)
                 if t == 0:
                     start_q.append(float(value[0]))
-            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            obs, reward, terminated, truncated, _ = env.step(action[0].numpy())
             total += float(reward)
             discounted += discount * float(reward)
             discount *= gamma
@@ -916,9 +917,20 @@ def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU mo
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
-def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+def refresh_host_copy(host: nn.Module, module: nn.Module, parts: tuple[str, ...] = ("",)) -> None:
+    """The host copy's weights (those under `parts`, the ones acting reads) from a GPU module's, written in place:
+    one flat copy from the device, one wait, where copying tensor by tensor waits once for each."""
     if host is not module:
-        host.load_state_dict(module.state_dict())
+        names = [name for name, _ in module.named_parameters() if name.startswith(parts)]
+        flat = torch.cat([module.get_parameter(name).detach().reshape(-1) for name in names]).cpu()
+        for name, values in zip(names, flat.split([module.get_parameter(name).numel() for name in names])):
+            host.get_parameter(name).data.copy_(values.view_as(host.get_parameter(name)))
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device` in one copy: to a GPU from page-locked memory, a copy the host does not wait for."""
+    tensor = torch.from_numpy(array)
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
 def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later

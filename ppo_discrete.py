@@ -567,15 +567,16 @@ def evaluate(agent: Agent, obs_rms: RunningMeanStd | None, env_id: str, env_kwar
     """Returns of `episodes` episodes acting with the most likely action, no sampling.
     Observations go through the frozen *training* statistics, which the policy was trained on."""
     env = evaluation_env(env_id, env_kwargs, video_dir)
+    agent = host_copy(agent, device)  # one observation at a time: on the host, as in the rollouts
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done, total = False, 0.0
         while not done:
             with torch.no_grad():
-                action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)).to(device))
+                action = agent.greedy(torch.from_numpy(normalize_obs(obs[None], obs_rms)))
             # Shaped like the space; [()] turns a Discrete one into a scalar (FrozenLake-v1 indexes a dict with it).
-            action = action[0].cpu().numpy().reshape(env.action_space.shape)[()]
+            action = action[0].numpy().reshape(env.action_space.shape)[()]
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
@@ -928,9 +929,20 @@ def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU mo
     return module if device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
-def refresh_host_copy(host: nn.Module, module: nn.Module) -> None:
+def refresh_host_copy(host: nn.Module, module: nn.Module, parts: tuple[str, ...] = ("",)) -> None:
+    """The host copy's weights (those under `parts`, the ones acting reads) from a GPU module's, written in place:
+    one flat copy from the device, one wait, where copying tensor by tensor waits once for each."""
     if host is not module:
-        host.load_state_dict(module.state_dict())
+        names = [name for name, _ in module.named_parameters() if name.startswith(parts)]
+        flat = torch.cat([module.get_parameter(name).detach().reshape(-1) for name in names]).cpu()
+        for name, values in zip(names, flat.split([module.get_parameter(name).numel() for name in names])):
+            host.get_parameter(name).data.copy_(values.view_as(host.get_parameter(name)))
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device` in one copy: to a GPU from page-locked memory, a copy the host does not wait for."""
+    tensor = torch.from_numpy(array)
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
 def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from the training envs', alike later
