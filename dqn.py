@@ -66,7 +66,7 @@ import time
 import urllib.parse
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -259,11 +259,15 @@ class ReplayBuffer:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
-        batch = self.rows[to_device(rng.integers(0, self.size, batch_size), self.device)]
-        obs, actions, rewards, next_obs, terminated = (batch[:, place] for place in self.places.values())
-        return obs, actions.long(), rewards, next_obs, terminated
+    def sample(self, batch_size: int, count: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        """`count` uniform minibatches (with replacement) of the filled rows, one gather each; their row numbers are
+        drawn at once (the same numbers as one by one) and sent to the device in one copy."""
+        if count == 0:
+            return
+        for rows in to_device(rng.integers(0, self.size, (count, batch_size)), self.device):
+            batch = self.rows[rows]
+            obs, actions, rewards, next_obs, terminated = (batch[:, place] for place in self.places.values())
+            yield obs, actions.long(), rewards, next_obs, terminated
 
     # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
     # of any capacity, which keeps the newest.
@@ -449,8 +453,7 @@ def train(args: Args) -> dict:
             rounds = steps_crossed(args.train_frequency, global_step, previous_step)
             if rounds and args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - previous_step / args.total_timesteps)
-            for _ in range(rounds * args.gradient_steps):
-                batch = rb.sample(args.batch_size, rng)
+            for batch in rb.sample(args.batch_size, rounds * args.gradient_steps, rng):
                 run.record(gradient_step(q_network, target_network, optimizer, batch, args))
                 num_updates += 1
             if rounds:

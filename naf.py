@@ -87,7 +87,7 @@ import time
 import urllib.parse
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -260,10 +260,14 @@ class ReplayBuffer:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A uniform minibatch (with replacement) of the filled rows; only the row numbers travel to the device."""
-        batch = self.rows[to_device(rng.integers(0, self.size, batch_size), self.device)]
-        return tuple(batch[:, place] for place in self.places.values())
+    def sample(self, batch_size: int, count: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        """`count` uniform minibatches (with replacement) of the filled rows, one gather each; their row numbers are
+        drawn at once (the same numbers as one by one) and sent to the device in one copy."""
+        if count == 0:
+            return
+        for rows in to_device(rng.integers(0, self.size, (count, batch_size)), self.device):
+            batch = self.rows[rows]
+            yield tuple(batch[:, place] for place in self.places.values())
 
     # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
     # of any capacity, which keeps the newest.
@@ -470,8 +474,7 @@ def train(args: Args) -> dict:
 
         # --- Learn: updates_per_step gradient steps per transition ---
         if rb.size >= args.learning_starts:
-            for _ in range(args.num_envs * args.updates_per_step):
-                batch = rb.sample(args.batch_size, rng)
+            for batch in rb.sample(args.batch_size, args.num_envs * args.updates_per_step, rng):
                 num_updates += 1
                 run.record(gradient_step(q_network, target_network, optimizer, batch, args.gamma, args.tau))
             refresh_host_copy(acting_network, q_network, ("hidden", "mu_head"))  # what acting reads: mu(s)

@@ -145,7 +145,7 @@ def test_buffer_wraps_around_samples_filled_rows_and_round_trips():
     assert rb.size == 5 and rb.pos == 3
     assert sorted(map(tuple, rb.obs.tolist())) == [(1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
     np.testing.assert_array_equal(rb.next_obs, rb.obs + 10)
-    b_obs, b_actions, b_rewards, _, _ = rb.sample(64, np.random.default_rng(0))
+    b_obs, b_actions, b_rewards, _, _ = next(rb.sample(64, 1, np.random.default_rng(0)))
     assert b_obs.shape == (64, 2) and b_actions.shape == (64, 1) and b_actions.dtype == torch.float32
     torch.testing.assert_close(b_actions[:, 0], b_rewards)  # rows stay whole: action and reward match
 
@@ -746,7 +746,7 @@ def test_replay_buffer_stores_and_samples_on_its_device():
     rb = ddpg.ReplayBuffer(4, obs_dim=5, act_dim=1, device=torch.device("meta"))
     one_hot = np.eye(5, dtype=np.int64)[[1, 3]]  # one-hot observations arrive as int64
     rb.add(one_hot, np.zeros((2, 1), np.float32), one_hot, np.ones(2), np.zeros(2, bool), np.zeros(2, bool), {})
-    batch = rb.sample(3, np.random.default_rng(0))
+    batch = next(rb.sample(3, 1, np.random.default_rng(0)))
     assert [(t.device.type, t.dtype, tuple(t.shape)) for t in batch] == [
         ("meta", torch.float32, (3, 5)), ("meta", torch.float32, (3, 1)), ("meta", torch.float32, (3,)),
         ("meta", torch.float32, (3, 5)), ("meta", torch.float32, (3,))]

@@ -155,7 +155,7 @@ def test_buffer_wraps_around_and_samples_only_filled_rows():
     partial.add(np.ones((2, 2), np.float32), np.array([1, 0]), np.zeros((2, 2), np.float32),
                 np.array([5.0, 7.0], np.float32), np.array([True, False]), no_end, {"final_obs": final_obs})
     np.testing.assert_array_equal(partial.next_obs[:2], [[9, 9], [0, 0]])
-    b_obs, b_actions, b_rewards, _, b_terminated = partial.sample(64, np.random.default_rng(0))
+    b_obs, b_actions, b_rewards, _, b_terminated = next(partial.sample(64, 1, np.random.default_rng(0)))
     assert b_obs.shape == (64, 2) and b_actions.dtype == torch.int64
     assert set(b_rewards.tolist()) == {5.0, 7.0}  # both filled rows, never an empty one
     torch.testing.assert_close(b_terminated, (b_rewards == 5.0).float())
@@ -190,10 +190,15 @@ def test_buffer_stores_in_its_dtypes_wraps_around_and_samples_the_rows_the_gener
     assert rb.next_obs.tolist() == [[12, 11], [23, 20], [13, 11], [11, 11], [22, 20]]  # env 0's s' is its final obs
     assert rb.terminated.tolist() == [0, 1, 0, 0, 1] and rb.rewards.tolist() == [-2, 3, -3, -1, 2]
     rows = torch.from_numpy(np.random.default_rng(1).integers(0, 5, 32))
-    sampled = rb.sample(32, np.random.default_rng(1))
+    sampled = next(rb.sample(32, 1, np.random.default_rng(1)))
     assert [t.dtype for t in sampled] == [torch.float32, torch.int64, torch.float32, torch.float32, torch.float32]
     for name, column in zip(rb.names, sampled):  # the rows the generator drew, each column of them
         assert torch.equal(column, getattr(rb, name)[rows].to(column.dtype))
+    # A round's minibatches, their rows drawn at once: the same as drawn one by one.
+    at_once, one_rng = list(rb.sample(32, 3, np.random.default_rng(2))), np.random.default_rng(2)
+    one_by_one = [next(rb.sample(32, 1, one_rng)) for _ in range(3)]
+    assert all(torch.equal(a, b) for x, y in zip(at_once, one_by_one, strict=True) for a, b in zip(x, y, strict=True))
+    assert list(rb.sample(32, 0, np.random.default_rng(2))) == []
 
 
 @pytest.mark.parametrize("new", [json.dumps({"eval_mean": 2.0}), {"eval_mean": 2.0}], ids=["text", "torch"])
