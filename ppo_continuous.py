@@ -396,15 +396,15 @@ def compute_advantages(agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs
     """pi_old's log-probs and values (the networks have not changed since the rollout) in one batched
     pass, cheaper than step by step, then GAE. Returns the update's batch, one row per transition."""
     num_steps, num_envs, obs_dim = rollout.obs.shape
-    b_obs = torch.from_numpy(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms)).to(device)
-    b_actions = torch.from_numpy(rollout.actions.reshape(num_steps * num_envs, -1)).to(device)
+    b_obs = to_device(normalize_obs(rollout.obs.reshape(-1, obs_dim), obs_rms), device)
+    b_actions = to_device(rollout.actions.reshape(num_steps * num_envs, -1), device)
     with torch.inference_mode():
         b_logprobs, _ = agent.log_prob_entropy(b_obs, b_actions)  # log pi_old(a_t | s_t)
         b_values = agent.value(b_obs)  # V(s_t)
-        last_values = agent.value(torch.from_numpy(normalize_obs(next_obs, obs_rms)).to(device)).cpu().numpy()
+        last_values = agent.value(to_device(normalize_obs(next_obs, obs_rms), device)).cpu().numpy()
         final_values = np.zeros((num_steps, num_envs), np.float32)  # V(true final obs) where truncated
         if rollout.truncated.any():
-            final_obs = torch.from_numpy(normalize_obs(rollout.final_obs[rollout.truncated], obs_rms)).to(device)
+            final_obs = to_device(normalize_obs(rollout.final_obs[rollout.truncated], obs_rms), device)
             final_values[rollout.truncated] = agent.value(final_obs).cpu().numpy()
     values = b_values.cpu().numpy().reshape(num_steps, num_envs)
     if obs_rms is not None:
@@ -416,8 +416,8 @@ def compute_advantages(agent: Agent, rollout: Rollout, next_obs: np.ndarray, obs
                                       gamma, gae_lambda)
     # Inference tensors cannot be saved for backward; clone() makes ordinary ones for any direct use.
     return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs.clone(), "values": b_values.clone(),
-            "advantages": torch.from_numpy(advantages.reshape(-1)).to(device),  # A_t
-            "returns": torch.from_numpy(returns.reshape(-1)).to(device)}  # R_t = A_t + V(s_t), the value target
+            "advantages": to_device(advantages.reshape(-1), device),  # A_t
+            "returns": to_device(returns.reshape(-1), device)}  # R_t = A_t + V(s_t), the value target
 
 
 def update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args,
