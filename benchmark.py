@@ -190,7 +190,8 @@ PRESETS: dict[str, Preset] = {
         Entry("ddpg.py", "Hopper-v5", DDPG_MUJOCO),
         Entry("ddpg.py", "Walker2d-v5", DDPG_MUJOCO),
         Entry("ddpg.py", "LunarLanderContinuous-v3", DDPG_BOX2D),
-        Entry("ddpg.py", "HalfCheetah-v5", DDPG_MUJOCO),
+        # Tagged: the full preset's runs of this pair, with other flags, have the untagged names.
+        Entry("ddpg.py", "HalfCheetah-v5", DDPG_MUJOCO, tag="mujoco"),
     )),
     # Default flags, one seed: the same runs as the full preset's seed 1 (about 1 to 1.5 minutes
     # each on a busy 2-core machine), held to the same bars, which all three seeds pass.
