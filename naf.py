@@ -585,19 +585,9 @@ class Run:
         self.args, self.device, self.model, self.training, self.rng = args, device, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         self.time_before, self.clock_step = 0.0, 0  # wall time before a resume; the step the clock starts at
-        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
             self.resume(args.resume)
-        try:  # the run directory, or one line saying why it cannot be written (a read-only one passes mkdir)
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.dir).close()
-        except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
-                             "--run-name or a writable working directory") from None
-        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
-                                  else None, resume_step=self.start_step if args.resume else None)
+        self.dir, self.metrics = open_run(args, self.start_step if args.resume else None)
         if device.type == "cuda":
             acting = next(name for name, obj in self.model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
@@ -655,9 +645,7 @@ class Run:
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
                                  f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
-        if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        set_torch_rng(ckpt, self.device)
         self.checkpoint_step, self.time_before = self.start_step, ckpt.get("elapsed", 0.0)
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step  # older files had no clock
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
@@ -752,7 +740,7 @@ def report_eval(returns: list[float], discounted: list[float], start_q: list[flo
 
 def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    device = torch.device("cpu")  # evaluation acts one observation at a time, on the host in any case
     *networks, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
@@ -844,6 +832,12 @@ def check_resumable(path: str, step: int, at_end: bool, args) -> None:
                          "pass a larger --total-timesteps to train on")
 
 
+def set_torch_rng(ckpt: dict, device: torch.device) -> None:  # and CUDA's, its first devices, for a run on CUDA
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
 class MetricsLog:
     """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
     the rows up to its checkpoint; any other starts afresh, even under a name used before."""
@@ -914,6 +908,22 @@ def init_wandb(args, run_name: str, run_dir: Path):
         print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
                       config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def open_run(args, resume_step: int | None) -> tuple[Path, MetricsLog]:
+    """The run's directory (the checkpoint's with --resume) with its args.json, and its metrics.csv (and wandb,
+    with --track); one line saying why before any training when the directory cannot be written."""
+    name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.resume).parent if args.resume else Path("runs") / name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {run_dir}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+    atomic_save(json.dumps(asdict(args), indent=2), run_dir / "args.json")
+    wandb_run = init_wandb(args, run_dir.name, run_dir) if args.track else None
+    return run_dir, MetricsLog(run_dir / "metrics.csv", wandb_run, resume_step)
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory

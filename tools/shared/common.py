@@ -76,6 +76,12 @@ def check_resumable(path: str, step: int, at_end: bool, args) -> None:
                          "pass a larger --total-timesteps to train on")
 
 
+def set_torch_rng(ckpt: dict, device: torch.device) -> None:  # and CUDA's, its first devices, for a run on CUDA
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+
+
 class MetricsLog:
     """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
     the rows up to its checkpoint; any other starts afresh, even under a name used before."""
@@ -146,6 +152,22 @@ def init_wandb(args, run_name: str, run_dir: Path):
         print(f"wandb: {reason}, logging offline to {run_dir}/wandb; upload later with `wandb sync`")
     return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name,
                       config=asdict(args), dir=str(run_dir), mode=mode or "online")
+
+
+def open_run(args, resume_step: int | None) -> tuple[Path, MetricsLog]:
+    """The run's directory (the checkpoint's with --resume) with its args.json, and its metrics.csv (and wandb,
+    with --track); one line saying why before any training when the directory cannot be written."""
+    name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.resume).parent if args.resume else Path("runs") / name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()  # an existing directory on a read-only filesystem passes mkdir
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {run_dir}: {e.strerror or e}; choose another --run-name or "
+                         "a writable working directory") from None
+    atomic_save(json.dumps(asdict(args), indent=2), run_dir / "args.json")
+    wandb_run = init_wandb(args, run_dir.name, run_dir) if args.track else None
+    return run_dir, MetricsLog(run_dir / "metrics.csv", wandb_run, resume_step)
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory

@@ -19,19 +19,9 @@ class Run:
         self.args, self.device, self.model, self.training, self.rng = args, device, model, training, rng
         self.start_step, self.start_updates, self.checkpoint_step, self.final_saved = 0, 0, None, False
         self.time_before, self.clock_step = 0.0, 0  # wall time before a resume; the step the clock starts at
-        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
         if args.resume:
             self.resume(args.resume)
-        try:  # the run directory, or one line saying why it cannot be written (a read-only one passes mkdir)
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.dir).close()
-        except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
-                             "--run-name or a writable working directory") from None
-        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
-                                  else None, resume_step=self.start_step if args.resume else None)
+        self.dir, self.metrics = open_run(args, self.start_step if args.resume else None)
         if device.type == "cuda":
             acting = next(name for name, obj in self.model.items() if isinstance(obj, nn.Module))
             print(f"device cuda: acting on a CPU copy of the {acting} (refreshed after each update); "
@@ -89,9 +79,7 @@ class Run:
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[-1].strip()}; "
                                  f"{fix}") from None
         self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
-        if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        set_torch_rng(ckpt, self.device)
         self.checkpoint_step, self.time_before = self.start_step, ckpt.get("elapsed", 0.0)
         self.clock_step = 0 if "elapsed" in ckpt else self.start_step  # older files had no clock
         print(f"resumed from {path} at step {self.start_step} with {self.training['buffer'].size} transitions "
@@ -186,7 +174,7 @@ def report_eval(returns: list[float], discounted: list[float], start_q: list[flo
 
 def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    device = torch.device("cpu")  # evaluation acts one observation at a time, on the host in any case
     *networks, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None

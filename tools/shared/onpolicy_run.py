@@ -31,17 +31,7 @@ class Run:
         self.total_steps = num_iterations * batch_size
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
         self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
-        name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-        self.dir = Path(args.resume).parent if args.resume else Path("runs") / name
-        try:  # the run directory, or one line saying why it cannot be written (a read-only one passes mkdir)
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.dir).close()
-        except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.dir}: {e.strerror or e}; choose another "
-                             "--run-name or a writable working directory") from None
-        atomic_save(json.dumps(asdict(args), indent=2), self.dir / "args.json")
-        self.metrics = MetricsLog(self.dir / "metrics.csv", init_wandb(args, self.dir.name, self.dir) if args.track
-                                  else None, resume_step=self.start["global_step"] if args.resume else None)
+        self.dir, self.metrics = open_run(args, self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
@@ -72,9 +62,7 @@ class Run:
             except (RuntimeError, ValueError, KeyError) as e:  # torch's size mismatch, in one line
                 raise UsageError(f"{path} does not fit these networks: {str(e).strip().splitlines()[0]}; "
                                  "resume with the flags it was trained with (drop --env-id)") from None
-        torch.set_rng_state(ckpt["torch_rng"])  # and CUDA's for its first min(saved, here) devices, where saved
-        if ckpt.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][: torch.cuda.device_count()])
+        set_torch_rng(ckpt, self.device)
         self.checkpoint_step, self.elapsed_before = start["global_step"], ckpt.get("elapsed", 0.0)
         print(f"resumed from {path} at step {start['global_step']}")
         return start
@@ -159,7 +147,7 @@ def print_eval(returns: list[float]) -> None:
 
 def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    device = torch.device("cpu")  # evaluation acts one observation at a time, on the host in any case
     agent, obs_rms, state = load_model(args.evaluate, device)
     env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
