@@ -34,6 +34,7 @@ import math
 import netrc
 import os
 import random
+import signal
 import socket
 import sys
 import tempfile
@@ -41,6 +42,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+import weakref
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -478,7 +480,6 @@ def train(args: Args) -> dict:
     """Trains, evaluates and saves; returns a summary (also written to runs/<run-name>/summary.json)."""
     check_args(args)
     batch_size = args.num_envs * args.num_steps
-    num_iterations = args.total_timesteps // batch_size
 
     # Seeding: python, numpy and torch here; each env gets seed + index at its first reset.
     random.seed(args.seed)
@@ -495,18 +496,19 @@ def train(args: Args) -> dict:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd((obs_dim,)) if args.norm_obs else None
     reward_scaler = RewardScaler(args.num_envs, args.num_steps, args.gamma) if args.norm_reward else None
-    run = Run(args, device, num_iterations, batch_size, shapes={"obs_dim": obs_dim, "dims": dims},
+    run = Run(args, device, batch_size, shapes={"obs_dim": obs_dim, "dims": dims},
               model={"agent": agent, "obs_rms": obs_rms},
               training={"optimizer": optimizer, "reward_rms": reward_scaler.rms if reward_scaler else None},
               counters={"global_step": 0, "iteration": 0, "kl_beta": args.kl_beta})
-    global_step, done_iterations, kl_beta = run.start["global_step"], run.start["iteration"], run.start["kl_beta"]
+    global_step, iteration, kl_beta = run.start["global_step"], run.start["iteration"], run.start["kl_beta"]
     rollout = Rollout(args.num_steps, args.num_envs, obs_dim, len(dims))
     acting_agent = host_copy(agent, device)  # the agent itself, or its CPU copy when it trains on a GPU (Part 2)
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
 
-    for iteration in range(done_iterations + 1, num_iterations + 1):
+    while global_step < run.total_steps:  # whole rollouts up to --total-timesteps
+        iteration += 1
         if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - global_step / run.total_steps)
         obs, episodes = collect_rollout(envs, acting_agent, rollout, obs, obs_rms, reward_scaler)
         global_step += batch_size
         batch = compute_advantages(agent, rollout, obs, obs_rms, reward_scaler, args.gamma, args.gae_lambda, device)
@@ -524,7 +526,7 @@ def train(args: Args) -> dict:
         }, episodes)
         if run.checkpoint_due(global_step, global_step - batch_size):
             run.save_checkpoint(global_step=global_step, iteration=iteration, kl_beta=kl_beta)
-        run.progress(global_step, done=iteration == num_iterations)
+        run.progress(global_step)
     envs.close()
     return run.finish(global_step)
 
@@ -545,6 +547,9 @@ def check_args(args: Args) -> None:
     if batch % args.num_minibatches:
         raise UsageError(f"the rollout batch num_envs * num_steps = {args.num_envs} * {args.num_steps} = {batch} "
                          f"does not divide into --num-minibatches {args.num_minibatches}; pick a divisor of {batch}")
+    if args.norm_adv and batch == args.num_minibatches:  # the std of one advantage is 0 (or NaN): no scale
+        raise UsageError(f"--num-minibatches {args.num_minibatches} makes minibatches of one sample, whose advantage "
+                         "cannot be normalised; use fewer minibatches or --no-norm-adv")
     if args.total_timesteps < batch:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps); "
                          "raise it or lower --num-envs / --num-steps")
@@ -627,27 +632,32 @@ class Run:
     what a checkpoint holds: `model` and `training` (objects with a state_dict, None for one switched off) and
     `counters` (numbers, with their starting values; `start` holds them as training starts)."""
 
-    def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
-                 model: dict, training: dict, counters: dict):
+    def __init__(self, args, device: torch.device, batch_size: int, shapes: dict, model: dict, training: dict,
+                 counters: dict):
         self.args, self.device, self.shapes, self.model, self.training = args, device, shapes, model, training
-        self.total_steps = num_iterations * batch_size
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
-        self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
+        self.start = self.resume(batch_size, counters) if args.resume else dict(counters)
+        # Where training ends: the last whole rollout within --total-timesteps, counted in env steps from where it
+        # starts, so that a run resumed with another --num-envs or --num-steps goes on from the same step.
+        step = self.start["global_step"]
+        self.total_steps = step + (args.total_timesteps - step) // batch_size * batch_size
         self.dir, self.metrics = open_run(args, self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
         self.recent_returns: deque[float] = deque(maxlen=20)
+        self.acted_finite = True  # whether the last rollout's policy was finite (Run.log checks after each update)
         self.start_time = self.last_print = time.time()
 
-    def resume(self, num_iterations: int, counters: dict) -> dict:
+    def resume(self, batch_size: int, counters: dict) -> dict:
         """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         path = self.args.resume
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         start = {key: ckpt[key] for key in counters}
-        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
+        check_resumable(path, start["global_step"], self.args.total_timesteps - start["global_step"] < batch_size,
+                        self.args)
         for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
             if ckpt.get(key) != value:
                 raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
@@ -675,6 +685,13 @@ class Run:
     def diverged(self, step: int, what: str, value) -> "Diverged":
         kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
+        # Rewards or observations (through their statistics) that are not finite, from a rollout whose policy was:
+        # the env returned them, and a lower learning rate would not help.
+        bad = what if what == "episodic_return" else non_finite({"obs_rms": state_dicts(self.model).get("obs_rms")}) or ""
+        if self.acted_finite and bad.startswith(("episodic_return", "obs_rms")):
+            return Diverged(f"{self.args.env_id} returned {'rewards' if what == bad else 'observations'} that are not "
+                            f"finite, acted on by finite weights (at step {step} {bad} is not finite); check the "
+                            f"env; {kept}")
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
@@ -706,13 +723,14 @@ class Run:
                      "episodic_return": np.mean(episode_returns) if episode_returns else "",
                      "episodic_length": np.mean(episode_lengths) if episode_lengths else "", "episodes": len(episodes)}
         self.metrics.write(row)
-        for column, value in row.items():
-            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
-                    and not math.isfinite(value):
-                raise self.diverged(row["global_step"], column, value)
+        for column in sorted(row, key=lambda c: c != "episodic_return"):  # the env's numbers first: the cause
+            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and row[column] != "" \
+                    and not math.isfinite(row[column]):
+                raise self.diverged(row["global_step"], column, row[column])
+        self.acted_finite = non_finite(state_dicts(self.model)) is None  # the weights the next rollout acts with
 
-    def progress(self, global_step: int, done: bool) -> None:
-        if time.time() - self.last_print < self.args.log_interval and not done:
+    def progress(self, global_step: int) -> None:
+        if time.time() - self.last_print < self.args.log_interval and global_step < self.total_steps:
             return
         self.last_print, elapsed = time.time(), self.elapsed()
         sps = global_step / elapsed
@@ -751,10 +769,11 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cpu")  # evaluation acts one observation at a time, on the host in any case
     agent, obs_rms, state = load_model(args.evaluate, device)
-    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    check_model_fits(args.evaluate, state, args)
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns = evaluate(agent, obs_rms, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), device, video_dir)
-    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    returns = evaluate(agent, obs_rms, args.env_id, args.env_kwargs, args.eval_episodes, eval_seed(args.seed), device,
+                       video_dir)
+    print(f"{args.env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
@@ -779,6 +798,9 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
     """--seed's range, every float finite (nan passes any comparison), `ranges`, the --resume/--evaluate file."""
     if not 0 <= args.seed < 2**31:  # numpy and the envs take seeds up to 2**32 - 1, offsets added
         raise UsageError(f"--seed must be from 0 to 2**31 - 1, got {args.seed}")
+    if args.run_name is not None and (args.run_name in ("", "..") or Path(args.run_name).name != args.run_name):
+        raise UsageError(f"--run-name must be one directory name, made under runs/ (no / and not . or ..), got "
+                         f"{args.run_name!r}")
     checks = [(name, "a finite number", math.isfinite) for name, v in vars(args).items() if isinstance(v, float)]
     for name, want, ok in checks + [(name, kind, RANGES[kind]) for kind, names in ranges.items() for name in names]:
         if not ok(getattr(args, name)):
@@ -790,21 +812,45 @@ def check_flags(args, ranges: dict[str, tuple[str, ...]]) -> None:
         raise UsageError("--eval-episodes must be positive with --evaluate")
 
 
-def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
-    """Makes the env once: a bad id, package, keyword or space is one error line before anything is written."""
+EVAL_STEP_CAP = 10_000  # evaluation steps per episode of an env with no time limit: 10x MuJoCo's 1,000
+
+
+def check_env(env_id: str, env_kwargs: dict | None = None) -> tuple[gym.Space, gym.Space]:
+    """Makes the env once, resets it and takes a step: a bad id, package, keyword or space, or an env that breaks
+    its contract from the start, is one error line before anything is written. Returns its spaces."""
     try:
         env = make_env(env_id, env_kwargs)
     except (gym.error.Error, ImportError, TypeError) as e:
         raise UsageError(f"cannot make {env_id}" + (f" with --env-kwargs {env_kwargs}" if env_kwargs else "")
                          + f": {e}") from None
-    space, problem = env.observation_space, action_space_error(env.action_space)  # as make_env flattened it
-    env.close()
+    space, action_space = env.observation_space, env.action_space  # as make_env flattened them
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        env.close()
         raise UsageError(f"{env_id} has {space} observations; {ALGORITHM}.py's networks take a flat vector (a 1-D "
                          "Box, or a Discrete, MultiDiscrete, Tuple or Dict space, which it flattens); image "
                          "observations need a convolutional network, which it does not have")
-    if problem:
+    if problem := action_space_error(action_space):
+        env.close()
         raise UsageError(f"{env_id} {problem}")
+    limit, call, shapes = env.spec.max_episode_steps if env.spec else None, "reset", []
+    with warnings.catch_warnings():  # gymnasium's env checker would warn first: the error line says it
+        warnings.simplefilter("ignore")
+        try:  # a broken env would otherwise fail deep inside the vector env, as a traceback
+            shapes.append(np.shape(env.reset(seed=0)[0]))
+            call = "step"
+            obs, reward, *_ = env.step(action_space.sample())
+            np.asarray(obs, np.float32), float(reward)  # numbers, as the networks and the return need them
+            problem = next((f"returns observations of shape {shape}, not {space.shape}"
+                            for shape in (*shapes, np.shape(obs)) if shape != space.shape), None)
+        except Exception as e:  # noqa: BLE001 (an env can raise anything)
+            problem = f"raised {type(e).__name__} in {call}(): {(str(e).strip().splitlines() or [''])[0]}"
+        finally:
+            env.close()
+    if problem:
+        raise UsageError(f"{env_id} breaks the gymnasium env contract: it {problem}; fix the env")
+    if limit is None:
+        print(f"note: {env_id} has no time limit; each evaluation episode stops after {EVAL_STEP_CAP} steps")
+    return space, action_space
 
 
 def atomic_save(obj: dict | str, path: Path) -> None:
@@ -817,28 +863,41 @@ def atomic_save(obj: dict | str, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # an interrupt too: no .tmp left beside the previous file
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
         then = "--resume from it" if path.name == "checkpoint.pt" else "run again"
         raise UsageError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept; free space "
                          f"and {then}") from None
 
 
+def run_directory(args) -> Path:  # runs/<--run-name>; with --resume and no --run-name, the checkpoint's own
+    if args.resume and not args.run_name:
+        return Path(args.resume).parent
+    return Path("runs") / (args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+
+
 def check_resumable(path: str, step: int, at_end: bool, args) -> None:
-    """Refuses a checkpoint from before its finished run's end, or with nothing left to train: both overwrite."""
+    """Refuses a checkpoint that would overwrite a finished run (one from before its end, resumed in place) or
+    that has nothing left to do. At the end of an unfinished run (stopped in its final evaluation) only the
+    final evaluation and summary.json are left."""
     summary = Path(path).parent / "summary.json"
     try:
         finished = int(json.loads(summary.read_text())["global_step"]) if summary.is_file() else None
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{summary} is damaged; start a new run (without --resume) instead") from None
-    if finished is not None and step < finished:  # at or past it, the checkpoint extends the run: fine
+    in_place = run_directory(args).resolve() == summary.parent.resolve()
+    if finished is not None and step < finished and in_place:  # at or past it, the checkpoint extends the run
         raise UsageError(f"{summary.parent} finished at step {finished} (summary.json); its checkpoint.pt is from "
                          f"step {step}, so resuming would redo steps past it and overwrite the finished run's files; "
-                         "start a new run (without --resume) instead")
-    if at_end:
+                         "resume into a new run with --run-name NAME instead")
+    if at_end and finished is not None:
         raise UsageError(f"{path} ends at step {step}, already the end of --total-timesteps {args.total_timesteps}; "
                          "pass a larger --total-timesteps to train on")
+    if at_end:
+        print(f"{path} is at the end of training (step {step}): the final evaluation and summary.json are left")
 
 
 def set_torch_rng(ckpt: dict, device: torch.device) -> None:  # and CUDA's, its first devices, for a run on CUDA
@@ -848,21 +907,32 @@ def set_torch_rng(ckpt: dict, device: torch.device) -> None:  # and CUDA's, its 
 
 
 class MetricsLog:
-    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run keeps
-    the rows up to its checkpoint; any other starts afresh, even under a name used before."""
+    """runs/<run-name>/metrics.csv (METRICS' columns, one flushed write a row) and wandb. A resumed run starts
+    with the rows of `source` (its checkpoint's run) up to its checkpoint; any other starts afresh."""
 
-    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None):
-        kept = []
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["global_step"]) <= resume_step]
-        with open(tmp := path.with_name(path.name + ".tmp"), "w", newline="") as f:
-            csv.DictWriter(f, fieldnames=METRICS).writeheader()
-            csv.DictWriter(f, fieldnames=METRICS).writerows(kept)
-        os.replace(tmp, path)
+    def __init__(self, path: Path, wandb_run=None, resume_step: int | None = None, source: Path | None = None):
+        kept, dropped = [], 0
+        if source is not None and source.is_file():
+            # Read as untrusted: a row cut by a crash, NUL bytes, a step that is no whole number or out of order.
+            for row in csv.DictReader(io.StringIO(source.read_text(errors="replace").replace("\0", ""))):
+                try:  # whole: no field missing or extra, its step a whole number after the last row kept
+                    step = int(row["global_step"])
+                    whole = None not in row and None not in row.values() and step > int(kept[-1]["global_step"]
+                                                                                          if kept else -1)
+                except (KeyError, ValueError, TypeError):
+                    whole = False
+                kept += [row] if whole and step <= resume_step else []
+                dropped += not whole
+            if dropped:
+                print(f"{source}: left out {dropped} damaged rows")
+        table = io.StringIO()
+        csv.DictWriter(table, fieldnames=METRICS).writeheader()
+        csv.DictWriter(table, fieldnames=METRICS, extrasaction="ignore").writerows(kept)
+        atomic_save(table.getvalue(), path)
         self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the run; close() closes it)
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, extrasaction="ignore")
         self.wandb_run = wandb_run
+        self.release = lambda: None  # open_run's: the run directory's lock
 
     def write(self, row: dict) -> None:
         self.writer.writerow(row)
@@ -872,6 +942,7 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+        self.release()
         if self.wandb_run is not None:
             self.wandb_run.finish()
 
@@ -920,19 +991,54 @@ def init_wandb(args, run_name: str, run_dir: Path):
 
 
 def open_run(args, resume_step: int | None) -> tuple[Path, MetricsLog]:
-    """The run's directory (the checkpoint's with --resume) with its args.json, and its metrics.csv (and wandb,
-    with --track); one line saying why before any training when the directory cannot be written."""
-    name = args.run_name or f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-    run_dir = Path(args.resume).parent if args.resume else Path("runs") / name
+    """The run's directory (run_directory), locked for this process's lifetime, with its args.json, and its
+    metrics.csv (and wandb, with --track); one line saying why before any training when the directory cannot
+    be written, is another live process's, or holds a finished run that this one would overwrite."""
+    run_dir, source = run_directory(args), Path(args.resume).parent if args.resume else None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=run_dir).close()  # an existing directory on a read-only filesystem passes mkdir
+        lock = os.open(run_dir, os.O_RDONLY)  # the directory itself, locked until closed or the process ends
     except OSError as e:
         raise UsageError(f"cannot write the run directory {run_dir}: {e.strerror or e}; choose another --run-name or "
                          "a writable working directory") from None
-    atomic_save(json.dumps(asdict(args), indent=2), run_dir / "args.json")
+    problem = None
+    with contextlib.suppress(ImportError):  # POSIX; without fcntl (Windows) a directory goes unlocked
+        import fcntl
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            problem = (f"{run_dir} is in use by another run that is still going; wait for it to end or choose "
+                       "another --run-name")
+    if not problem and (run_dir / "summary.json").exists() and not (source and source.resolve() == run_dir.resolve()):
+        problem = (f"{run_dir} holds a finished run (summary.json), which this run would overwrite; choose another "
+                   "--run-name, or delete that directory first")
+    if problem:
+        os.close(lock)
+        raise UsageError(problem)
+    atomic_save(json.dumps(asdict(args) | {"run_name": run_dir.name}, indent=2), run_dir / "args.json")
     wandb_run = init_wandb(args, run_dir.name, run_dir) if args.track else None
-    return run_dir, MetricsLog(run_dir / "metrics.csv", wandb_run, resume_step)
+    metrics = MetricsLog(run_dir / "metrics.csv", wandb_run, resume_step, source and source / "metrics.csv")
+    metrics.release = weakref.finalize(metrics, os.close, lock)  # once: when the run ends or its log is dropped
+    return run_dir, metrics
+
+
+def check_model_fits(path: str, state: dict, args) -> None:
+    """--evaluate on another env (--env-id, --env-kwargs): it must give the model's observation size and, where
+    the model's own env can be made to compare with, an action space of its kind and size."""
+    trained = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    if (args.env_id, args.env_kwargs) == trained:
+        return
+    kind = lambda env: (env.observation_space.shape[0], type(env.action_space).__name__,  # noqa: E731
+                        gym.spaces.flatdim(env.action_space))
+    with contextlib.closing(make_env(args.env_id, args.env_kwargs)) as env:
+        here = kind(env)
+    there = (state["obs_dim"], *here[1:])
+    with contextlib.suppress(Exception), contextlib.closing(make_env(*trained)) as env:  # not installed here: skip
+        there = kind(env)
+    if here != there:
+        raise UsageError(f"{path} was trained on {trained[0]} (observation size, action space and size {there}); "
+                         f"{args.env_id} gives {here}; evaluate it on an env of the same sizes")
 
 
 def host_copy(module: nn.Module, device: torch.device) -> nn.Module:  # a GPU module's acting copy in host memory
@@ -960,8 +1066,13 @@ def eval_seed(seed: int) -> int:  # episode i gets seed + 10_000 + i, apart from
 
 
 def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym.Env:
-    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line)."""
-    env = make_env(env_id, env_kwargs)
+    """The evaluation env, recording every episode to video_dir if given and the env renders (else one line);
+    an env with no time limit gets one of EVAL_STEP_CAP steps, so that evaluation always ends."""
+    def make(render_mode: str | None = None) -> gym.Env:
+        env = make_env(env_id, env_kwargs, render_mode=render_mode)
+        return env if env.spec and env.spec.max_episode_steps else gym.wrappers.TimeLimit(env, EVAL_STEP_CAP)
+
+    env = make()
     if video_dir is None:
         return env
     env.close()
@@ -969,7 +1080,7 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
     if "rgb_array" in env.metadata.get("render_modes", []):
         if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
             os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders off-screen through EGL, without a display
-        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
+        env = make("rgb_array")
         try:
             env.reset()
             env.render()  # the first frame: where a missing display or GL library shows, before any episode
@@ -978,7 +1089,7 @@ def evaluation_env(env_id: str, env_kwargs: dict, video_dir: Path | None) -> gym
             env.close()
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     print(f"video skipped: {env_id} cannot render frames here ({reason}); evaluating without video", flush=True)
-    return make_env(env_id, env_kwargs)
+    return make()
 
 
 def tyro_cli(argv: list[str] | None, **kwargs) -> Args:
@@ -1010,22 +1121,34 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if saved_from and Path(saved_from).is_file():
         try:
             saved = torch.load(saved_from, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 (unreadable, not a torch file, or objects weights_only refuses)
-            saved = None
+        except Exception as e:  # noqa: BLE001 (unreadable, not a torch file, or objects weights_only refuses)
+            saved = e
         if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or "algorithm" not in saved:
-            raise UsageError(f"cannot read {saved_from}: not a model.pt or checkpoint.pt saved by these scripts")
+            with open(saved_from, "rb") as f:  # torch.save writes a zip archive; one it cannot read is cut short
+                damaged = isinstance(saved, (RuntimeError, OSError)) and f.read(4) == b"PK\x03\x04"
+            raise UsageError(f"cannot read {saved_from}: " + ("the file is damaged or incomplete (written when the "
+                             "machine failed?); use an earlier copy" if damaged else
+                             "not a model.pt or checkpoint.pt saved by these scripts"))
         if saved["algorithm"] != ALGORITHM:
             other, flag = saved["algorithm"], "--resume" if args.resume else "--evaluate"
             raise UsageError(f"{saved_from} was saved by {other}.py, not {ALGORITHM}.py; use python {other}.py "
                              f"{flag} {saved_from}")
         saved = {k: v for k, v in saved["args"].items() if k in {f.name for f in fields(Args)}}
-        args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate}))
+        # --run-name is not inherited: given, it names a new run, started from the checkpoint (run_directory)
+        args = tyro_cli(argv, default=Args(**saved | {"resume": args.resume, "evaluate": args.evaluate,
+                                                      "run_name": None}))
     return args
+
+
+def stop(signum: int, frame) -> None:  # SIGTERM (kill, a scheduler ending the job) stops a run as Ctrl-C does
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> None:
     # numpy's overflow warnings from acting on diverging weights: the divergence check says it in one line
     warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning, __name__)
+    if threading.current_thread() is threading.main_thread():  # where Python lets a handler be set
+        signal.signal(signal.SIGTERM, stop)
     try:
         args = parse_args(argv)
         if args.evaluate:
@@ -1036,9 +1159,14 @@ def main(argv: list[str] | None = None) -> None:
     except (UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3 if isinstance(e, Diverged) else 2)
-    except KeyboardInterrupt:
-        print("\ninterrupted; checkpoints and logs written so far are complete", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f' ({e})' if str(e) else ''}; checkpoints and logs written so far are complete",
+              file=sys.stderr)
+        sys.exit(143 if str(e) == "SIGTERM" else 130)  # the codes a shell gives for each signal
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"error: out of memory ({(str(e).strip().splitlines() or ['no detail'])[0]}); lower the sizes your "
+              "flags ask for (--buffer-size, --num-envs, --num-steps, --batch-size)", file=sys.stderr)
+        sys.exit(2)
     except OSError as e:  # the last resort for the file system's errors: one line too
         print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)

@@ -642,7 +642,8 @@ def test_resume_refuses_a_finished_run_and_other_networks_leaving_its_files_alon
     torch.save(ckpt | {"global_step": 150}, ckpt_path)
     assert refused() == (
         f"error: {run_dir} finished at step 200 (summary.json); its checkpoint.pt is from step 150, so resuming "
-        "would redo steps past it and overwrite the finished run's files; start a new run (without --resume) instead")
+        "would redo steps past it and overwrite the finished run's files; resume into a new run with --run-name NAME "
+        "instead")
 
 
 def test_a_cpu_run_on_a_cuda_machine_never_touches_cuda_and_a_resumed_run_reads_as_one_run(in_tmp, monkeypatch):

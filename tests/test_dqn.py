@@ -553,11 +553,13 @@ def test_non_finite_evaluation_or_weights_stop_the_run_and_keep_the_last_good_ch
     with pytest.raises(dqn.Diverged, match="q_network.out.bias is not finite"):
         run.save_final(400, 16)
     assert not (in_tmp / "runs/unit/model.pt").exists()
-    # A NaN evaluation in a metrics row (the row is written first: it is the diagnosis).
+    # A NaN evaluation in a metrics row (the row is written first: it is the diagnosis). The weights are finite,
+    # so the env's rewards are the cause, not training.
     with torch.no_grad():
         q_network.out.bias[1] = 0.0
     run = dqn.Run(tiny_args("--run-name", "unit2"), cpu, model, training, np.random.default_rng(0))
-    with pytest.raises(dqn.Diverged, match="training diverged at step 200: eval_return is nan; no checkpoint"):
+    with pytest.raises(dqn.Diverged, match=re.escape("CartPole-v1 returned rewards that are not finite (at step 200 "
+                                                     "eval_return is nan); check the env; no checkpoint")):
         run.log({"global_step": 200, "gradient_steps": 8}, ([float("nan")], [0.0], [0.0]))
     assert read_metrics(in_tmp / "runs/unit2")[-1]["eval_return"] == "nan"
 
@@ -817,10 +819,15 @@ def test_resume_of_a_finished_run_from_an_earlier_checkpoint_is_refused_and_chan
     assert summary["global_step"] == 600
 
 
-def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(in_tmp):
-    for _ in range(2):  # e.g. benchmark.py restarting an interrupted run
-        dqn.train(tiny_args("--run-name", "again", "--eval-episodes", "0"))
+def test_an_unfinished_run_name_starts_afresh_and_a_finished_one_is_refused_untouched(in_tmp):
+    dqn.train(tiny_args("--run-name", "again", "--eval-episodes", "0"))
+    (in_tmp / "runs/again/summary.json").unlink()  # as if interrupted: benchmark.py starts it again
+    dqn.train(tiny_args("--run-name", "again", "--eval-episodes", "0"))
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/again")] == [100, 200, 300, 400]
+    before = {p.name: p.read_bytes() for p in (in_tmp / "runs/again").iterdir()}
+    with pytest.raises(dqn.UsageError, match=r"^runs/again holds a finished run \(summary.json\), which this run "):
+        dqn.train(tiny_args("--run-name", "again", "--eval-episodes", "0", "--learning-rate", "1e30"))
+    assert {p.name: p.read_bytes() for p in (in_tmp / "runs/again").iterdir()} == before
 
 
 def test_boltzmann_variant_trains_and_logs_temperature(in_tmp):

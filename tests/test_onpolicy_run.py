@@ -137,10 +137,15 @@ def test_resume_with_a_normaliser_the_checkpoint_lacks_is_refused(algo, in_tmp):
             algo.train(args)
 
 
-def test_a_new_run_under_a_used_name_starts_its_metrics_afresh(algo, in_tmp):
-    for _ in range(2):  # e.g. benchmark.py restarting an interrupted run
-        algo.train(tiny_args(algo, "--run-name", "again", "--eval-episodes", "0"))
+def test_an_unfinished_run_name_starts_afresh_and_a_finished_one_is_refused_untouched(algo, in_tmp):
+    algo.train(tiny_args(algo, "--run-name", "again", "--eval-episodes", "0"))
+    (in_tmp / "runs/again/summary.json").unlink()  # as if interrupted: benchmark.py starts it again
+    algo.train(tiny_args(algo, "--run-name", "again", "--eval-episodes", "0"))
     assert [int(r["global_step"]) for r in read_metrics(in_tmp / "runs/again")] == [128, 256]
+    before = {p.name: p.read_bytes() for p in (in_tmp / "runs/again").iterdir()}
+    with pytest.raises(algo.UsageError, match=r"^runs/again holds a finished run \(summary.json\), which this run "):
+        algo.train(tiny_args(algo, "--run-name", "again", "--eval-episodes", "0", "--learning-rate", "1e30"))
+    assert {p.name: p.read_bytes() for p in (in_tmp / "runs/again").iterdir()} == before
 
 
 def test_resume_restores_networks_optimizer_and_statistics(algo, in_tmp):
@@ -165,7 +170,7 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
     model, training = objects(True)
     args = tiny_args(algo, "--run-name", "names", "--eval-episodes", "0")
     counters = {"global_step": 0, "iteration": 0, "beta": 1.0}
-    run = algo.Run(args, CPU, 4, 128, shapes={"obs_dim": 2}, model=model, training=training, counters=counters)
+    run = algo.Run(args, CPU, 128, shapes={"obs_dim": 2}, model=model, training=training, counters=counters)
     with pytest.raises(KeyError):  # a counter left out of the save is an error, not a silent gap
         run.save_checkpoint(global_step=256, iteration=2)
     run.save_checkpoint(global_step=256, iteration=2, beta=0.25)
@@ -178,7 +183,7 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
 
     model2, training2 = objects(False)
     torch.manual_seed(123)
-    resumed = algo.Run(algo.parse_args(["--resume", str(path)]), CPU, 4, 128, shapes={"obs_dim": 2},
+    resumed = algo.Run(algo.parse_args(["--resume", str(path)]), CPU, 128, shapes={"obs_dim": 2},
                        model=model2, training=training2, counters=counters)
     resumed.metrics.close()
     assert resumed.start == {"global_step": 256, "iteration": 2, "beta": 0.25}
@@ -193,7 +198,7 @@ def test_a_checkpoint_holds_what_run_names_and_resume_restores_it_by_the_same_na
 def test_checkpoint_cadence(algo, in_tmp):
     """A checkpoint is due when a multiple of --checkpoint-every lies in (previous step, step]."""
     def run(every: int):
-        r = algo.Run(tiny_args(algo, "--checkpoint-every", str(every), "--run-name", f"c{every}"), CPU, 4, 128,
+        r = algo.Run(tiny_args(algo, "--checkpoint-every", str(every), "--run-name", f"c{every}"), CPU, 128,
                      shapes={}, model={}, training={}, counters={"global_step": 0, "iteration": 0})
         r.metrics.close()
         return r
@@ -390,7 +395,7 @@ def test_a_diverging_run_stops_with_exit_code_3_and_leaves_no_result(algo, in_tm
 
 def test_weights_that_are_not_finite_are_never_saved(algo, in_tmp):
     agent = torch.nn.Linear(2, 1)
-    run = algo.Run(tiny_args(algo, "--run-name", "nan"), CPU, 4, 128, shapes={}, model={"agent": agent},
+    run = algo.Run(tiny_args(algo, "--run-name", "nan"), CPU, 128, shapes={}, model={"agent": agent},
                    training={}, counters={"global_step": 0, "iteration": 0})
     run.save_checkpoint(global_step=128, iteration=1)
     before = (in_tmp / "runs/nan/checkpoint.pt").read_bytes()
@@ -440,7 +445,8 @@ def test_a_finished_run_ends_with_a_checkpoint_refuses_a_resume_from_before_and_
     torch.save(final | {"global_step": 256, "iteration": 2}, path)
     files = {name: (run_dir / name).read_bytes() for name in ("model.pt", "summary.json", "metrics.csv", "args.json")}
     with pytest.raises(algo.UsageError, match=r"^runs/fin finished at step 384 \(summary.json\); its checkpoint.pt is "
-                                              r"from step 256, so resuming would redo steps past it .*\(without --resume\) instead$"):
+                                              r"from step 256, so resuming would redo steps past it .*resume into a new run with "
+                                              r"--run-name NAME instead$"):
         algo.train(algo.parse_args(["--resume", "runs/fin/checkpoint.pt", "--total-timesteps", "512"]))
     assert {name: (run_dir / name).read_bytes() for name in files} == files
 
@@ -501,7 +507,7 @@ def test_cuda_random_state_is_saved_and_restored_and_old_checkpoints_still_resum
     counters = {"global_step": 0, "iteration": 0}
 
     def run(*argv, device=torch.device("cuda")):  # a run on that device; its (empty) objects stay on the CPU
-        r = algo.Run(tiny_args(algo, *argv) if argv[0] != "--resume" else algo.parse_args(list(argv)), device, 4,
+        r = algo.Run(tiny_args(algo, *argv) if argv[0] != "--resume" else algo.parse_args(list(argv)), device,
                      128, shapes={}, model={}, training={}, counters=counters)
         r.metrics.close()
         return r
@@ -582,7 +588,7 @@ def test_one_line_errors_for_a_missing_module_an_unwritable_run_directory_and_a_
     (in_tmp / "runs/file").write_text("")
     with pytest.raises(algo.UsageError, match="^cannot write the run directory runs/file/sub: Not a directory; "
                                               "choose another --run-name or a writable working directory$"):
-        algo.Run(tiny_args(algo, "--run-name", "file/sub"), CPU, 4, 128, shapes={}, model={}, training={},
+        algo.Run(tiny_args(algo, "--run-name", "file/sub"), CPU, 128, shapes={}, model={}, training={},
                  counters={"global_step": 0, "iteration": 0})
 
     path = in_tmp / "checkpoint.pt"

@@ -108,3 +108,34 @@ class Float64Obs(gym.Env):
 
 
 gym.register("ToyFloat64-v0", entry_point=Float64Obs, max_episode_steps=10)
+
+
+# Envs that misbehave, for the error paths.
+gym.register("ToyEndlessBox-v0", entry_point=lambda **kw: Counter(gym.spaces.Box(-1.0, 1.0, (1,), np.float32), **kw))
+gym.register("ToyEndlessDiscrete-v0", entry_point=lambda **kw: Counter(gym.spaces.Discrete(2), **kw))
+gym.register("ToyBox2x2-v0", entry_point=lambda **kw: Counter(gym.spaces.Box(-1.0, 1.0, (2, 2), np.float32), **kw),
+             max_episode_steps=5)
+
+
+class Broken(Counter):
+    """A Counter whose step() breaks the env contract in the way `fault` names: it raises, returns an
+    observation of another shape than its space's, or one that is not a number; or, from the fourth
+    step on, a reward or an observation that is not finite."""
+
+    def __init__(self, action_space: gym.Space, fault: str, render_mode=None):
+        super().__init__(action_space)
+        self.fault = fault
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.fault == "raise":
+            raise ValueError("the simulator crashed")
+        obs = {"shape": np.zeros(3, np.float32), "dtype": np.array(["x"]),
+               "nan_obs": obs * (np.nan if self.t >= 4 else 1.0)}.get(self.fault, obs)
+        return obs, np.nan if self.fault == "nan_reward" and self.t >= 4 else reward, terminated, truncated, info
+
+
+gym.register("ToyBrokenBox-v0", entry_point=lambda fault, **kw: Broken(gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+                                                                       fault, **kw), max_episode_steps=5)
+gym.register("ToyBrokenDiscrete-v0", entry_point=lambda fault, **kw: Broken(gym.spaces.Discrete(2), fault, **kw),
+             max_episode_steps=5)

@@ -8,7 +8,15 @@ def check_args(args) -> None:
     if args.total_timesteps <= args.learning_starts:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is not more than --learning-starts "
                          f"{args.learning_starts}: training would never start")
-    check_env(args.env_id, args.env_kwargs)
+    space, action_space = check_env(args.env_id, args.env_kwargs)
+    # The buffer's float32 rows (s, a, r, s', terminated), allocated at once: more than the machine has is refused
+    # here, where allocating it would fail with a traceback or be killed by the system once it fills.
+    need = 4 * args.buffer_size * (2 * space.shape[0] + (action_space.shape or (1,))[0] + 2)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else need
+    if need > have:
+        raise UsageError(f"--buffer-size {args.buffer_size} needs {need / 2**30:.1f} GiB for the replay buffer on "
+                         f"{args.env_id}, more than this machine's {have / 2**30:.1f} GiB of memory; lower "
+                         "--buffer-size")
 
 
 class Run:
@@ -92,6 +100,14 @@ class Run:
         if self.final_saved and self.args.save_model:
             (self.dir / "model.pt").unlink(missing_ok=True)
         self.metrics.close()
+        rows = self.training["buffer"].rows[: self.training["buffer"].size]
+        first_bad = rows[~rows.isfinite().all(1)][:1]  # a transition with a number that is not finite
+        if len(first_bad) and first_bad[0, self.training["buffer"].places["actions"]].isfinite().all():
+            return Diverged(f"{self.args.env_id} returned observations or rewards that are not finite for a finite "
+                            f"action (a transition in the replay buffer; at step {step} {what}); check the env; {kept}")
+        if what.split()[0].endswith("return") and self.non_finite_weight() is None:  # finite weights: the rewards
+            return Diverged(f"{self.args.env_id} returned rewards that are not finite (at step {step} {what}); "
+                            f"check the env; {kept}")
         noise = " or check --exploration-noise" if hasattr(self.args, "exploration_noise") else ""
         return Diverged(f"training diverged at step {step}: {what}; {kept}; try a lower --learning-rate{noise}")
 
@@ -153,6 +169,13 @@ class Run:
               f"~{(self.args.total_timesteps - step) / max(sps, 1e-9):.0f}s left", flush=True)
 
     def finish(self, step: int, evaluation: tuple[list[float], list[float], list[float]] | None) -> dict:
+        if step == self.start_step:  # resumed at its end, stopped in its final evaluation: what was left of it
+            self.save_final(step, self.start_updates)
+            if self.args.eval_episodes:
+                networks = [obj for obj in self.model.values() if isinstance(obj, nn.Module)]
+                evaluation = evaluate(*networks, self.args.env_id, self.args.env_kwargs, self.args.eval_episodes,
+                                      eval_seed(self.args.seed), self.args.gamma, self.device, self.video_dir(step))
+                self.log({"global_step": step, "gradient_steps": self.start_updates}, evaluation)
         wall_time = self.elapsed()
         summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed, "global_step": step,
                    "wall_time": round(wall_time, 1), "sps": round(self.sps(step, wall_time)),
@@ -176,11 +199,11 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cpu")  # evaluation acts one observation at a time, on the host in any case
     *networks, state = load_model(args.evaluate, device)
-    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    check_model_fits(args.evaluate, state, args)
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    evaluation = evaluate(*networks, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), args.gamma, device,
-                          video_dir)
-    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    evaluation = evaluate(*networks, args.env_id, args.env_kwargs, args.eval_episodes, eval_seed(args.seed), args.gamma,
+                          device, video_dir)
+    print(f"{args.env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
     return report_eval(*evaluation)

@@ -25,27 +25,32 @@ class Run:
     what a checkpoint holds: `model` and `training` (objects with a state_dict, None for one switched off) and
     `counters` (numbers, with their starting values; `start` holds them as training starts)."""
 
-    def __init__(self, args, device: torch.device, num_iterations: int, batch_size: int, shapes: dict,
-                 model: dict, training: dict, counters: dict):
+    def __init__(self, args, device: torch.device, batch_size: int, shapes: dict, model: dict, training: dict,
+                 counters: dict):
         self.args, self.device, self.shapes, self.model, self.training = args, device, shapes, model, training
-        self.total_steps = num_iterations * batch_size
         self.checkpoint_step, self.elapsed_before = None, 0.0  # the last checkpoint's step; wall time before resuming
-        self.start = self.resume(num_iterations, counters) if args.resume else dict(counters)
+        self.start = self.resume(batch_size, counters) if args.resume else dict(counters)
+        # Where training ends: the last whole rollout within --total-timesteps, counted in env steps from where it
+        # starts, so that a run resumed with another --num-envs or --num-steps goes on from the same step.
+        step = self.start["global_step"]
+        self.total_steps = step + (args.total_timesteps - step) // batch_size * batch_size
         self.dir, self.metrics = open_run(args, self.start["global_step"] if args.resume else None)
         if device.type == "cuda":
             print("device cuda: acting on a CPU copy of the agent (refreshed after each update); "
                   "updates and the advantage pass on the GPU")
         self.recent_returns: deque[float] = deque(maxlen=20)
+        self.acted_finite = True  # whether the last rollout's policy was finite (Run.log checks after each update)
         self.start_time = self.last_print = time.time()
 
-    def resume(self, num_iterations: int, counters: dict) -> dict:
+    def resume(self, batch_size: int, counters: dict) -> dict:
         """Everything in a checkpoint back in place, once it fits and would overwrite no finished run."""
         path = self.args.resume
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves weights to the device
         if ckpt.get("algorithm") != ALGORITHM or "torch_rng" not in ckpt:  # model.pt holds no training state
             raise UsageError(f"{path} is not a checkpoint.pt of {ALGORITHM}.py; resume from that run's checkpoint.pt")
         start = {key: ckpt[key] for key in counters}
-        check_resumable(path, start["global_step"], start["iteration"] + 1 > num_iterations, self.args)
+        check_resumable(path, start["global_step"], self.args.total_timesteps - start["global_step"] < batch_size,
+                        self.args)
         for key, value in self.shapes.items():  # another env's spaces: say so before torch's size mismatch
             if ckpt.get(key) != value:
                 raise UsageError(f"{path} was trained on {ckpt['args']['env_id']} ({key} {ckpt.get(key)}), these "
@@ -73,6 +78,13 @@ class Run:
     def diverged(self, step: int, what: str, value) -> "Diverged":
         kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
+        # Rewards or observations (through their statistics) that are not finite, from a rollout whose policy was:
+        # the env returned them, and a lower learning rate would not help.
+        bad = what if what == "episodic_return" else non_finite({"obs_rms": state_dicts(self.model).get("obs_rms")}) or ""
+        if self.acted_finite and bad.startswith(("episodic_return", "obs_rms")):
+            return Diverged(f"{self.args.env_id} returned {'rewards' if what == bad else 'observations'} that are not "
+                            f"finite, acted on by finite weights (at step {step} {bad} is not finite); check the "
+                            f"env; {kept}")
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
@@ -104,13 +116,14 @@ class Run:
                      "episodic_return": np.mean(episode_returns) if episode_returns else "",
                      "episodic_length": np.mean(episode_lengths) if episode_lengths else "", "episodes": len(episodes)}
         self.metrics.write(row)
-        for column, value in row.items():
-            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and value != "" \
-                    and not math.isfinite(value):
-                raise self.diverged(row["global_step"], column, value)
+        for column in sorted(row, key=lambda c: c != "episodic_return"):  # the env's numbers first: the cause
+            if (column.endswith("_loss") or column in ("entropy", "episodic_return")) and row[column] != "" \
+                    and not math.isfinite(row[column]):
+                raise self.diverged(row["global_step"], column, row[column])
+        self.acted_finite = non_finite(state_dicts(self.model)) is None  # the weights the next rollout acts with
 
-    def progress(self, global_step: int, done: bool) -> None:
-        if time.time() - self.last_print < self.args.log_interval and not done:
+    def progress(self, global_step: int) -> None:
+        if time.time() - self.last_print < self.args.log_interval and global_step < self.total_steps:
             return
         self.last_print, elapsed = time.time(), self.elapsed()
         sps = global_step / elapsed
@@ -149,10 +162,11 @@ def run_evaluation(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cpu")  # evaluation acts one observation at a time, on the host in any case
     agent, obs_rms, state = load_model(args.evaluate, device)
-    env_id, env_kwargs = state["args"]["env_id"], state["args"].get("env_kwargs", {})  # none before the flag
+    check_model_fits(args.evaluate, state, args)
     video_dir = Path(args.evaluate).parent / "videos" if args.capture_video else None
-    returns = evaluate(agent, obs_rms, env_id, env_kwargs, args.eval_episodes, eval_seed(args.seed), device, video_dir)
-    print(f"{env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
+    returns = evaluate(agent, obs_rms, args.env_id, args.env_kwargs, args.eval_episodes, eval_seed(args.seed), device,
+                       video_dir)
+    print(f"{args.env_id}, model {args.evaluate} (trained {state['global_step']} steps)")
     print_eval(returns)
     if video_dir is not None and video_dir.is_dir():  # not when video was skipped
         print(f"videos in {video_dir}")
