@@ -214,6 +214,7 @@ def test_atomic_save_leaves_the_old_file_whole_when_interrupted(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         dqn.atomic_save(new, path)
     assert json.loads(path.read_text()) == {"eval_mean": 1.0}
+    assert not path.with_name("summary.json.tmp").exists()  # a file --resume would never look at
 
 
 @pytest.mark.parametrize("name, then", [("checkpoint.pt", "free space and --resume from it"),

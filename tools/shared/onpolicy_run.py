@@ -78,13 +78,13 @@ class Run:
     def diverged(self, step: int, what: str, value) -> "Diverged":
         kept = (f"{self.dir / 'checkpoint.pt'} (step {self.checkpoint_step}) holds the last finite weights"
                 if self.checkpoint_step is not None else "no checkpoint was written")
-        # Rewards or observations (through their statistics) that are not finite, from a rollout whose policy was:
-        # the env returned them, and a lower learning rate would not help.
-        bad = what if what == "episodic_return" else non_finite({"obs_rms": state_dicts(self.model).get("obs_rms")}) or ""
-        if self.acted_finite and bad.startswith(("episodic_return", "obs_rms")):
-            return Diverged(f"{self.args.env_id} returned {'rewards' if what == bad else 'observations'} that are not "
-                            f"finite, acted on by finite weights (at step {step} {bad} is not finite); check the "
-                            f"env; {kept}")
+        # Rewards, or observations (through their statistics), that are not finite from a rollout whose policy was
+        # finite: the env returned them, and a lower learning rate would not help.
+        stats = non_finite({"obs_rms": state_dicts(self.model).get("obs_rms")})
+        if self.acted_finite and (stats or what == "episodic_return"):
+            return Diverged(f"{self.args.env_id} returned {'observations' if stats else 'rewards'} that are not "
+                            f"finite to a finite policy (at step {step} {stats or what} is not finite); check the env; "
+                            f"{kept}")
         return Diverged(f"training diverged at step {step}: {what} is {value}; {kept}; try a lower --learning-rate")
 
     def model_state(self, global_step: int) -> dict:
