@@ -966,36 +966,45 @@ def init_wandb(args, run_name: str, run_dir: Path):
                       config=asdict(args), dir=str(run_dir), mode=mode or "online")
 
 
+def lock_directory(run_dir: Path) -> int | None:
+    """The run directory locked for this process: by flock, which the system lets go when the process ends, however
+    it ends. None where there is no flock (Windows): there runs go unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise UsageError(f"{run_dir} is in use by another run that is still going; wait for it to end or choose "
+                         "another --run-name") from None
+    return lock
+
+
 def open_run(args, resume_step: int | None) -> tuple[Path, MetricsLog]:
-    """The run's directory (run_directory), locked for this process's lifetime, with its args.json, and its
-    metrics.csv (and wandb, with --track); one line saying why before any training when the directory cannot
-    be written, is another live process's, or holds a finished run that this one would overwrite."""
+    """The run's directory (run_directory), locked while the run goes on, with its args.json, and its metrics.csv
+    (and wandb, with --track); one line saying why before any training when the directory cannot be written,
+    is another live process's, or holds a finished run that this one would overwrite."""
     run_dir, source = run_directory(args), Path(args.resume).parent if args.resume else None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=run_dir).close()  # an existing directory on a read-only filesystem passes mkdir
-        lock = os.open(run_dir, os.O_RDONLY)  # the directory itself, locked until closed or the process ends
+        lock = lock_directory(run_dir)
     except OSError as e:
         raise UsageError(f"cannot write the run directory {run_dir}: {e.strerror or e}; choose another --run-name or "
                          "a writable working directory") from None
-    problem = None
-    with contextlib.suppress(ImportError):  # POSIX; without fcntl (Windows) a directory goes unlocked
-        import fcntl
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            problem = (f"{run_dir} is in use by another run that is still going; wait for it to end or choose "
-                       "another --run-name")
-    if not problem and (run_dir / "summary.json").exists() and not (source and source.resolve() == run_dir.resolve()):
-        problem = (f"{run_dir} holds a finished run (summary.json), which this run would overwrite; choose another "
-                   "--run-name, or delete that directory first")
-    if problem:
-        os.close(lock)
-        raise UsageError(problem)
+    if (run_dir / "summary.json").exists() and not (source and source.resolve() == run_dir.resolve()):
+        if lock is not None:
+            os.close(lock)
+        raise UsageError(f"{run_dir} holds a finished run (summary.json), which this run would overwrite; choose "
+                         "another --run-name, or delete that directory first")
     atomic_save(json.dumps(asdict(args) | {"run_name": run_dir.name}, indent=2), run_dir / "args.json")
     wandb_run = init_wandb(args, run_dir.name, run_dir) if args.track else None
     metrics = MetricsLog(run_dir / "metrics.csv", wandb_run, resume_step, source and source / "metrics.csv")
-    metrics.release = weakref.finalize(metrics, os.close, lock)  # once: when the run ends or its log is dropped
+    if lock is not None:  # let go once: when the run ends (MetricsLog.close) or its objects are dropped
+        metrics.release = weakref.finalize(metrics, os.close, lock)
     return run_dir, metrics
 
 
