@@ -52,7 +52,8 @@ evaluation and each seed's, the same for the mean return of the last 100 trainin
 from metrics.csv: the protocol of CleanRL's tables, where the evaluation is that of
 rl-baselines3-zoo's), the steps, the steps per second and the wall time, and, where the entry has a
 bar, the bar and its verdict (on the evaluation). Exit code: 0; 1 if a run failed or a bar was missed; 2 for
-bad input (one `error:` line); 130 when interrupted.
+bad input (one `error:` line); 130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM, which
+stops the runs as Ctrl-C does.
 """
 
 import csv
@@ -64,6 +65,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -336,6 +338,25 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
 
 
+STOP_GRACE = 10.0
+"""Seconds the runs being stopped get to end on their own before they are killed."""
+
+
+def stop_on_sigterm(signum, frame):
+    """SIGTERM (kill, a scheduler ending the job) stops benchmark.py and tune.py as Ctrl-C does: without it they
+    would die at once and leave their runs training as orphans (and tune.py's trials RUNNING in the study)."""
+    # A repeat is dropped, so that it cannot cut the stopping short: by a handler, not SIG_IGN, which a run started
+    # meanwhile would inherit.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def interrupted(e: KeyboardInterrupt) -> int:
+    """The exit code of an interruption: 143 for SIGTERM, 130 for Ctrl-C, the codes a shell gives (and the
+    scripts' own)."""
+    return 143 if str(e) == "SIGTERM" else 130
+
+
 class LocalRunner:
     """Each run a process on this machine. benchmark.py and tune.py start, poll and stop runs through a runner:
     this one, or RayRunner (below) for a Ray cluster. Without --gpus-per-run a run sees no GPU; with it, each
@@ -373,9 +394,14 @@ class LocalRunner:
 
     def stop(self, handles: list[subprocess.Popen]):
         for process in handles:
-            process.terminate()
+            process.terminate()  # SIGTERM, which the scripts take as Ctrl-C
+        deadline = time.time() + STOP_GRACE
         for process in handles:
-            process.wait()
+            try:
+                process.wait(timeout=max(deadline - time.time(), 0.0))
+            except subprocess.TimeoutExpired:  # a run that ignores SIGTERM must not outlive us either
+                process.kill()
+                process.wait()
 
     def events(self) -> list[str]:
         """What happened to the runs since the last call that the progress view should print."""
@@ -1076,9 +1102,10 @@ def main(argv: list[str]) -> int:
     try:
         failed = execute([r for r in runs if r.entry.script not in absent], extra,
                          args.workers or runner.slots or os.cpu_count() or 1, args.progress_interval, runner)
-    except KeyboardInterrupt:
-        print("\ninterrupted; finished runs are kept and skipped next time", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f' ({e})' if str(e) else ''}; finished runs are kept and skipped next time",
+              file=sys.stderr)
+        return interrupted(e)
     finally:
         runner.close()
     print(report(runs))
@@ -1094,4 +1121,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     sys.exit(main(sys.argv[1:]))

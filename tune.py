@@ -32,7 +32,8 @@ While trials run, a progress block shows the trials finished, pruned, failed and
 the time left, and each running run's step. At the end: a table of the best trials, the best flags as a
 command line, and <out>/optimization_history.png and <out>/param_importances.png.
 
-Exit code: 0; 1 if no trial completed; 2 for bad input; 130 when interrupted.
+Exit code: 0; 1 if no trial completed; 2 for bad input; 130 when interrupted (Ctrl-C), 143 when stopped by
+SIGTERM, which stops the runs and fails the trials cut off as Ctrl-C does.
 """
 
 import json
@@ -40,6 +41,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -651,9 +653,10 @@ def main(argv: list[str]) -> int:
     tuner = Tuner(args, study, space, fixed, extra, ranges, runner, workers)
     try:
         tuner.tune()
-    except KeyboardInterrupt:
-        print("\ninterrupted; the study is kept: the same command continues it", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f' ({e})' if str(e) else ''}; the study is kept: the same command continues it",
+              file=sys.stderr)
+        return benchmark.interrupted(e)
     finally:
         runner.close()
     print(f"this process ran trial(s) {', '.join(map(str, sorted(tuner.ran))) or 'none'}")
@@ -661,4 +664,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, benchmark.stop_on_sigterm)  # the runs stopped, the trials failed, as on Ctrl-C
     sys.exit(main(sys.argv[1:]))

@@ -2,9 +2,13 @@
 estimate of the time left, and the plots, on synthetic run directories and tiny stand-in scripts."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -545,3 +549,79 @@ def test_runs_see_no_gpu_unless_given_one_and_share_the_visible_ones(tmp_path, m
     with pytest.raises(benchmark.UsageError, match="^--gpus-per-run must be 0, a fraction below 1 or a whole"):
         benchmark.make_runner(None, None, 1.5, 3)
 
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def running(name: str) -> list[int]:
+    """The processes whose command line holds `name` (a run name), this one aside."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and int(entry) != os.getpid() and name.encode() in f.read() and alive(int(entry)):
+                    pids.append(int(entry))
+        except OSError:  # ended meanwhile, or not a process
+            continue
+    return pids
+
+
+def wait_for(paths, seconds: float = 60.0):
+    """Waits until every path exists (a run started); fails the test after `seconds`."""
+    deadline = time.time() + seconds
+    while not all(path.exists() for path in paths):
+        assert time.time() < deadline, f"not there after {seconds:g}s: {[str(p) for p in paths if not p.exists()]}"
+        time.sleep(0.2)
+
+
+SLOW = STAND_IN.format(body=textwrap.dedent("""
+    run = pathlib.Path("runs") / args.run_name
+    (run / "pid").write_text(str(os.getpid()))
+    (run / "metrics.csv").write_text("global_step,episodic_return\\n")
+    time.sleep(120)""")).replace("import argparse", "import os, argparse")
+
+
+def test_sigterm_stops_the_runs_as_ctrl_c_does(in_tmp):
+    """kill -TERM of benchmark.py (a scheduler ending the job, say) used to kill it alone, its runs training on as
+    orphans; now it stops them as Ctrl-C does and exits 143."""
+    (in_tmp / "slow.py").write_text(SLOW)
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--scripts", "slow.py", "--env-ids",
+                                "Env-v0", "--seeds", "1", "2", "3", "--workers", "2", "--progress-interval", "100"],
+                               cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_files = [in_tmp / "runs" / f"Env-v0__slow__{seed}" / "pid" for seed in (1, 2)]
+    wait_for([path.with_name("metrics.csv") for path in pid_files])
+    pids = [int(path.read_text()) for path in pid_files]
+    try:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 143, out + err
+        assert err == "\ninterrupted (SIGTERM); finished runs are kept and skipped next time\n"
+        assert not [pid for pid in pids if alive(pid)]  # stopped with benchmark.py, not left training
+        assert not (in_tmp / "runs" / "Env-v0__slow__3").exists()  # the waiting run is not started
+    finally:  # a failed test leaves no orphans behind either
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch):
+    monkeypatch.setattr(benchmark, "STOP_GRACE", 1.0, raising=False)
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+                                 "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stubborn.stdout.readline() == "ready\n"
+        stopping = threading.Thread(target=benchmark.LocalRunner().stop, args=([stubborn],), daemon=True)
+        stopping.start()
+        stopping.join(timeout=15)
+        assert not stopping.is_alive() and stubborn.returncode == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()

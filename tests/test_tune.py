@@ -4,6 +4,7 @@ on SQLite: a pruned trial recorded as pruned (stand-in script), an interrupted s
 import dataclasses
 import importlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 import optuna
 import pytest
 from conftest import ROOT
+from test_benchmark import alive, running
 
 import tune
 from tune import Choice, Float
@@ -201,3 +203,32 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
                              "CartPole-v1", "--fix", "nope=1"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("error: --fix nope=1") and "Traceback" not in result.stderr
     assert textwrap.dedent(result.stderr).count("\n") == 1
+
+
+def test_sigterm_stops_the_runs_and_fails_the_trials_as_ctrl_c_does(in_tmp):
+    """kill -TERM of tune.py used to kill it alone: its runs trained on as orphans and its trials stayed RUNNING in
+    the study. Now, as on Ctrl-C, the runs are stopped, the trials cut off are failed, and it exits 143."""
+    storage = f"sqlite:///{in_tmp / 'tune.db'}"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tune.py"), "--script", "a2c.py", "--env-ids", "CartPole-v1", "--trials", "4",
+         "--storage", storage, "--study-name", "term", "--workers", "2", "--progress-interval", "100", "--",
+         "--total-timesteps", "200000", "--num-envs", "2", "--eval-episodes", "2", "--no-cuda"],
+        cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while len(started := sorted((in_tmp / "runs").glob("CartPole-v1__a2c__1__term*-t[01]/metrics.csv"))) < 2:
+        assert time.time() < deadline and process.poll() is None, "the trials' runs did not start"
+        time.sleep(0.2)
+    pids = [pid for path in started for pid in running(path.parent.name)]
+    try:
+        assert len(pids) == 2
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 143, out + err
+        assert err == "\ninterrupted (SIGTERM); the study is kept: the same command continues it\n"
+        assert not [pid for pid in pids if alive(pid)]  # stopped with tune.py, not left training
+        states = [t.state.name for t in optuna.load_study(study_name="term", storage=storage).trials]
+        assert states == ["FAIL", "FAIL"]  # cut off, as by Ctrl-C: none left RUNNING
+    finally:  # a failed test leaves no orphans behind either
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
