@@ -216,10 +216,14 @@ def shape_space(script: str, fix: list[str], narrow: list[str], extra: list[str]
                 low, sep, high = value.partition(":")
                 if not sep:
                     raise ValueError(f"{name} is a range: give LOW:HIGH")
-                low, high = type(param.low)(float(low)), type(param.low)(float(high))
-                if not low < high or (param.log and low <= 0):
-                    raise ValueError(f"need {'0 < ' if param.log else ''}LOW < HIGH")
-                space[name] = replace(param, low=low, high=high)
+                low, high = float(low), float(high)
+                # Checked here, before the study is touched: a bound Optuna cannot draw from (inf, nan) used to
+                # raise inside the first trial, a traceback that left the trial RUNNING in the study.
+                if not (param.low <= low < high <= param.high):
+                    raise ValueError(f"give LOW < HIGH within {name}'s range {param.low:g}:{param.high:g}")
+                if isinstance(param, Int) and not (low.is_integer() and high.is_integer()):
+                    raise ValueError(f"{name} is a whole number: give whole bounds")
+                space[name] = replace(param, low=type(param.low)(low), high=type(param.low)(high))
         except ValueError as e:
             raise UsageError(f"--narrow {item}: {e}")
     # A flag after `--` sets its parameter for every run: it is not tuned.
@@ -266,7 +270,7 @@ class Args:
     fix: list[str] = field(default_factory=list)
     """NAME=VALUE: pass this value to every run instead of tuning the parameter"""
     narrow: list[str] = field(default_factory=list)
-    """NAME=LOW:HIGH narrows a range, NAME=A,B,C keeps some choices"""
+    """NAME=LOW:HIGH narrows a range (within the space's), NAME=A,B,C keeps some choices"""
     score_range: list[str] = field(default_factory=list)
     """ENV=FLOOR:TARGET: the normalisation of an env's scores (overrides SCORE_RANGES)"""
     pruner: Literal["median", "none"] = "median"
@@ -378,7 +382,11 @@ class Tuner:
                 if len(busy) >= self.args.trials:
                     return
                 trial = self.study.ask()
-                params = suggest(trial, self.space)
+                try:
+                    params = suggest(trial, self.space)
+                except BaseException:  # a bug, but the trial must not stay RUNNING, counted against --trials
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    raise
                 self.storage.record_heartbeat(trial._trial_id)
                 self.ran.append(trial.number)
                 self.in_flight.add(trial.number)

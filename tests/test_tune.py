@@ -4,6 +4,7 @@ on SQLite: a pruned trial recorded as pruned (stand-in script), an interrupted s
 import dataclasses
 import importlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -232,3 +233,27 @@ def test_sigterm_stops_the_runs_and_fails_the_trials_as_ctrl_c_does(in_tmp):
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("narrow", ["learning-rate=1e-4:inf", "learning-rate=nan:1e-3", "learning-rate=1e-3:1e-4",
+                                    "learning-rate=0:1e-3", "learning-rate=1e-4:1e-4", "vf-coef=0.5:2"])
+def test_a_narrowed_range_outside_the_space_is_refused_before_the_study_is_touched(in_tmp, capsys, narrow):
+    # 1e-4:inf used to pass, and the first trial raised inside Optuna's sampler: a traceback, and a trial left
+    # RUNNING in the study.
+    # (--trials 1 and a tiny budget: were the range let through, the test would fail in seconds, not train on)
+    assert tune.main(["--script", "a2c.py", "--env-ids", "CartPole-v1", "--narrow", narrow, "--trials", "1",
+                      "--workers", "1", "--", *TINY_A2C]) == 2
+    name, bounds = narrow.split("=")
+    err = capsys.readouterr().err
+    assert err == f"error: --narrow {narrow}: give LOW < HIGH within {name}'s range " \
+                  f"{':'.join(f'{b:g}' for b in (tune.SPACES['a2c.py'][name].low, tune.SPACES['a2c.py'][name].high))}\n"
+    assert not (in_tmp / "runs").exists()  # no storage made, no trial asked
+
+
+def test_a_trial_that_cannot_be_drawn_is_failed_not_left_running(in_tmp, stand_in, monkeypatch):
+    monkeypatch.setitem(tune.SPACES, "stand_in.py", {"quality": Float(1.0, math.inf)})  # past shape_space's check
+    storage = f"sqlite:///{in_tmp / 'study.db'}"
+    with pytest.raises(OverflowError):  # a bug in tune.py: said as one, but the study is left clean
+        tune.main(["--script", "stand_in.py", "--env-ids", "Env-v0", "--trials", "1", "--storage", storage,
+                   "--study-name", "d", "--workers", "1", "--progress-interval", "0"])
+    assert [t.state.name for t in optuna.load_study(study_name="d", storage=storage).trials] == ["FAIL"]
