@@ -308,7 +308,11 @@ def open_study(args: Args, space: dict[str, Param], fixed: dict, extra: list[str
 
     url = args.storage
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):  # a relative path: make its folder
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file where a folder should be, no permission
+            raise UsageError(f"cannot open storage {url}: cannot make its folder {folder} ({e.strerror or e})")
     for attempt in range(3):
         try:
             # Heartbeats: a trial whose process died (kill -9, a lost machine) is marked failed a minute later

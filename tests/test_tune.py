@@ -175,6 +175,9 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
      "error: cannot open storage nosuchdb://x/y"),
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--storage", "sqlite:////no/such/folder/t.db"],
      "error: cannot open storage sqlite:////no/such/folder/t.db"),
+    # A regular file where the storage's folder should be: used to be a traceback (NotADirectoryError).
+    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--storage", "sqlite:///afile/sub/t.db"],
+     "error: cannot open storage sqlite:///afile/sub/t.db: cannot make its folder afile/sub (Not a directory)"),
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "Unknown-v0"],
      "error: no score range for Unknown-v0 to normalise over several envs"),
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--cpus-per-run", "2"],
@@ -185,7 +188,9 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
      "error: --eval-episodes 0 leaves the trials nothing to be scored on"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(in_tmp, capsys, argv, message):
+    (in_tmp / "afile").write_text("the user's\n")
     assert tune.main(argv) == 2
+    assert (in_tmp / "afile").read_text() == "the user's\n"
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
 
