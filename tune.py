@@ -7,10 +7,11 @@
 
 A trial is one set of flags drawn from the script's search space (SPACES below). It runs the script once
 per seed and env, one after the other, each as its own process through benchmark.py's runner, so each run
-keeps its directory runs/<env>__<script>__<seed>__<study>-t<trial>/. The trial's value is the mean over
-its runs of the final deterministic evaluation (eval_mean of summary.json); with more than one env each
-evaluation is first normalised to (eval - floor) / (target - floor) by the env's SCORE_RANGES, so that
-envs with returns of different scales weigh the same. After each run the trial reports its mean so far,
+keeps its directory runs/<env>__<script>__<seed>__<study>-<storage>-t<trial>/ (<storage>: six hex digits
+naming --storage, so that studies of one name in two storages keep their runs apart). The trial's value is
+the mean over its runs of the final deterministic evaluation (eval_mean of summary.json); with more than one
+env each evaluation is first normalised to (eval - floor) / (target - floor) by the env's SCORE_RANGES, so
+that envs with returns of different scales weigh the same. After each run the trial reports its mean so far,
 and Optuna's median pruner stops it there when that is worse than the median of earlier trials at the same
 point: a bad trial costs one run, not all of them. The runs are ordered seed by seed, each seed's envs
 together.
@@ -36,6 +37,7 @@ Exit code: 0; 1 if no trial completed; 2 for bad input; 130 when interrupted (Ct
 SIGTERM, which stops the runs and fails the trials cut off as Ctrl-C does.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -345,6 +347,15 @@ def open_study(args: Args, space: dict[str, Param], fixed: dict, extra: list[str
     return study
 
 
+def run_tag(study_name: str, storage: str) -> str:
+    """The study's part of its runs' names: the study name, and a short hash of the storage, so that studies of one
+    name in two storages keep their run directories apart (the second used to delete the first's). A SQLite file's
+    path is made absolute first: every process given that file, by whatever path, agrees on the tag."""
+    if storage.startswith("sqlite:///"):
+        storage = "sqlite:///" + os.path.realpath(storage.removeprefix("sqlite:///").partition("?")[0])
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '-', study_name)}-{hashlib.sha1(storage.encode()).hexdigest()[:6]}"
+
+
 class Tuner:
     """Runs trials on `workers` threads, each trial's runs one after the other through `runner`."""
 
@@ -428,13 +439,14 @@ class Tuner:
         import optuna
 
         trial.set_user_attr("flags", flags_of(params))
-        tag = f"{re.sub(r'[^A-Za-z0-9_.-]', '-', self.study.study_name)}-t{trial.number}"
+        tag = f"{run_tag(self.study.study_name, self.args.storage)}-t{trial.number}"
         order = [(seed, env_id) for seed in self.args.seeds for env_id in self.args.env_ids]
         scores, evaluations = [], {}
         flags = flags_of(params) + flags_of(self.fixed) + self.extra
         for index, (seed, env_id) in enumerate(order):
             run = plan([Entry(self.args.script, env_id, tag=tag)], [seed])[0]
-            shutil.rmtree(run.directory, ignore_errors=True)  # left by a deleted study of the same name
+            # Left by a deleted study of the same name in the same storage (run_tag keeps other storages' apart).
+            shutil.rmtree(run.directory, ignore_errors=True)
             with self.lock:
                 if self.stopping:
                     raise KeyboardInterrupt
@@ -661,7 +673,9 @@ def main(argv: list[str]) -> int:
     out = args.out or Path("runs") / args.study_name
     print(f"study {args.study_name} in {args.storage}: {args.script} on {', '.join(args.env_ids)}, seeds "
           f"{' '.join(map(str, args.seeds))}, {workers} trial(s) at once; tuning {', '.join(space) or 'nothing'}"
-          + (f"; fixed: {' '.join(flags_of(fixed) + extra)}" if fixed or extra else ""), flush=True)
+          + (f"; fixed: {' '.join(flags_of(fixed) + extra)}" if fixed or extra else "")
+          + f"; its runs: runs/<env>__{Path(args.script).stem}__<seed>__{run_tag(args.study_name, args.storage)}-t<trial>/",
+          flush=True)
     tuner = Tuner(args, study, space, fixed, extra, ranges, runner, workers)
     try:
         tuner.tune()

@@ -87,8 +87,9 @@ def test_a_trial_below_the_median_after_its_first_run_is_pruned(in_tmp, stand_in
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
     assert trials[0].value == 1.0 and trials[0].user_attrs["flags"] == ["--quality", "1.0"]
     assert "trial 1 pruned: -1 after 1 of 2 runs" in out
-    assert (in_tmp / "runs" / "Env-v0__stand_in__1__s-t1" / "summary.json").is_file()
-    assert not (in_tmp / "runs" / "Env-v0__stand_in__2__s-t1").exists()  # the second run never started
+    tag = tune.run_tag("s", storage)
+    assert (in_tmp / "runs" / f"Env-v0__stand_in__1__{tag}-t1" / "summary.json").is_file()
+    assert not (in_tmp / "runs" / f"Env-v0__stand_in__2__{tag}-t1").exists()  # the second run never started
     assert "python stand_in.py --env-id Env-v0 --quality 1.0" in out  # the best flags as a command line
     assert "| 0 | 1 | 1.0, 1.0 | --quality 1.0 |" in out
     # The study is done: the same command runs nothing more.
@@ -105,7 +106,8 @@ def test_several_envs_are_normalised_between_floor_and_target(in_tmp, stand_in, 
     assert tune.main(argv) == 0
     trial = optuna.load_study(study_name="n", storage=storage).trials[0]
     assert trial.value == pytest.approx(((0.5 - 0) / 1 + (0.5 + 1) / 4) / 2)  # 0.5 and 0.375
-    assert sorted(trial.user_attrs["evaluations"]) == ["A-v0__stand_in__1__n-t0", "B-v0__stand_in__1__n-t0"]
+    tag = tune.run_tag("n", storage)
+    assert sorted(trial.user_attrs["evaluations"]) == [f"A-v0__stand_in__1__{tag}-t0", f"B-v0__stand_in__1__{tag}-t0"]
     # Rerun with another setting: refused rather than mixing two objectives in one study.
     assert tune.main([*argv[:-2], "--seeds", "2"]) == 2
     assert "study n in" in capsys.readouterr().err
@@ -117,7 +119,7 @@ def test_a_failing_run_fails_its_trial_with_the_log(in_tmp, stand_in, capsys):
     assert tune.main(["--script", "stand_in.py", "--env-ids", "Env-v0", "--trials", "1", "--storage", storage,
                       "--study-name", "f", "--workers", "1", "--progress-interval", "0"]) == 1
     out = capsys.readouterr().out
-    assert "trial 0 FAILED: Env-v0__stand_in__1__f-t0 ended with exit code 1" in out and "ZeroDivisionError" in out
+    assert f"trial 0 FAILED: Env-v0__stand_in__1__{tune.run_tag('f', storage)}-t0 ended with exit code 1" in out and "ZeroDivisionError" in out
     assert "no trial completed" in out
 
 
@@ -128,11 +130,12 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
     command = [sys.executable, str(ROOT / "tune.py"), "--script", "a2c.py", "--env-ids", "CartPole-v1",
                "--trials", "3", "--storage", storage, "--study-name", "cp", "--workers", "1", "--startup-trials",
                "5", "--sampler-seed", "0", "--progress-interval", "1", "--", *TINY_A2C]
+    tag = tune.run_tag("cp", storage)
     process = subprocess.Popen(command, cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 90
     while time.time() < deadline:
         time.sleep(0.5)
-        if (in_tmp / "runs" / "CartPole-v1__a2c__1__cp-t1" / "stdout.log").exists():
+        if (in_tmp / "runs" / f"CartPole-v1__a2c__1__{tag}-t1" / "stdout.log").exists():
             break
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=30)
@@ -140,8 +143,8 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
     assert "interrupted; the study is kept" in out and "Traceback" not in out
     states = [t.state for t in optuna.load_study(study_name="cp", storage=storage).trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
-    assert not (in_tmp / "runs" / "CartPole-v1__a2c__1__cp-t1" / "summary.json").exists()  # stopped, not finished
-    leftover = subprocess.run(["pgrep", "-f", "CartPole-v1__a2c__1__cp-t1"], capture_output=True, text=True)
+    assert not (in_tmp / "runs" / f"CartPole-v1__a2c__1__{tag}-t1" / "summary.json").exists()  # stopped, not finished
+    leftover = subprocess.run(["pgrep", "-f", f"CartPole-v1__a2c__1__{tag}-t1"], capture_output=True, text=True)
     assert leftover.stdout == ""  # no run outlives tune.py
 
     result = subprocess.run(command, cwd=in_tmp, capture_output=True, text=True, timeout=120)
@@ -151,7 +154,7 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
     assert "this process ran trial(s) 2, 3" in result.stdout
     assert "study cp: 4 trials: 3 complete, 0 pruned, 1 failed" in result.stdout
     for number in (0, 2, 3):
-        summary = json.loads((in_tmp / "runs" / f"CartPole-v1__a2c__1__cp-t{number}" / "summary.json").read_text())
+        summary = json.loads((in_tmp / "runs" / f"CartPole-v1__a2c__1__{tag}-t{number}" / "summary.json").read_text())
         assert study.trials[number].value == summary["eval_mean"]
     best = study.best_trial
     assert (f"python a2c.py --env-id CartPole-v1 {' '.join(best.user_attrs['flags'])} {' '.join(TINY_A2C)}"
@@ -262,3 +265,19 @@ def test_a_trial_that_cannot_be_drawn_is_failed_not_left_running(in_tmp, stand_i
         tune.main(["--script", "stand_in.py", "--env-ids", "Env-v0", "--trials", "1", "--storage", storage,
                    "--study-name", "d", "--workers", "1", "--progress-interval", "0"])
     assert [t.state.name for t in optuna.load_study(study_name="d", storage=storage).trials] == ["FAIL"]
+
+
+def test_studies_of_one_name_in_two_storages_keep_their_runs_apart(in_tmp, stand_in):
+    # Their runs used to share runs/<env>__<script>__<seed>__<study>-t<trial>/: the second study deleted the
+    # first's trial directory, running or finished, and wrote its own there.
+    first, second = f"sqlite:///{in_tmp / 'a.db'}", "sqlite:///b.db"
+    for storage, quality in ((first, "1.0"), (second, "0.5")):
+        assert tune.main(["--script", "stand_in.py", "--env-ids", "Env-v0", "--trials", "1", "--storage", storage,
+                          "--study-name", "s", "--fix", f"quality={quality}", "--progress-interval", "0"]) == 0
+    runs = sorted(p.name for p in (in_tmp / "runs").iterdir() if p.name.startswith("Env-v0"))
+    assert len(runs) == 2, runs
+    assert runs == sorted(f"Env-v0__stand_in__1__{tune.run_tag('s', storage)}-t0" for storage in (first, second))
+    for name, quality in zip(runs, (1.0, 0.5) if tune.run_tag("s", first) in runs[0] else (0.5, 1.0)):
+        assert json.loads((in_tmp / "runs" / name / "summary.json").read_text())["eval_mean"] == quality
+    # One file by two paths is one storage: processes joining a study agree on its runs' names.
+    assert tune.run_tag("s", "sqlite:///a.db") == tune.run_tag("s", first) != tune.run_tag("s", second)
