@@ -177,6 +177,22 @@ def parse_value(text: str, like):
     return type(like)(text)
 
 
+def flag_name(argument: str) -> str | None:
+    """The flag an argument after `--` gives, in the space's spelling, whichever spelling the scripts accept:
+    "--eval_episodes=0" is eval-episodes. None for a value."""
+    return argument[2:].partition("=")[0].replace("_", "-") if argument.startswith("--") else None
+
+
+def flag_value(extra: list[str], name: str) -> str | None:
+    """The value the flags after `--` give `name` (the last one, as the scripts read them), in either form:
+    --name VALUE or --name=VALUE."""
+    value = None
+    for i, argument in enumerate(extra):
+        if flag_name(argument) == name:
+            value = argument.partition("=")[2] if "=" in argument else (extra[i + 1:] or [None])[0]
+    return value
+
+
 def shape_space(script: str, fix: list[str], narrow: list[str], extra: list[str]) -> tuple[dict[str, Param], dict]:
     """The script's space less what --fix and the flags after `--` set, narrowed by --narrow; and the fixed values."""
     if script not in SPACES:
@@ -229,7 +245,7 @@ def shape_space(script: str, fix: list[str], narrow: list[str], extra: list[str]
         except ValueError as e:
             raise UsageError(f"--narrow {item}: {e}")
     # A flag after `--` sets its parameter for every run: it is not tuned.
-    given = {a[2:].removeprefix("no-") for a in extra if a.startswith("--")}
+    given = {flag_name(a).removeprefix("no-") for a in extra if flag_name(a)}
     for name in list(space):
         if name in given:
             del space[name]
@@ -633,7 +649,8 @@ def main(argv: list[str]) -> int:
                 raise UsageError(f"{flag} must be positive, got {value}")
         if args.startup_trials < 0:
             raise UsageError(f"--startup-trials must be 0 or more, got {args.startup_trials}")
-        if "--eval-episodes" in extra and extra[extra.index("--eval-episodes") + 1:][:1] == ["0"]:
+        episodes = flag_value(extra, "eval-episodes")  # every spelling: --eval_episodes=0 used to slip past
+        if episodes is not None and episodes.strip().lstrip("+-").isdigit() and int(episodes) == 0:
             raise UsageError("--eval-episodes 0 leaves the trials nothing to be scored on")
         if len(set(args.env_ids)) < len(args.env_ids) or len(set(args.seeds)) < len(args.seeds):
             raise UsageError("an env or seed is given twice")

@@ -45,6 +45,11 @@ def test_fix_narrow_and_the_flags_after_the_separator_shape_the_space():
     assert not {"gamma", "norm-adv", "optimizer", "ent-coef"} & set(space)  # fixed, or set after --
     assert space["learning-rate"] == Float(1e-4, 1e-3, log=True) and space["num-steps"] == Choice((8, 16))
     assert tune.flags_of(fixed) == ["--gamma", "0.9", "--norm-adv", "--optimizer", "adam"]
+    # Flags after `--` in the other spellings the scripts take leave the space too (they used to stay in it,
+    # tuned for nothing: the flag after `--` comes last and wins).
+    space, _ = tune.shape_space("a2c.py", [], [], ["--ent_coef=0.01", "--learning-rate=1e-3", "--no-norm_adv",
+                                                   "--num_envs", "8"])
+    assert not {"ent-coef", "learning-rate", "norm-adv", "num-envs"} & set(space) and "vf-coef" in space
     assert tune.flags_of({"norm-adv": False, "hidden-sizes": "64 64"}) == ["--no-norm-adv", "--hidden-sizes", "64",
                                                                         "64"]
 
@@ -187,8 +192,13 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
      "error: --cpus-per-run: for runs on a Ray cluster; give --ray-address too"),
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--ray-address", "here"],
      "error: --ray-address here: give auto, local or host:port"),
-    (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--", "--eval-episodes", "0"],
-     "error: --eval-episodes 0 leaves the trials nothing to be scored on"),
+    # Every spelling the scripts take: the guard used to see only the first.
+    # (--trials 1 and a tiny budget: a guard that let one through would fail the test in seconds, not train on)
+    *([["--script", "a2c.py", "--env-ids", "CartPole-v1", "--trials", "1", "--workers", "1", "--", *flags,
+        "--total-timesteps", "256", "--num-envs", "2", "--no-cuda"],
+       "error: --eval-episodes 0 leaves the trials nothing to be scored on"]
+      for flags in (["--eval-episodes", "0"], ["--eval-episodes=0"], ["--eval_episodes", "0"], ["--eval_episodes=0"],
+                    ["--eval-episodes", "5", "--no-cuda", "--eval-episodes=00"])),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(in_tmp, capsys, argv, message):
     (in_tmp / "afile").write_text("the user's\n")
