@@ -220,7 +220,7 @@ class Args:
     """runs at once (default: the number of cores; each run uses one torch thread; with --ray-address, the
     cluster's CPUs divided by --cpus-per-run)"""
     tag: str | None = None
-    """appended to the run names, to keep runs with other flags apart"""
+    """appended to the run names, to keep runs with other flags apart (a plain name: no / and no ..)"""
     check: bool = False
     """launch nothing: compare the finished runs with the bars, exit 1 if a row with a bar misses it or
     lacks runs"""
@@ -278,6 +278,9 @@ def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | N
             entries = [replace(e, seeds=None) for e in entries]
         seeds = seeds or list(PRESETS[preset].seeds)
     seeds = list(dict.fromkeys(seeds))  # --seeds 1 1 would run two processes in one directory
+    if tag is not None and (tag in ("", ".") or ".." in tag or "/" in tag or os.sep in tag):
+        raise UsageError(f"--tag {tag!r}: the tag ends each run's directory name under runs/, so it must be a plain "
+                         "name: not empty, no / and no ..")
     if tag:
         entries = [replace(e, tag=f"{e.tag}__{tag}" if e.tag else tag) for e in entries]
     return entries, seeds
@@ -305,6 +308,15 @@ def run_name(entry: Entry, seed: int) -> str:
 
 def plan(entries: list[Entry], seeds: list[int], runs_dir: Path = Path("runs")) -> list[Run]:
     return [Run(e, s, run_name(e, s), runs_dir / run_name(e, s)) for e in entries for s in (e.seeds or seeds)]
+
+
+def check_names(runs: list[Run]):
+    """Each run's name must be one directory under runs/ (UsageError): an env id with a / would put it elsewhere
+    (--tag is checked in select). The scripts refuse such a --run-name too."""
+    for run in runs:
+        if run.name in (".", "..") or Path(run.name).name != run.name or "/" in run.name:
+            raise UsageError(f"--env-ids {run.entry.env_id}: the run name {run.name} would not be one directory "
+                             "under runs/; benchmark.py and tune.py cannot run an env id with a /")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1080,6 +1092,7 @@ def main(argv: list[str]) -> int:
         if args.min_return is not None and args.min_mean_return is not None:
             raise UsageError("give --min-return or --min-mean-return, not both")
         entries, seeds = select(args.preset, args.scripts, args.env_ids, args.seeds, args.tag)
+        check_names(plan(entries, seeds))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -654,6 +654,7 @@ def main(argv: list[str]) -> int:
             raise UsageError("--eval-episodes 0 leaves the trials nothing to be scored on")
         if len(set(args.env_ids)) < len(args.env_ids) or len(set(args.seeds)) < len(args.seeds):
             raise UsageError("an env or seed is given twice")
+        benchmark.check_names(plan([Entry(args.script, env_id) for env_id in args.env_ids], args.seeds))
         space, fixed = shape_space(Path(args.script).name, args.fix, args.narrow, extra)
         ranges = dict(SCORE_RANGES)
         for item in args.score_range:

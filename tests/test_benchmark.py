@@ -625,3 +625,29 @@ def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch):
     finally:
         stubborn.kill()
         stubborn.wait()
+
+
+QUICK = STAND_IN.format(body=textwrap.dedent("""
+    run = pathlib.Path("runs") / args.run_name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+        "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))"""))
+
+
+@pytest.mark.parametrize("flags, message", [
+    # The run names used to take the tag as it came: runs/Env-v0__quick__1__../../x went up out of runs/.
+    *([["--tag", tag], f"error: --tag {tag!r}: the tag ends each run's directory name under runs/, so it must be a "
+                       "plain name: not empty, no / and no .."] for tag in ("../../x", "a/b", "..", "x..y", ".", "")),
+    (["--env-ids", "../Env-v0"], "error: --env-ids ../Env-v0: the run name ../Env-v0__quick__1 would not be one "
+                                 "directory under runs/"),
+])
+def test_a_run_name_that_would_leave_runs_is_refused(in_tmp, capsys, flags, message):
+    (in_tmp / "work").mkdir()
+    (in_tmp / "work" / "quick.py").write_text(QUICK)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(in_tmp / "work")
+        argv = ["--scripts", "quick.py", "--env-ids", "Env-v0", "--seeds", "1", "--progress-interval", "0"]
+        assert benchmark.main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert sorted(p.name for p in in_tmp.rglob("*")) == ["quick.py", "work"]  # nothing made, in runs/ or out of it

@@ -186,6 +186,9 @@ def test_a2c_study_runs_is_interrupted_and_continues(in_tmp):
     # A regular file where the storage's folder should be: used to be a traceback (NotADirectoryError).
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--storage", "sqlite:///afile/sub/t.db"],
      "error: cannot open storage sqlite:///afile/sub/t.db: cannot make its folder afile/sub (Not a directory)"),
+    # A run name out of runs/ (the runs are benchmark.py's: the same check).
+    (["--script", "a2c.py", "--env-ids", "../CartPole-v1", "--trials", "1", "--", *TINY_A2C],
+     "error: --env-ids ../CartPole-v1: the run name ../CartPole-v1__a2c__1 would not be one directory under runs/"),
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "Unknown-v0"],
      "error: no score range for Unknown-v0 to normalise over several envs"),
     (["--script", "a2c.py", "--env-ids", "CartPole-v1", "--cpus-per-run", "2"],
