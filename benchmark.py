@@ -257,11 +257,19 @@ def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | N
            tag: str | None = None) -> tuple[list[Entry], list[int]]:
     """The entries and seeds the command line asks for."""
     if preset is None:
-        pairs = itertools.product(scripts or ["ppo_continuous.py"], env_ids or ["Pendulum-v1"])
+        # A script's runs are named by its stem, so one file given twice (dqn.py ./dqn.py) would run twice at once
+        # in each run directory: it is run once. Two files of one stem are refused for the same reason.
+        files: dict[str, tuple[str, Path]] = {}  # stem -> (the script as first given, its file)
+        for script in scripts or ["ppo_continuous.py"]:
+            if not script_path(script).is_file():
+                raise UsageError(f"no script {script} in {ROOT} or the current directory")
+            first, file = files.setdefault(Path(script).stem, (script, script_path(script).resolve()))
+            if file != script_path(script).resolve():
+                raise UsageError(f"--scripts {first} {script}: two files named {Path(script).stem} would share run "
+                                 f"directories (runs/<env>__{Path(script).stem}__<seed>); rename one, or run them in "
+                                 "two benchmarks with different --tag")
+        pairs = itertools.product([first for first, _ in files.values()], env_ids or ["Pendulum-v1"])
         entries = list(dict.fromkeys(Entry(script, env_id) for script, env_id in pairs))  # a repeat would share a run directory
-        for entry in entries:
-            if not script_path(entry.script).is_file():
-                raise UsageError(f"no script {entry.script} in {ROOT} or the current directory")
         seeds = seeds or [1, 2, 3]
     else:
         if preset not in PRESETS:

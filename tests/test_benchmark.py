@@ -651,3 +651,21 @@ def test_a_run_name_that_would_leave_runs_is_refused(in_tmp, capsys, flags, mess
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
     assert sorted(p.name for p in in_tmp.rglob("*")) == ["quick.py", "work"]  # nothing made, in runs/ or out of it
+
+
+def test_one_script_given_by_two_paths_runs_once_and_two_files_of_one_name_are_refused(in_tmp, capsys):
+    # dqn.py ./dqn.py used to launch two processes at once into each run directory, and report both done.
+    (in_tmp / "quick.py").write_text(QUICK)
+    argv = ["--env-ids", "Env-v0", "--seeds", "1", "--progress-interval", "0"]
+    assert benchmark.main(["--scripts", "quick.py", "./quick.py", str(in_tmp / "quick.py"), *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done   Env-v0__quick__1 ") == 1 and out.count("| quick.py | Env-v0 |") == 1, out
+    entries, _ = benchmark.select(None, ["dqn.py", "./dqn.py", str(ROOT / "dqn.py")], ["CartPole-v1"], [1])
+    assert entries == [Entry("dqn.py", "CartPole-v1")]
+    (in_tmp / "other").mkdir()
+    (in_tmp / "other" / "quick.py").write_text(QUICK)
+    assert benchmark.main(["--scripts", "quick.py", "other/quick.py", "--tag", "new", *argv]) == 2
+    assert capsys.readouterr().err == (
+        "error: --scripts quick.py other/quick.py: two files named quick would share run directories "
+        "(runs/<env>__quick__<seed>); rename one, or run them in two benchmarks with different --tag\n")
+    assert not list((in_tmp / "runs").glob("*__new"))
