@@ -39,7 +39,9 @@ exits non-zero (3: training diverged; 2: bad input), or leaves a summary.json th
 whose evaluation is not a finite number (the NaN of a diverged run made before the scripts stopped
 such runs); --check reports such runs as failed too, naming the run and what went wrong in one line.
 A failed run without a summary.json is run again by the next benchmark; one whose summary.json is
-damaged or NaN counts as finished, so delete its directory to run it again.
+damaged or NaN, or that exited non-zero after writing it, is reported as failed but not run again, so
+delete its directory to run it again. A run finished meanwhile by another process (its summary.json there
+when its turn comes) is skipped too.
 
 With --ray-address (auto, host:port or local) each run is a task on a Ray cluster instead, asking
 --cpus-per-run CPUs and --gpus-per-run GPUs: the script's text travels with the task, the run goes in a
@@ -553,14 +555,14 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
     unusable = 0
     for run in runs:
         if run.summary_path.exists():
-            summary, _ = read_summary(run.summary_path)
+            summary, _ = run_summary(run)
             unusable += summary is None
             if summary is not None:
                 durations.setdefault(run.entry, []).append(summary["wall_time"])
     if len(todo) < len(runs):
         print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; skipping them"
-              + (f" ({unusable} with a damaged or NaN summary.json, reported as failed: delete a run's directory "
-                 "to run it again)" if unusable else ""))
+              + (f" ({unusable} with a damaged or NaN summary.json, or that exited with an error after writing it, "
+                 "reported as failed: delete a run's directory to run it again)" if unusable else ""))
     running: dict[object, tuple[Run, float]] = {}  # runner's handle -> (run, start time)
     samples: dict[str, list[tuple[float, int]]] = {}  # each run's progress over time, for its rate
     failed, done, total = [], 0, len(todo)
@@ -594,6 +596,10 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
                 view.event(text)
             while todo and len(running) < min(workers, runner.slots or workers):
                 run = todo.pop(0)
+                if run.summary_path.exists():  # finished since this benchmark began, by another process: kept
+                    total -= 1
+                    view.event(f"skip   {run.name}: finished meanwhile by another process (its summary.json)")
+                    continue
                 running[runner.start(run, extra)] = (run, time.time())
             observe(samples, list(running.values()), time.time())
             if running and time.time() - last_report >= (1.0 if view.live else progress_interval):
@@ -935,6 +941,23 @@ def read_summary(path: Path) -> tuple[dict | None, str | None]:
     return summary, None
 
 
+def run_summary(run: Run) -> tuple[dict | None, str | None]:
+    """read_summary of the run, unless benchmark.py saw the run exit with a code other than 0 after its summary.json
+    was written (its log's ENDED line is the later): then None and why. Such a summary.json used to count as a
+    finished run, in the report of the very benchmark that had said the run failed and in every later one. One
+    written after that line (the run resumed to its end by hand) counts."""
+    summary, problem = read_summary(run.summary_path)
+    why = failure(run.log_path) if summary is not None else None
+    if why is None or why.startswith("exit code 0"):
+        return summary, problem
+    try:
+        if run.summary_path.stat().st_mtime_ns > run.log_path.stat().st_mtime_ns:
+            return summary, problem
+    except OSError:
+        return summary, problem
+    return None, f"{why} (after writing its summary.json)"
+
+
 LAST_EPISODES = 100
 
 
@@ -966,7 +989,7 @@ def collect(runs: list[Run]) -> list[Row]:
     rows: dict[Entry, Row] = {}
     for run in runs:
         row = rows.setdefault(run.entry, Row(run.entry))
-        summary, problem = read_summary(run.summary_path)
+        summary, problem = run_summary(run)
         why = problem or (failure(run.log_path) if summary is None else None)
         if summary is not None:
             summary["train_last"] = last_episodes_mean(run.directory / "metrics.csv")

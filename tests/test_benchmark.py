@@ -669,3 +669,54 @@ def test_one_script_given_by_two_paths_runs_once_and_two_files_of_one_name_are_r
         "error: --scripts quick.py other/quick.py: two files named quick would share run directories "
         "(runs/<env>__quick__<seed>); rename one, or run them in two benchmarks with different --tag\n")
     assert not list((in_tmp / "runs").glob("*__new"))
+
+
+def test_a_run_that_exits_with_an_error_after_its_summary_is_failed_then_and_later(in_tmp, capsys):
+    # Its summary.json used to count: the table said pass under the run's FAILED line, and the next benchmark and
+    # --check passed the row, exit code 0.
+    (in_tmp / "late.py").write_text(QUICK + '\nprint("error: broke after the summary", file=sys.stderr)\nsys.exit(1)\n')
+    argv = ["--scripts", "late.py", "--env-ids", "Env-v0", "--seeds", "1", "--progress-interval", "0",
+            "--min-return", "5"]
+    assert benchmark.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "FAILED Env-v0__late__1 (exit code 1): error: broke after the summary" in out
+    assert "| late.py | Env-v0 | 0 (failed 1) |" in out
+    log = in_tmp / "runs" / "Env-v0__late__1" / "stdout.log"
+    logged = log.read_text()
+    assert benchmark.main(argv) == 1  # not run again, and failed still
+    assert "1 of 1 runs already finished; skipping them (1 with a damaged or NaN summary.json, or that exited with " \
+           "an error after writing it" in capsys.readouterr().out and log.read_text() == logged
+    assert benchmark.main([*argv, "--check"]) == 1
+    assert ("FAIL        late.py Env-v0: seed 1 failed: exit code 1: error: broke after the summary (after writing "
+            "its summary.json)\n") in capsys.readouterr().out
+    # A summary.json written after benchmark.py's line (the run resumed to its end by hand) counts.
+    summary = in_tmp / "runs" / "Env-v0__late__1" / "summary.json"
+    os.utime(summary, ns=(log.stat().st_mtime_ns + 10**9,) * 2)
+    assert benchmark.main([*argv, "--check"]) == 0
+
+
+def test_a_run_finished_meanwhile_by_another_process_is_not_run_again(in_tmp):
+    # Which runs to make was decided once, at the start: one that another process (another benchmark over the same
+    # runs/) finished meanwhile was started again when its turn came, over the finished run's files.
+    (in_tmp / "wait.py").write_text(STAND_IN.format(body=textwrap.dedent("""
+        run = pathlib.Path("runs") / args.run_name
+        while not pathlib.Path("go").exists():
+            time.sleep(0.1)
+        (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+            "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))""")))
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--scripts", "wait.py", "--env-ids",
+                                "Env-v0", "--seeds", "1", "2", "--workers", "1", "--progress-interval", "100"],
+                               cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for([in_tmp / "runs" / "Env-v0__wait__1" / "stdout.log"])
+        elsewhere = in_tmp / "runs" / "Env-v0__wait__2"
+        elsewhere.mkdir()
+        (elsewhere / "summary.json").write_text(json.dumps({"seed": 2, "global_step": 1000, "wall_time": 0.5,
+                                                            "sps": 2000, "eval_mean": 9.0}))
+        (in_tmp / "go").touch()
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert json.loads((elsewhere / "summary.json").read_text())["eval_mean"] == 9.0
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["summary.json"]  # its files untouched, no log of ours
+    assert process.returncode == 0 and "skip   Env-v0__wait__2: finished meanwhile by another process" in out, out
