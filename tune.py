@@ -692,8 +692,8 @@ def main(argv: list[str]) -> int:
     print(f"study {args.study_name} in {args.storage}: {args.script} on {', '.join(args.env_ids)}, seeds "
           f"{' '.join(map(str, args.seeds))}, {workers} trial(s) at once; tuning {', '.join(space) or 'nothing'}"
           + (f"; fixed: {' '.join(flags_of(fixed) + extra)}" if fixed or extra else "")
-          + f"; its runs: runs/<env>__{Path(args.script).stem}__<seed>__{run_tag(args.study_name, args.storage)}-t<trial>/",
-          flush=True)
+          + f"; its runs: runs/<env>__{Path(args.script).stem}__<seed>__{run_tag(args.study_name, args.storage)}"
+          "-t<trial>/", flush=True)
     tuner = Tuner(args, study, space, fixed, extra, ranges, runner, workers)
     try:
         tuner.tune()

@@ -613,9 +613,9 @@ def test_sigterm_stops_the_runs_as_ctrl_c_does(in_tmp):
 
 def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch):
     monkeypatch.setattr(benchmark, "STOP_GRACE", 1.0, raising=False)
-    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
-                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
-                                 "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    ignores = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+               "time.sleep(120)")
+    stubborn = subprocess.Popen([sys.executable, "-c", ignores], stdout=subprocess.PIPE, text=True)
     try:
         assert stubborn.stdout.readline() == "ready\n"
         stopping = threading.Thread(target=benchmark.LocalRunner().stop, args=([stubborn],), daemon=True)
@@ -636,10 +636,11 @@ QUICK = STAND_IN.format(body=textwrap.dedent("""
 
 @pytest.mark.parametrize("flags, message", [
     # The run names used to take the tag as it came: runs/Env-v0__quick__1__../../x went up out of runs/.
-    *([["--tag", tag], f"error: --tag {tag!r}: the tag ends each run's directory name under runs/, so it must be a "
-                       "plain name: not empty, no / and no .."] for tag in ("../../x", "a/b", "..", "x..y", ".", "")),
-    (["--env-ids", "../Env-v0"], "error: --env-ids ../Env-v0: the run name ../Env-v0__quick__1 would not be one "
-                                 "directory under runs/"),
+    *([["--tag", tag], (f"error: --tag {tag!r}: the tag ends each run's directory name under runs/, so it must be "
+                        "a plain name: not empty, no / and no ..")]
+      for tag in ("../../x", "a/b", "..", "x..y", ".", "")),
+    (["--env-ids", "../Env-v0"], ("error: --env-ids ../Env-v0: the run name ../Env-v0__quick__1 would not be one "
+                                  "directory under runs/")),
 ])
 def test_a_run_name_that_would_leave_runs_is_refused(in_tmp, capsys, flags, message):
     (in_tmp / "work").mkdir()

@@ -124,7 +124,8 @@ def test_a_failing_run_fails_its_trial_with_the_log(in_tmp, stand_in, capsys):
     assert tune.main(["--script", "stand_in.py", "--env-ids", "Env-v0", "--trials", "1", "--storage", storage,
                       "--study-name", "f", "--workers", "1", "--progress-interval", "0"]) == 1
     out = capsys.readouterr().out
-    assert f"trial 0 FAILED: Env-v0__stand_in__1__{tune.run_tag('f', storage)}-t0 ended with exit code 1" in out and "ZeroDivisionError" in out
+    assert f"trial 0 FAILED: Env-v0__stand_in__1__{tune.run_tag('f', storage)}-t0 ended with exit code 1" in out
+    assert "ZeroDivisionError" in out
     assert "no trial completed" in out
 
 
@@ -264,10 +265,10 @@ def test_a_narrowed_range_outside_the_space_is_refused_before_the_study_is_touch
     # (--trials 1 and a tiny budget: were the range let through, the test would fail in seconds, not train on)
     assert tune.main(["--script", "a2c.py", "--env-ids", "CartPole-v1", "--narrow", narrow, "--trials", "1",
                       "--workers", "1", "--", *TINY_A2C]) == 2
-    name, bounds = narrow.split("=")
-    err = capsys.readouterr().err
-    assert err == f"error: --narrow {narrow}: give LOW < HIGH within {name}'s range " \
-                  f"{':'.join(f'{b:g}' for b in (tune.SPACES['a2c.py'][name].low, tune.SPACES['a2c.py'][name].high))}\n"
+    name = narrow.partition("=")[0]
+    space = tune.SPACES["a2c.py"][name]
+    assert capsys.readouterr().err == (f"error: --narrow {narrow}: give LOW < HIGH within {name}'s range "
+                                       f"{space.low:g}:{space.high:g}\n")
     assert not (in_tmp / "runs").exists()  # no storage made, no trial asked
 
 
