@@ -39,7 +39,9 @@ exits non-zero (3: training diverged; 2: bad input), or leaves a summary.json th
 whose evaluation is not a finite number (the NaN of a diverged run made before the scripts stopped
 such runs); --check reports such runs as failed too, naming the run and what went wrong in one line.
 A failed run without a summary.json is run again by the next benchmark; one whose summary.json is
-damaged or NaN counts as finished, so delete its directory to run it again.
+damaged or NaN, or that exited non-zero after writing it, is reported as failed but not run again, so
+delete its directory to run it again. A run finished meanwhile by another process (its summary.json there
+when its turn comes) is skipped too.
 
 With --ray-address (auto, host:port or local) each run is a task on a Ray cluster instead, asking
 --cpus-per-run CPUs and --gpus-per-run GPUs: the script's text travels with the task, the run goes in a
@@ -52,7 +54,8 @@ evaluation and each seed's, the same for the mean return of the last 100 trainin
 from metrics.csv: the protocol of CleanRL's tables, where the evaluation is that of
 rl-baselines3-zoo's), the steps, the steps per second and the wall time, and, where the entry has a
 bar, the bar and its verdict (on the evaluation). Exit code: 0; 1 if a run failed or a bar was missed; 2 for
-bad input (one `error:` line); 130 when interrupted.
+bad input (one `error:` line); 130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM, which
+stops the runs as Ctrl-C does.
 """
 
 import csv
@@ -64,6 +67,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -218,7 +222,7 @@ class Args:
     """runs at once (default: the number of cores; each run uses one torch thread; with --ray-address, the
     cluster's CPUs divided by --cpus-per-run)"""
     tag: str | None = None
-    """appended to the run names, to keep runs with other flags apart"""
+    """appended to the run names, to keep runs with other flags apart (a plain name: no / and no ..)"""
     check: bool = False
     """launch nothing: compare the finished runs with the bars, exit 1 if a row with a bar misses it or
     lacks runs"""
@@ -255,11 +259,19 @@ def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | N
            tag: str | None = None) -> tuple[list[Entry], list[int]]:
     """The entries and seeds the command line asks for."""
     if preset is None:
-        pairs = itertools.product(scripts or ["ppo_continuous.py"], env_ids or ["Pendulum-v1"])
+        # A script's runs are named by its stem, so one file given twice (dqn.py ./dqn.py) would run twice at once
+        # in each run directory: it is run once. Two files of one stem are refused for the same reason.
+        files: dict[str, tuple[str, Path]] = {}  # stem -> (the script as first given, its file)
+        for script in scripts or ["ppo_continuous.py"]:
+            if not script_path(script).is_file():
+                raise UsageError(f"no script {script} in {ROOT} or the current directory")
+            first, file = files.setdefault(Path(script).stem, (script, script_path(script).resolve()))
+            if file != script_path(script).resolve():
+                raise UsageError(f"--scripts {first} {script}: two files named {Path(script).stem} would share run "
+                                 f"directories (runs/<env>__{Path(script).stem}__<seed>); rename one, or run them in "
+                                 "two benchmarks with different --tag")
+        pairs = itertools.product([first for first, _ in files.values()], env_ids or ["Pendulum-v1"])
         entries = list(dict.fromkeys(Entry(script, env_id) for script, env_id in pairs))  # a repeat would share a run directory
-        for entry in entries:
-            if not script_path(entry.script).is_file():
-                raise UsageError(f"no script {entry.script} in {ROOT} or the current directory")
         seeds = seeds or [1, 2, 3]
     else:
         if preset not in PRESETS:
@@ -276,6 +288,9 @@ def select(preset: str | None, scripts: list[str] | None, env_ids: list[str] | N
             entries = [replace(e, seeds=None) for e in entries]
         seeds = seeds or list(PRESETS[preset].seeds)
     seeds = list(dict.fromkeys(seeds))  # --seeds 1 1 would run two processes in one directory
+    if tag is not None and (tag in ("", ".") or ".." in tag or "/" in tag or os.sep in tag):
+        raise UsageError(f"--tag {tag!r}: the tag ends each run's directory name under runs/, so it must be a plain "
+                         "name: not empty, no / and no ..")
     if tag:
         entries = [replace(e, tag=f"{e.tag}__{tag}" if e.tag else tag) for e in entries]
     return entries, seeds
@@ -303,6 +318,15 @@ def run_name(entry: Entry, seed: int) -> str:
 
 def plan(entries: list[Entry], seeds: list[int], runs_dir: Path = Path("runs")) -> list[Run]:
     return [Run(e, s, run_name(e, s), runs_dir / run_name(e, s)) for e in entries for s in (e.seeds or seeds)]
+
+
+def check_names(runs: list[Run]):
+    """Each run's name must be one directory under runs/ (UsageError): an env id with a / would put it elsewhere
+    (--tag is checked in select). The scripts refuse such a --run-name too."""
+    for run in runs:
+        if run.name in (".", "..") or Path(run.name).name != run.name or "/" in run.name:
+            raise UsageError(f"--env-ids {run.entry.env_id}: the run name {run.name} would not be one directory "
+                             "under runs/; benchmark.py and tune.py cannot run an env id with a /")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,6 +358,25 @@ def visible_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):  # no driver, no GPU
         return []
     return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
+
+
+STOP_GRACE = 10.0
+"""Seconds the runs being stopped get to end on their own before they are killed."""
+
+
+def stop_on_sigterm(signum, frame):
+    """SIGTERM (kill, a scheduler ending the job) stops benchmark.py and tune.py as Ctrl-C does: without it they
+    would die at once and leave their runs training as orphans (and tune.py's trials RUNNING in the study)."""
+    # A repeat is dropped, so that it cannot cut the stopping short: by a handler, not SIG_IGN, which a run started
+    # meanwhile would inherit.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def interrupted(e: KeyboardInterrupt) -> int:
+    """The exit code of an interruption: 143 for SIGTERM, 130 for Ctrl-C, the codes a shell gives (and the
+    scripts' own)."""
+    return 143 if str(e) == "SIGTERM" else 130
 
 
 class LocalRunner:
@@ -373,9 +416,14 @@ class LocalRunner:
 
     def stop(self, handles: list[subprocess.Popen]):
         for process in handles:
-            process.terminate()
+            process.terminate()  # SIGTERM, which the scripts take as Ctrl-C
+        deadline = time.time() + STOP_GRACE
         for process in handles:
-            process.wait()
+            try:
+                process.wait(timeout=max(deadline - time.time(), 0.0))
+            except subprocess.TimeoutExpired:  # a run that ignores SIGTERM must not outlive us either
+                process.kill()
+                process.wait()
 
     def events(self) -> list[str]:
         """What happened to the runs since the last call that the progress view should print."""
@@ -507,14 +555,14 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
     unusable = 0
     for run in runs:
         if run.summary_path.exists():
-            summary, _ = read_summary(run.summary_path)
+            summary, _ = run_summary(run)
             unusable += summary is None
             if summary is not None:
                 durations.setdefault(run.entry, []).append(summary["wall_time"])
     if len(todo) < len(runs):
         print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; skipping them"
-              + (f" ({unusable} with a damaged or NaN summary.json, reported as failed: delete a run's directory "
-                 "to run it again)" if unusable else ""))
+              + (f" ({unusable} with a damaged or NaN summary.json, or that exited with an error after writing it, "
+                 "reported as failed: delete a run's directory to run it again)" if unusable else ""))
     running: dict[object, tuple[Run, float]] = {}  # runner's handle -> (run, start time)
     samples: dict[str, list[tuple[float, int]]] = {}  # each run's progress over time, for its rate
     failed, done, total = [], 0, len(todo)
@@ -548,6 +596,10 @@ def execute(runs: list[Run], extra: list[str], workers: int, progress_interval: 
                 view.event(text)
             while todo and len(running) < min(workers, runner.slots or workers):
                 run = todo.pop(0)
+                if run.summary_path.exists():  # finished since this benchmark began, by another process: kept
+                    total -= 1
+                    view.event(f"skip   {run.name}: finished meanwhile by another process (its summary.json)")
+                    continue
                 running[runner.start(run, extra)] = (run, time.time())
             observe(samples, list(running.values()), time.time())
             if running and time.time() - last_report >= (1.0 if view.live else progress_interval):
@@ -889,6 +941,23 @@ def read_summary(path: Path) -> tuple[dict | None, str | None]:
     return summary, None
 
 
+def run_summary(run: Run) -> tuple[dict | None, str | None]:
+    """read_summary of the run, unless benchmark.py saw the run exit with a code other than 0 after its summary.json
+    was written (its log's ENDED line is the later): then None and why. Such a summary.json used to count as a
+    finished run, in the report of the very benchmark that had said the run failed and in every later one. One
+    written after that line (the run resumed to its end by hand) counts."""
+    summary, problem = read_summary(run.summary_path)
+    why = failure(run.log_path) if summary is not None else None
+    if why is None or why.startswith("exit code 0"):
+        return summary, problem
+    try:
+        if run.summary_path.stat().st_mtime_ns > run.log_path.stat().st_mtime_ns:
+            return summary, problem
+    except OSError:
+        return summary, problem
+    return None, f"{why} (after writing its summary.json)"
+
+
 LAST_EPISODES = 100
 
 
@@ -920,7 +989,7 @@ def collect(runs: list[Run]) -> list[Row]:
     rows: dict[Entry, Row] = {}
     for run in runs:
         row = rows.setdefault(run.entry, Row(run.entry))
-        summary, problem = read_summary(run.summary_path)
+        summary, problem = run_summary(run)
         why = problem or (failure(run.log_path) if summary is None else None)
         if summary is not None:
             summary["train_last"] = last_episodes_mean(run.directory / "metrics.csv")
@@ -1054,6 +1123,7 @@ def main(argv: list[str]) -> int:
         if args.min_return is not None and args.min_mean_return is not None:
             raise UsageError("give --min-return or --min-mean-return, not both")
         entries, seeds = select(args.preset, args.scripts, args.env_ids, args.seeds, args.tag)
+        check_names(plan(entries, seeds))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -1076,9 +1146,10 @@ def main(argv: list[str]) -> int:
     try:
         failed = execute([r for r in runs if r.entry.script not in absent], extra,
                          args.workers or runner.slots or os.cpu_count() or 1, args.progress_interval, runner)
-    except KeyboardInterrupt:
-        print("\ninterrupted; finished runs are kept and skipped next time", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f' ({e})' if str(e) else ''}; finished runs are kept and skipped next time",
+              file=sys.stderr)
+        return interrupted(e)
     finally:
         runner.close()
     print(report(runs))
@@ -1094,4 +1165,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     sys.exit(main(sys.argv[1:]))

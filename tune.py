@@ -7,10 +7,11 @@
 
 A trial is one set of flags drawn from the script's search space (SPACES below). It runs the script once
 per seed and env, one after the other, each as its own process through benchmark.py's runner, so each run
-keeps its directory runs/<env>__<script>__<seed>__<study>-t<trial>/. The trial's value is the mean over
-its runs of the final deterministic evaluation (eval_mean of summary.json); with more than one env each
-evaluation is first normalised to (eval - floor) / (target - floor) by the env's SCORE_RANGES, so that
-envs with returns of different scales weigh the same. After each run the trial reports its mean so far,
+keeps its directory runs/<env>__<script>__<seed>__<study>-<storage>-t<trial>/ (<storage>: six hex digits
+naming --storage, so that studies of one name in two storages keep their runs apart). The trial's value is
+the mean over its runs of the final deterministic evaluation (eval_mean of summary.json); with more than one
+env each evaluation is first normalised to (eval - floor) / (target - floor) by the env's SCORE_RANGES, so
+that envs with returns of different scales weigh the same. After each run the trial reports its mean so far,
 and Optuna's median pruner stops it there when that is worse than the median of earlier trials at the same
 point: a bad trial costs one run, not all of them. The runs are ordered seed by seed, each seed's envs
 together.
@@ -32,14 +33,17 @@ While trials run, a progress block shows the trials finished, pruned, failed and
 the time left, and each running run's step. At the end: a table of the best trials, the best flags as a
 command line, and <out>/optimization_history.png and <out>/param_importances.png.
 
-Exit code: 0; 1 if no trial completed; 2 for bad input; 130 when interrupted.
+Exit code: 0; 1 if no trial completed; 2 for bad input; 130 when interrupted (Ctrl-C), 143 when stopped by
+SIGTERM, which stops the runs and fails the trials cut off as Ctrl-C does.
 """
 
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -173,6 +177,22 @@ def parse_value(text: str, like):
     return type(like)(text)
 
 
+def flag_name(argument: str) -> str | None:
+    """The flag an argument after `--` gives, in the space's spelling, whichever spelling the scripts accept:
+    "--eval_episodes=0" is eval-episodes. None for a value."""
+    return argument[2:].partition("=")[0].replace("_", "-") if argument.startswith("--") else None
+
+
+def flag_value(extra: list[str], name: str) -> str | None:
+    """The value the flags after `--` give `name` (the last one, as the scripts read them), in either form:
+    --name VALUE or --name=VALUE."""
+    value = None
+    for i, argument in enumerate(extra):
+        if flag_name(argument) == name:
+            value = argument.partition("=")[2] if "=" in argument else (extra[i + 1:] or [None])[0]
+    return value
+
+
 def shape_space(script: str, fix: list[str], narrow: list[str], extra: list[str]) -> tuple[dict[str, Param], dict]:
     """The script's space less what --fix and the flags after `--` set, narrowed by --narrow; and the fixed values."""
     if script not in SPACES:
@@ -214,14 +234,18 @@ def shape_space(script: str, fix: list[str], narrow: list[str], extra: list[str]
                 low, sep, high = value.partition(":")
                 if not sep:
                     raise ValueError(f"{name} is a range: give LOW:HIGH")
-                low, high = type(param.low)(float(low)), type(param.low)(float(high))
-                if not low < high or (param.log and low <= 0):
-                    raise ValueError(f"need {'0 < ' if param.log else ''}LOW < HIGH")
-                space[name] = replace(param, low=low, high=high)
+                low, high = float(low), float(high)
+                # Checked here, before the study is touched: a bound Optuna cannot draw from (inf, nan) used to
+                # raise inside the first trial, a traceback that left the trial RUNNING in the study.
+                if not (param.low <= low < high <= param.high):
+                    raise ValueError(f"give LOW < HIGH within {name}'s range {param.low:g}:{param.high:g}")
+                if isinstance(param, Int) and not (low.is_integer() and high.is_integer()):
+                    raise ValueError(f"{name} is a whole number: give whole bounds")
+                space[name] = replace(param, low=type(param.low)(low), high=type(param.low)(high))
         except ValueError as e:
             raise UsageError(f"--narrow {item}: {e}")
     # A flag after `--` sets its parameter for every run: it is not tuned.
-    given = {a[2:].removeprefix("no-") for a in extra if a.startswith("--")}
+    given = {flag_name(a).removeprefix("no-") for a in extra if flag_name(a)}
     for name in list(space):
         if name in given:
             del space[name]
@@ -264,7 +288,7 @@ class Args:
     fix: list[str] = field(default_factory=list)
     """NAME=VALUE: pass this value to every run instead of tuning the parameter"""
     narrow: list[str] = field(default_factory=list)
-    """NAME=LOW:HIGH narrows a range, NAME=A,B,C keeps some choices"""
+    """NAME=LOW:HIGH narrows a range (within the space's), NAME=A,B,C keeps some choices"""
     score_range: list[str] = field(default_factory=list)
     """ENV=FLOOR:TARGET: the normalisation of an env's scores (overrides SCORE_RANGES)"""
     pruner: Literal["median", "none"] = "median"
@@ -302,7 +326,11 @@ def open_study(args: Args, space: dict[str, Param], fixed: dict, extra: list[str
 
     url = args.storage
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):  # a relative path: make its folder
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file where a folder should be, no permission
+            raise UsageError(f"cannot open storage {url}: cannot make its folder {folder} ({e.strerror or e})")
     for attempt in range(3):
         try:
             # Heartbeats: a trial whose process died (kill -9, a lost machine) is marked failed a minute later
@@ -333,6 +361,15 @@ def open_study(args: Args, space: dict[str, Param], fixed: dict, extra: list[str
         raise UsageError(f"study {args.study_name} in {url} was made with other settings ({differs}); "
                          "give another --study-name")
     return study
+
+
+def run_tag(study_name: str, storage: str) -> str:
+    """The study's part of its runs' names: the study name, and a short hash of the storage, so that studies of one
+    name in two storages keep their run directories apart (the second used to delete the first's). A SQLite file's
+    path is made absolute first: every process given that file, by whatever path, agrees on the tag."""
+    if storage.startswith("sqlite:///"):
+        storage = "sqlite:///" + os.path.realpath(storage.removeprefix("sqlite:///").partition("?")[0])
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '-', study_name)}-{hashlib.sha1(storage.encode()).hexdigest()[:6]}"
 
 
 class Tuner:
@@ -376,7 +413,11 @@ class Tuner:
                 if len(busy) >= self.args.trials:
                     return
                 trial = self.study.ask()
-                params = suggest(trial, self.space)
+                try:
+                    params = suggest(trial, self.space)
+                except BaseException:  # a bug, but the trial must not stay RUNNING, counted against --trials
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    raise
                 self.storage.record_heartbeat(trial._trial_id)
                 self.ran.append(trial.number)
                 self.in_flight.add(trial.number)
@@ -414,13 +455,14 @@ class Tuner:
         import optuna
 
         trial.set_user_attr("flags", flags_of(params))
-        tag = f"{re.sub(r'[^A-Za-z0-9_.-]', '-', self.study.study_name)}-t{trial.number}"
+        tag = f"{run_tag(self.study.study_name, self.args.storage)}-t{trial.number}"
         order = [(seed, env_id) for seed in self.args.seeds for env_id in self.args.env_ids]
         scores, evaluations = [], {}
         flags = flags_of(params) + flags_of(self.fixed) + self.extra
         for index, (seed, env_id) in enumerate(order):
             run = plan([Entry(self.args.script, env_id, tag=tag)], [seed])[0]
-            shutil.rmtree(run.directory, ignore_errors=True)  # left by a deleted study of the same name
+            # Left by a deleted study of the same name in the same storage (run_tag keeps other storages' apart).
+            shutil.rmtree(run.directory, ignore_errors=True)
             with self.lock:
                 if self.stopping:
                     raise KeyboardInterrupt
@@ -607,10 +649,12 @@ def main(argv: list[str]) -> int:
                 raise UsageError(f"{flag} must be positive, got {value}")
         if args.startup_trials < 0:
             raise UsageError(f"--startup-trials must be 0 or more, got {args.startup_trials}")
-        if "--eval-episodes" in extra and extra[extra.index("--eval-episodes") + 1:][:1] == ["0"]:
+        episodes = flag_value(extra, "eval-episodes")  # every spelling: --eval_episodes=0 used to slip past
+        if episodes is not None and episodes.strip().lstrip("+-").isdigit() and int(episodes) == 0:
             raise UsageError("--eval-episodes 0 leaves the trials nothing to be scored on")
         if len(set(args.env_ids)) < len(args.env_ids) or len(set(args.seeds)) < len(args.seeds):
             raise UsageError("an env or seed is given twice")
+        benchmark.check_names(plan([Entry(args.script, env_id) for env_id in args.env_ids], args.seeds))
         space, fixed = shape_space(Path(args.script).name, args.fix, args.narrow, extra)
         ranges = dict(SCORE_RANGES)
         for item in args.score_range:
@@ -647,13 +691,16 @@ def main(argv: list[str]) -> int:
     out = args.out or Path("runs") / args.study_name
     print(f"study {args.study_name} in {args.storage}: {args.script} on {', '.join(args.env_ids)}, seeds "
           f"{' '.join(map(str, args.seeds))}, {workers} trial(s) at once; tuning {', '.join(space) or 'nothing'}"
-          + (f"; fixed: {' '.join(flags_of(fixed) + extra)}" if fixed or extra else ""), flush=True)
+          + (f"; fixed: {' '.join(flags_of(fixed) + extra)}" if fixed or extra else "")
+          + f"; its runs: runs/<env>__{Path(args.script).stem}__<seed>__{run_tag(args.study_name, args.storage)}"
+          "-t<trial>/", flush=True)
     tuner = Tuner(args, study, space, fixed, extra, ranges, runner, workers)
     try:
         tuner.tune()
-    except KeyboardInterrupt:
-        print("\ninterrupted; the study is kept: the same command continues it", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f' ({e})' if str(e) else ''}; the study is kept: the same command continues it",
+              file=sys.stderr)
+        return benchmark.interrupted(e)
     finally:
         runner.close()
     print(f"this process ran trial(s) {', '.join(map(str, sorted(tuner.ran))) or 'none'}")
@@ -661,4 +708,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, benchmark.stop_on_sigterm)  # the runs stopped, the trials failed, as on Ctrl-C
     sys.exit(main(sys.argv[1:]))

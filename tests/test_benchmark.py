@@ -2,9 +2,13 @@
 estimate of the time left, and the plots, on synthetic run directories and tiny stand-in scripts."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -545,3 +549,175 @@ def test_runs_see_no_gpu_unless_given_one_and_share_the_visible_ones(tmp_path, m
     with pytest.raises(benchmark.UsageError, match="^--gpus-per-run must be 0, a fraction below 1 or a whole"):
         benchmark.make_runner(None, None, 1.5, 3)
 
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def running(name: str) -> list[int]:
+    """The processes whose command line holds `name` (a run name), this one aside."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and int(entry) != os.getpid() and name.encode() in f.read() and alive(int(entry)):
+                    pids.append(int(entry))
+        except OSError:  # ended meanwhile, or not a process
+            continue
+    return pids
+
+
+def wait_for(paths, seconds: float = 60.0):
+    """Waits until every path exists (a run started); fails the test after `seconds`."""
+    deadline = time.time() + seconds
+    while not all(path.exists() for path in paths):
+        assert time.time() < deadline, f"not there after {seconds:g}s: {[str(p) for p in paths if not p.exists()]}"
+        time.sleep(0.2)
+
+
+SLOW = STAND_IN.format(body=textwrap.dedent("""
+    run = pathlib.Path("runs") / args.run_name
+    (run / "pid").write_text(str(os.getpid()))
+    (run / "metrics.csv").write_text("global_step,episodic_return\\n")
+    time.sleep(120)""")).replace("import argparse", "import os, argparse")
+
+
+def test_sigterm_stops_the_runs_as_ctrl_c_does(in_tmp):
+    """kill -TERM of benchmark.py (a scheduler ending the job, say) used to kill it alone, its runs training on as
+    orphans; now it stops them as Ctrl-C does and exits 143."""
+    (in_tmp / "slow.py").write_text(SLOW)
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--scripts", "slow.py", "--env-ids",
+                                "Env-v0", "--seeds", "1", "2", "3", "--workers", "2", "--progress-interval", "100"],
+                               cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_files = [in_tmp / "runs" / f"Env-v0__slow__{seed}" / "pid" for seed in (1, 2)]
+    wait_for([path.with_name("metrics.csv") for path in pid_files])
+    pids = [int(path.read_text()) for path in pid_files]
+    try:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 143, out + err
+        assert err == "\ninterrupted (SIGTERM); finished runs are kept and skipped next time\n"
+        assert not [pid for pid in pids if alive(pid)]  # stopped with benchmark.py, not left training
+        assert not (in_tmp / "runs" / "Env-v0__slow__3").exists()  # the waiting run is not started
+    finally:  # a failed test leaves no orphans behind either
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch):
+    monkeypatch.setattr(benchmark, "STOP_GRACE", 1.0, raising=False)
+    ignores = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+               "time.sleep(120)")
+    stubborn = subprocess.Popen([sys.executable, "-c", ignores], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stubborn.stdout.readline() == "ready\n"
+        stopping = threading.Thread(target=benchmark.LocalRunner().stop, args=([stubborn],), daemon=True)
+        stopping.start()
+        stopping.join(timeout=15)
+        assert not stopping.is_alive() and stubborn.returncode == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
+QUICK = STAND_IN.format(body=textwrap.dedent("""
+    run = pathlib.Path("runs") / args.run_name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+        "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))"""))
+
+
+@pytest.mark.parametrize("flags, message", [
+    # The run names used to take the tag as it came: runs/Env-v0__quick__1__../../x went up out of runs/.
+    *([["--tag", tag], (f"error: --tag {tag!r}: the tag ends each run's directory name under runs/, so it must be "
+                        "a plain name: not empty, no / and no ..")]
+      for tag in ("../../x", "a/b", "..", "x..y", ".", "")),
+    (["--env-ids", "../Env-v0"], ("error: --env-ids ../Env-v0: the run name ../Env-v0__quick__1 would not be one "
+                                  "directory under runs/")),
+])
+def test_a_run_name_that_would_leave_runs_is_refused(in_tmp, capsys, flags, message):
+    (in_tmp / "work").mkdir()
+    (in_tmp / "work" / "quick.py").write_text(QUICK)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(in_tmp / "work")
+        argv = ["--scripts", "quick.py", "--env-ids", "Env-v0", "--seeds", "1", "--progress-interval", "0"]
+        assert benchmark.main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert sorted(p.name for p in in_tmp.rglob("*")) == ["quick.py", "work"]  # nothing made, in runs/ or out of it
+
+
+def test_one_script_given_by_two_paths_runs_once_and_two_files_of_one_name_are_refused(in_tmp, capsys):
+    # dqn.py ./dqn.py used to launch two processes at once into each run directory, and report both done.
+    (in_tmp / "quick.py").write_text(QUICK)
+    argv = ["--env-ids", "Env-v0", "--seeds", "1", "--progress-interval", "0"]
+    assert benchmark.main(["--scripts", "quick.py", "./quick.py", str(in_tmp / "quick.py"), *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done   Env-v0__quick__1 ") == 1 and out.count("| quick.py | Env-v0 |") == 1, out
+    entries, _ = benchmark.select(None, ["dqn.py", "./dqn.py", str(ROOT / "dqn.py")], ["CartPole-v1"], [1])
+    assert entries == [Entry("dqn.py", "CartPole-v1")]
+    (in_tmp / "other").mkdir()
+    (in_tmp / "other" / "quick.py").write_text(QUICK)
+    assert benchmark.main(["--scripts", "quick.py", "other/quick.py", "--tag", "new", *argv]) == 2
+    assert capsys.readouterr().err == (
+        "error: --scripts quick.py other/quick.py: two files named quick would share run directories "
+        "(runs/<env>__quick__<seed>); rename one, or run them in two benchmarks with different --tag\n")
+    assert not list((in_tmp / "runs").glob("*__new"))
+
+
+def test_a_run_that_exits_with_an_error_after_its_summary_is_failed_then_and_later(in_tmp, capsys):
+    # Its summary.json used to count: the table said pass under the run's FAILED line, and the next benchmark and
+    # --check passed the row, exit code 0.
+    (in_tmp / "late.py").write_text(QUICK + '\nprint("error: broke after the summary", file=sys.stderr)\nsys.exit(1)\n')
+    argv = ["--scripts", "late.py", "--env-ids", "Env-v0", "--seeds", "1", "--progress-interval", "0",
+            "--min-return", "5"]
+    assert benchmark.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "FAILED Env-v0__late__1 (exit code 1): error: broke after the summary" in out
+    assert "| late.py | Env-v0 | 0 (failed 1) |" in out
+    log = in_tmp / "runs" / "Env-v0__late__1" / "stdout.log"
+    logged = log.read_text()
+    assert benchmark.main(argv) == 1  # not run again, and failed still
+    assert "1 of 1 runs already finished; skipping them (1 with a damaged or NaN summary.json, or that exited with " \
+           "an error after writing it" in capsys.readouterr().out and log.read_text() == logged
+    assert benchmark.main([*argv, "--check"]) == 1
+    assert ("FAIL        late.py Env-v0: seed 1 failed: exit code 1: error: broke after the summary (after writing "
+            "its summary.json)\n") in capsys.readouterr().out
+    # A summary.json written after benchmark.py's line (the run resumed to its end by hand) counts.
+    summary = in_tmp / "runs" / "Env-v0__late__1" / "summary.json"
+    os.utime(summary, ns=(log.stat().st_mtime_ns + 10**9,) * 2)
+    assert benchmark.main([*argv, "--check"]) == 0
+
+
+def test_a_run_finished_meanwhile_by_another_process_is_not_run_again(in_tmp):
+    # Which runs to make was decided once, at the start: one that another process (another benchmark over the same
+    # runs/) finished meanwhile was started again when its turn came, over the finished run's files.
+    (in_tmp / "wait.py").write_text(STAND_IN.format(body=textwrap.dedent("""
+        run = pathlib.Path("runs") / args.run_name
+        while not pathlib.Path("go").exists():
+            time.sleep(0.1)
+        (run / "summary.json").write_text(json.dumps({"seed": int(args.seed), "global_step": 1000,
+            "wall_time": 0.5, "sps": 2000, "eval_mean": 7.0}))""")))
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--scripts", "wait.py", "--env-ids",
+                                "Env-v0", "--seeds", "1", "2", "--workers", "1", "--progress-interval", "100"],
+                               cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for([in_tmp / "runs" / "Env-v0__wait__1" / "stdout.log"])
+        elsewhere = in_tmp / "runs" / "Env-v0__wait__2"
+        elsewhere.mkdir()
+        (elsewhere / "summary.json").write_text(json.dumps({"seed": 2, "global_step": 1000, "wall_time": 0.5,
+                                                            "sps": 2000, "eval_mean": 9.0}))
+        (in_tmp / "go").touch()
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert json.loads((elsewhere / "summary.json").read_text())["eval_mean"] == 9.0
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["summary.json"]  # its files untouched, no log of ours
+    assert process.returncode == 0 and "skip   Env-v0__wait__2: finished meanwhile by another process" in out, out
