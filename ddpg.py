@@ -456,7 +456,7 @@ def train(args: Args) -> dict:
     acting_actor = host_copy(actor, device)  # the actor itself on the CPU; on a GPU its copy in host memory
     act = acting_actions(acting_actor)  # obs -> mu(obs), numpy in and out, for acting at every step
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
-    evaluation = None  # the final one, run.finish's (which makes it for a run resumed at its end)
+    evaluation = None  # the last evaluation, for run.finish (which makes it itself for a run resumed at its end)
     while global_step < args.total_timesteps:
         # --- Act and store ---
         uniform = rb.size < args.learning_starts

@@ -456,7 +456,7 @@ def train(args: Args) -> dict:
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
     exploration_steps = args.exploration_fraction * args.total_timesteps
 
-    evaluation = None  # the final one, run.finish's (which makes it for a run resumed at its end)
+    evaluation = None  # the last evaluation, for run.finish (which makes it itself for a run resumed at its end)
     while global_step < args.total_timesteps:
         # --- Act and store ---
         epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
