@@ -58,6 +58,7 @@ All flags:    python ddpg.py --help
 import contextlib
 import copy
 import csv
+import gc
 import io
 import itertools
 import json
@@ -231,6 +232,7 @@ class ReplayBuffer:
                                             2 * d + a + 1)))
         # empty, not zeros: in host memory the pages are only touched as the rows fill.
         self.rows = torch.empty((capacity, 2 * d + a + 2), dtype=torch.float32, device=device)
+        self.host = self.rows.numpy() if device.type == "cpu" else None  # the same memory, for numpy
         for name, place in self.places.items():  # rb.obs, rb.actions, ...: views of the rows
             setattr(self, name, self.rows[:, place])
 
@@ -238,15 +240,17 @@ class ReplayBuffer:
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
         """Stores one step of the vector env, as it returned it: row k of each array is env k's."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
-        n = len(actions)
-        new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in (obs, actions, rewards, next_obs,
-                                                                              terminations)], 1, dtype=np.float32)
-        # A slice when the rows do not wrap around the end: much cheaper than an index array.
-        if self.pos + n <= self.capacity:
-            where = slice(self.pos, self.pos + n)
-        else:
-            where = to_device((self.pos + np.arange(n)) % self.capacity, self.device)
-        self.rows[where] = to_device(new_rows, self.device)
+        n, columns = len(actions), (obs, actions, rewards, next_obs, terminations)
+        where = slice(self.pos, self.pos + n)  # a slice unless the rows wrap around the end: far cheaper to index
+        if self.pos + n > self.capacity:
+            where = (self.pos + np.arange(n)) % self.capacity
+        if self.host is not None:  # on the CPU, numpy writes each column in place: a fraction of torch's cost per call
+            for place, column in zip(self.places.values(), columns):
+                self.host[where, place] = column
+        else:  # on a GPU, the step's rows go up in one copy
+            new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in columns], 1, dtype=np.float32)
+            index = where if isinstance(where, slice) else to_device(where, self.device)
+            self.rows[index] = to_device(new_rows, self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -401,13 +405,13 @@ def gradient_step(actor: Actor, critic: Critic, target_actor: Actor, target_crit
         target = td_target(target_actor, target_critic, rewards, next_obs, terminated, gamma)
     q = critic(obs, actions)                            # Q(s, a; theta)
     critic_loss = F.mse_loss(q, target)                 # L(theta) = mean over the batch of (Q(s, a; theta) - y)^2
-    critic_optimizer.zero_grad(set_to_none=True)
+    critic.zero_grad()  # the grads to None; the optimizer's zero_grad does the same at several times the cost
     critic_loss.backward()
     critic_optimizer.step()                             # theta: one Adam step down dL/dtheta
     values = {"critic_loss": critic_loss.detach(), "q_taken": q.detach()}
     if update_actor:
         loss = actor_loss(actor, critic, obs)           # -J(phi) = -mean_s Q(s, mu(s; phi); theta)
-        actor_optimizer.zero_grad(set_to_none=True)
+        actor.zero_grad()
         # inputs=: autograd goes through the critic for dQ/da, skipping its weights' gradients (unused here).
         loss.backward(inputs=list(actor.parameters()))  # dJ/dphi = mean_s dQ(s, a)/da at a = mu(s) * dmu(s; phi)/dphi
         actor_optimizer.step()                          # phi: one Adam step up dJ/dphi
@@ -456,6 +460,7 @@ def train(args: Args) -> dict:
     acting_actor = host_copy(actor, device)  # the actor itself on the CPU; on a GPU its copy in host memory
     act = acting_actions(acting_actor)  # obs -> mu(obs), numpy in and out, for acting at every step
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
+    gc.freeze()  # speed: the garbage collector's full passes skip every object made so far (torch's among them)
     evaluation = None  # the last evaluation, for run.finish (which makes it itself for a run resumed at its end)
     while global_step < args.total_timesteps:
         # --- Act and store ---

@@ -51,6 +51,7 @@ All flags:    python dqn.py --help
 import contextlib
 import copy
 import csv
+import gc
 import io
 import itertools
 import json
@@ -241,6 +242,7 @@ class ReplayBuffer:
         d = obs_dim  # where each column sits in a row: a slice for a vector, an index for one number
         self.places = dict(zip(self.names, (slice(0, d), d, d + 1, slice(d + 2, 2 * d + 2), 2 * d + 2)))
         self.rows = torch.zeros((capacity, 2 * d + 3), dtype=torch.float32, device=device)
+        self.host = self.rows.numpy() if device.type == "cpu" else None  # the same memory, for numpy
         for name, place in self.places.items():  # rb.obs, rb.actions, ...: views of the rows
             setattr(self, name, self.rows[:, place])
 
@@ -249,15 +251,17 @@ class ReplayBuffer:
         """Stores one step of the vector env, as it returned it (row k of each array is env k's),
         with s' = true_next_obs(...) and done = terminations alone: truncations keep their bootstrap."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
-        n = len(actions)
-        new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in (obs, actions, rewards, next_obs,
-                                                                              terminations)], 1, dtype=np.float32)
-        # A slice when the rows do not wrap around the end: much cheaper than an index array.
-        if self.pos + n <= self.capacity:
-            where = slice(self.pos, self.pos + n)
-        else:
-            where = to_device((self.pos + np.arange(n)) % self.capacity, self.device)
-        self.rows[where] = to_device(new_rows, self.device)
+        n, columns = len(actions), (obs, actions, rewards, next_obs, terminations)
+        where = slice(self.pos, self.pos + n)  # a slice unless the rows wrap around the end: far cheaper to index
+        if self.pos + n > self.capacity:
+            where = (self.pos + np.arange(n)) % self.capacity
+        if self.host is not None:  # on the CPU, numpy writes each column in place: a fraction of torch's cost per call
+            for place, column in zip(self.places.values(), columns):
+                self.host[where, place] = column
+        else:  # on a GPU, the step's rows go up in one copy
+            new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in columns], 1, dtype=np.float32)
+            index = where if isinstance(where, slice) else to_device(where, self.device)
+            self.rows[index] = to_device(new_rows, self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -391,7 +395,7 @@ def gradient_step(q_network: QNetwork, target_network: QNetwork, optimizer: torc
         target = td_target(q_network, target_network, rewards, next_obs, terminated, args.gamma)  # y, above
     q = q_network(obs).gather(1, actions[:, None]).squeeze(1)  # Q(s, a; theta)
     loss = td_loss(q, target, args.loss, args.huber_delta)  # L = mean of (Q(s, a) - y)^2, or Huber
-    optimizer.zero_grad(set_to_none=True)
+    q_network.zero_grad()  # the grads to None; the optimizer's zero_grad does the same at several times the cost
     loss.backward()  # dL/dtheta
     nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)  # ||g|| <= max_grad_norm
     optimizer.step()  # theta <- Adam's update of theta with g
@@ -437,6 +441,7 @@ def train(args: Args) -> dict:
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
     exploration_steps = args.exploration_fraction * args.total_timesteps
 
+    gc.freeze()  # speed: the garbage collector's full passes skip every object made so far (torch's among them)
     evaluation = None  # the last evaluation, for run.finish (which makes it itself for a run resumed at its end)
     while global_step < args.total_timesteps:
         # --- Act and store ---

@@ -72,6 +72,7 @@ All flags:    python naf.py --help
 import contextlib
 import copy
 import csv
+import gc
 import io
 import itertools
 import json
@@ -243,6 +244,7 @@ class ReplayBuffer:
                                             2 * d + a + 1)))
         # empty, not zeros: in host memory the pages are only touched as the rows fill.
         self.rows = torch.empty((capacity, 2 * d + a + 2), dtype=torch.float32, device=device)
+        self.host = self.rows.numpy() if device.type == "cpu" else None  # the same memory, for numpy
         for name, place in self.places.items():  # rb.obs, rb.actions, ...: views of the rows
             setattr(self, name, self.rows[:, place])
 
@@ -250,15 +252,17 @@ class ReplayBuffer:
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
         """Stores one step of the vector env, as it returned it: row k of each array is env k's."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
-        n = len(actions)
-        new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in (obs, actions, rewards, next_obs,
-                                                                              terminations)], 1, dtype=np.float32)
-        # A slice when the rows do not wrap around the end: much cheaper than an index array.
-        if self.pos + n <= self.capacity:
-            where = slice(self.pos, self.pos + n)
-        else:
-            where = to_device((self.pos + np.arange(n)) % self.capacity, self.device)
-        self.rows[where] = to_device(new_rows, self.device)
+        n, columns = len(actions), (obs, actions, rewards, next_obs, terminations)
+        where = slice(self.pos, self.pos + n)  # a slice unless the rows wrap around the end: far cheaper to index
+        if self.pos + n > self.capacity:
+            where = (self.pos + np.arange(n)) % self.capacity
+        if self.host is not None:  # on the CPU, numpy writes each column in place: a fraction of torch's cost per call
+            for place, column in zip(self.places.values(), columns):
+                self.host[where, place] = column
+        else:  # on a GPU, the step's rows go up in one copy
+            new_rows = np.concatenate([np.reshape(column, (n, -1)) for column in columns], 1, dtype=np.float32)
+            index = where if isinstance(where, slice) else to_device(where, self.device)
+            self.rows[index] = to_device(new_rows, self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -422,7 +426,7 @@ def gradient_step(q_network: QNetwork, target_network: QNetwork, optimizer: torc
     advantages = advantage(actions, mu, l_matrix)       # A(s, a) = -1/2 (a - mu)^T L L^T (a - mu)
     q = value + advantages                              # Q(s, a; theta) = V(s) + A(s, a)
     loss = F.mse_loss(q, target)                        # L(theta) = mean over the batch of (Q(s, a; theta) - y)^2
-    optimizer.zero_grad(set_to_none=True)
+    q_network.zero_grad()  # the grads to None; the optimizer's zero_grad does the same at several times the cost
     loss.backward()
     optimizer.step()                                    # theta: one Adam step down dL/dtheta
     update_target(target_network, q_network, tau)       # theta' <- tau theta + (1 - tau) theta'
@@ -463,6 +467,7 @@ def train(args: Args) -> dict:
     acting_network = host_copy(q_network, device)  # q_network itself on the CPU; on a GPU its copy in host memory
     act = acting_actions(acting_network)  # obs -> mu(obs), numpy in and out, for acting at every step
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts fresh episodes: env state is not saved
+    gc.freeze()  # speed: the garbage collector's full passes skip every object made so far (torch's among them)
     evaluation = None  # the last evaluation, for run.finish (which makes it itself for a run resumed at its end)
     while global_step < args.total_timesteps:
         # --- Act and store ---
