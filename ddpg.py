@@ -259,8 +259,9 @@ class ReplayBuffer:
         drawn at once (the same numbers as one by one) and sent to the device in one copy."""
         if count == 0:
             return
-        for rows in to_device(rng.integers(0, self.size, (count, batch_size)), self.device):
-            batch = self.rows[rows]
+        rows = rng.integers(0, self.size, (count, batch_size))
+        for index in (rows if self.host is not None else to_device(rows, self.device)):
+            batch = torch.from_numpy(self.host[index]) if self.host is not None else self.rows[index]  # numpy: cheaper
             yield tuple(batch[:, place] for place in self.places.values())
 
     # For checkpoints (a first read can skip these): the filled rows oldest first, so that they load into a buffer
