@@ -765,3 +765,25 @@ def test_acting_through_a_refreshed_host_copy_gives_the_same_run(in_tmp, monkeyp
     ddpg.train(tiny_args("--run-name", "copy", *flags))
     drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in rows]
     assert drop_timing(read_metrics(in_tmp / "runs/itself")) == drop_timing(read_metrics(in_tmp / "runs/copy"))
+
+
+def test_the_numpy_path_on_the_cpu_and_the_torch_path_of_a_gpu_store_and_gather_the_same_rows():
+    # On the CPU the buffer writes and gathers through a numpy view of its rows; on a GPU through torch. Forced
+    # onto the CPU (no numpy view), the torch path must hold the same rows, wrap-around included, and give the
+    # same minibatches.
+    numpy_path, torch_path = (ddpg.ReplayBuffer(7, obs_dim=3, act_dim=2, device=torch.device("cpu")) for _ in "ab")
+    torch_path.host = None
+    rng = np.random.default_rng(5)
+    for _ in range(6):  # 3 envs x 6 steps = 18 transitions into 7 rows: some steps wrap around the end
+        final_obs = np.empty(3, object)  # where an episode ends, s' is the vector env's info["final_obs"]
+        final_obs[:] = list(rng.standard_normal((3, 3)))
+        step = (rng.standard_normal((3, 3)), rng.uniform(-1, 1, (3, 2)).astype(np.float32), rng.standard_normal((3, 3)),
+                rng.standard_normal(3), rng.random(3) < 0.3, np.zeros(3, bool), {"final_obs": final_obs})
+        numpy_path.add(*step)
+        torch_path.add(*step)
+        filled = numpy_path.size  # rows past it are unwritten (the buffer is made with torch.empty)
+        assert torch.equal(numpy_path.rows[:filled], torch_path.rows[:filled]) and numpy_path.pos == torch_path.pos
+    assert numpy_path.size == 7 and numpy_path.rows.abs().sum() > 0
+    batches = zip(numpy_path.sample(4, 3, np.random.default_rng(1)), torch_path.sample(4, 3, np.random.default_rng(1)))
+    for a, b in batches:
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
