@@ -787,3 +787,15 @@ def test_the_numpy_path_on_the_cpu_and_the_torch_path_of_a_gpu_store_and_gather_
     batches = zip(numpy_path.sample(4, 3, np.random.default_rng(1)), torch_path.sample(4, 3, np.random.default_rng(1)))
     for a, b in batches:
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_flush_denormal_is_off_unless_its_flag_asks_for_it(in_tmp):
+    subnormal = lambda: (torch.tensor([2e-38]) / 4).item()  # 5e-39: below float32's smallest normal number
+    flags = ("--total-timesteps", "150", "--eval-episodes", "0")
+    try:
+        ddpg.train(tiny_args("--run-name", "flush", *flags, "--flush-denormal"))
+        assert subnormal() == 0.0
+        ddpg.train(tiny_args("--run-name", "default", *flags))
+        assert 0 < subnormal() < 1.2e-38
+    finally:
+        torch.set_flush_denormal(False)
