@@ -186,8 +186,8 @@ class Args:
     torch_threads: int = 1
     """CPU threads for torch; one lets seeds run side by side, one per core"""
     flush_denormal: bool = False
-    """CPU arithmetic takes numbers below 1.2e-38 as zero: faster once Adam's moments for dead ReLU units decay into
-    that range (ddpg.py: about 8%), but those values change, so a run need not match the default's to the last digit"""
+    """CPU arithmetic takes numbers below 1.2e-38 as zero: faster once Adam's moments of dead ReLU units decay into
+    that range (ddpg.py: 8-13% here), but those values change: a run need not match the default's to the last digit"""
 
 
 # --- Environment construction ---
@@ -231,8 +231,8 @@ class ReplayBuffer:
     Row i holds one whole transition (obs, action, reward, next_obs, terminated): s' is stored next to s, not
     read from row i + 1, as one env's rows are not adjacent with several envs, and after an autoreset the next
     row is another episode's. `terminated` is the only "done" stored: a truncated transition keeps its bootstrap.
-    The columns share one tensor, so a step's rows go in with one copy (one upload on a GPU) and a minibatch
-    comes out with one gather.
+    The columns share one tensor, so on a GPU a step's rows go up in one copy and a minibatch comes back in one
+    gather (on the CPU numpy does both, cheaper).
 
     Actions are stored as the env received them, clipped to the bounds: an action outside the box had exactly
     its clipped version's effect, and storing it would ask Q to spread one outcome over a region that the
@@ -251,9 +251,11 @@ class ReplayBuffer:
         for name, place in self.places.items():  # rb.obs, rb.actions, ...: views of the rows
             setattr(self, name, self.rows[:, place])
 
+# <shared replay_add>
     def add(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
-        """Stores one step of the vector env, as it returned it: row k of each array is env k's."""
+        """Stores one step of the vector env, as it returned it (row k of each array is env k's),
+        with s' = true_next_obs(...) and done = terminations alone: truncations keep their bootstrap."""
         next_obs = true_next_obs(next_obs, terminations | truncations, infos)
         n, columns = len(actions), (obs, actions, rewards, next_obs, terminations)
         where = slice(self.pos, self.pos + n)  # a slice unless the rows wrap around the end: far cheaper to index
@@ -268,6 +270,7 @@ class ReplayBuffer:
             self.rows[index] = to_device(new_rows, self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+# </shared replay_add>
 
     def sample(self, batch_size: int, count: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         """`count` uniform minibatches (with replacement) of the filled rows, one gather each; their row numbers are

@@ -18,6 +18,7 @@ OFF_POLICY = ("dqn.py", "ddqn.py", "ddpg.py", "naf.py")
 BLOCKS = {
     "onpolicy_run": ON_POLICY,
     "offpolicy_run": OFF_POLICY,
+    "replay_add": OFF_POLICY,  # ReplayBuffer.add, in Part 1
     "common": ON_POLICY + OFF_POLICY,
 }
 MARKED = re.compile(r"^# <shared (\w+)>\n(.*?)^# </shared \1>\n", re.MULTILINE | re.DOTALL)
